@@ -1,0 +1,532 @@
+"""Ablation tables: configurations summarised over seeds, the paper's rows beside ours.
+
+Conventions (the reports rely on them):
+
+- A *configuration* is a ``config_id`` (every hyperparameter but the seed); its runs are seeds.
+  :func:`summarize` gives per group ``n`` (finished seeds), ``<metric>_mean`` and
+  ``<metric>_std`` (sample std, ddof=1). With one seed the std is NaN, never 0: it is unknown,
+  and the formatted value says ``(n=1)`` with no ``±``.
+- A table row for a method (or kernel, student, factor level) is the *best configuration* of
+  that group, chosen on the mean validation score (``val_score``; the test score breaks ties and
+  stands in when no validation score was logged) and reported with its test score, so that test
+  data never picks the winner. ``n_configs`` says how many configurations competed.
+- Tables give scores in percent, like the paper: a study that logs fractions in [0, 1] is scaled
+  by 100 (:func:`score_scale`). Latency is in ms, training time in s, parameters as counts.
+- Paper rows (``source == "paper (Yang et al. 2020)"``) are added only for the datasets the paper
+  reports (PPI, ModelNet40), right after our row for the same method/kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.paper import KERNEL_ROWS, METHOD_ROWS, OUR_SOURCE, PAPER_SOURCE, paper_frame
+from analysis.runs import FINISHED, TRIAL_COLUMNS, finished_trials
+from study.errors import choose
+from study.tracking import FINAL_METRICS, METRIC_TEST, METRIC_VAL
+
+__all__ = [
+    "summarize",
+    "best_configs",
+    "config_summary",
+    "method_table",
+    "kernel_table",
+    "student_table",
+    "factor_table",
+    "score_scale",
+    "to_percent",
+    "arrange_table",
+    "format_mean_std",
+    "format_table",
+    "to_markdown",
+    "to_latex",
+    "to_csv",
+    "METHOD_LABELS",
+]
+
+SCORE_METRICS = (METRIC_TEST, METRIC_VAL)
+# Columns that differ between the seeds of one configuration by construction: never carried.
+_PER_RUN = frozenset({"run_id", "run_name", "status", "seed"})
+METHOD_LABELS = {
+    "teacher": "teacher",
+    "none": "student alone",
+    "kd": "KD",
+    "fitnet": "FitNet",
+    "at": "AT",
+    "lsp": "LSP",
+}
+_METHOD_ORDER = {m: i for i, m in enumerate(METHOD_LABELS)}
+_SOURCE_ORDER = {OUR_SOURCE: 0, PAPER_SOURCE: 1}
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries
+# --------------------------------------------------------------------------------------------
+def summarize(
+    df: pd.DataFrame,
+    by: str | Sequence[str],
+    metrics: Sequence[str] | None = None,
+    *,
+    finished_only: bool = True,
+) -> pd.DataFrame:
+    """Group trial runs (e.g. by ``config_id``) and summarise each metric over the group's seeds.
+
+    Args:
+        df: Trial runs as from :func:`analysis.runs.load_runs`.
+        by: Grouping columns; NA is a group of its own (a KD run has no ``lsp.kernel``).
+        metrics: Metric columns to summarise; default the final metrics
+            (:data:`study.tracking.FINAL_METRICS`) that ``df`` has.
+        finished_only: Keep only FINISHED runs with a test score (the runs that count).
+
+    Returns:
+        One row per group, sorted by ``by``: the ``by`` columns, ``n`` (runs in the group), every
+        other column that is constant within every group (method, dataset, hyperparameters when
+        grouping by ``config_id``), then ``<m>_mean`` and ``<m>_std`` (ddof=1; NaN when n=1).
+
+    Raises:
+        UserInputError: a ``by`` column or metric that ``df`` does not have.
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    for col in by:
+        choose("column", col, list(df.columns))
+    if metrics is None:
+        metrics = [m for m in FINAL_METRICS if m in df.columns]
+    for m in metrics:
+        choose("metric", m, list(df.columns))
+    data = finished_trials(df) if finished_only else df
+    stat_cols = [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+    if data.empty:
+        return pd.DataFrame(columns=[*by, "n", *stat_cols])
+
+    g = data.groupby(by, dropna=False, sort=True)
+    out = g.size().rename("n").to_frame()
+    candidates = [c for c in data.columns if c not in by and c not in metrics and c not in _PER_RUN]
+    if candidates:
+        constant = (g[candidates].nunique(dropna=False) <= 1).all()
+        carried = [c for c in candidates if bool(constant[c])]
+        if carried:
+            out = out.join(g[carried].first())
+    stats = {}
+    for m in metrics:
+        stats[f"{m}_mean"] = g[m].mean()
+        stats[f"{m}_std"] = g[m].std(ddof=1)
+    out = out.join(pd.DataFrame(stats))
+    out["n"] = out["n"].astype("int64")
+    return out.reset_index()
+
+
+def score_scale(values: pd.Series | np.ndarray | Sequence[float]) -> float:
+    """100.0 when every finite score lies in [0, 1] (a fraction), else 1.0 (already percent)."""
+    arr = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype="float64")
+    arr = arr[np.isfinite(arr)]
+    if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+        return 100.0
+    return 1.0
+
+
+def to_percent(table: pd.DataFrame, scale: float) -> pd.DataFrame:
+    """A copy with the score statistics (``test_score_*``, ``val_score_*``) multiplied by scale."""
+    table = table.copy()
+    for m in SCORE_METRICS:
+        for s in ("mean", "std"):
+            col = f"{m}_{s}"
+            if col in table.columns:
+                table[col] = pd.to_numeric(table[col], errors="coerce") * scale
+    return table
+
+
+def config_summary(df: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """:func:`summarize` of the finished trials by ``config_id`` (and ``by``): one row per
+    configuration. A run without a ``config_id`` counts as a configuration of its own."""
+    data = finished_trials(df)
+    if not data.empty:
+        own = data["config_id"].where(data["config_id"].notna(), data["run_id"])
+        data = data.assign(config_id=own)
+    return summarize(data, ["config_id", *by], finished_only=False)
+
+
+def best_configs(df: pd.DataFrame, by: Sequence[str], *, select: str = METRIC_VAL) -> pd.DataFrame:
+    """The best configuration of each ``by`` group, chosen on mean ``select`` (higher is better).
+
+    Ties on ``select`` go to the higher mean test score, then the smaller ``config_id``, so the
+    choice is deterministic. Runs without a ``config_id`` count as configurations of their own.
+
+    Returns:
+        The :func:`summarize` rows (grouped by ``config_id`` and ``by``) of the winners, with
+        ``n_configs``, the number of configurations in the group. Scores as logged (not scaled).
+    """
+    by = list(by)
+    summary = config_summary(df, by)
+    if summary.empty:
+        return summary.assign(n_configs=0)
+    summary["n_configs"] = summary.groupby(by, dropna=False)["config_id"].transform("size")
+    sel = f"{select}_mean" if f"{select}_mean" in summary.columns else f"{METRIC_TEST}_mean"
+    keys = [sel, f"{METRIC_TEST}_mean", "config_id"]
+    ranked = summary.sort_values(
+        keys, ascending=[False, False, True], na_position="last", kind="stable"
+    ).drop_duplicates(subset=by, keep="first")
+    return ranked.sort_values(by, kind="stable", na_position="last").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+def _ours(df: pd.DataFrame, by: Sequence[str], select: str) -> pd.DataFrame:
+    best = best_configs(df, by, select=select)
+    scale = score_scale(finished_trials(df)[METRIC_TEST]) if not df.empty else 1.0
+    best = to_percent(best, scale)
+    best.insert(0, "source", OUR_SOURCE)
+    best["note"] = ""
+    return best
+
+
+def _ordered(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Sort rows by the keys (methods in the paper's order, numbers numerically, NA last), then
+    ours before the paper's."""
+    if table.empty:
+        return table.reset_index(drop=True)
+    order = pd.DataFrame(index=table.index)
+    for i, k in enumerate(keys):
+        col = table[k]
+        order[f"na{i}"] = col.isna()
+        if k == "method":
+            order[f"v{i}"] = col.map(lambda m: _METHOD_ORDER.get(m, len(_METHOD_ORDER)))
+            order[f"w{i}"] = col.astype(str)
+        elif pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            order[f"v{i}"] = pd.to_numeric(col, errors="coerce").fillna(np.inf)
+        else:
+            order[f"v{i}"] = col.astype(str)
+    order["src"] = table["source"].map(lambda s: _SOURCE_ORDER.get(s, 2))
+    idx = order.sort_values(list(order.columns), kind="stable").index
+    return table.loc[idx].reset_index(drop=True)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
+def _teacher_rows(teachers: pd.DataFrame, scale: float) -> pd.DataFrame:
+    t = teachers.loc[(teachers["status"] == FINISHED) & teachers[METRIC_TEST].notna()]
+    if t.empty:
+        return pd.DataFrame()
+    cfg = t["teacher_hash"] if "teacher_hash" in t.columns else t["run_id"]
+    rows = pd.DataFrame(
+        {
+            "source": OUR_SOURCE,
+            "dataset": t["dataset"].to_numpy(),
+            "method": "teacher",
+            "config_id": cfg.where(cfg.notna(), t["run_id"]).to_numpy(),
+            "n": 1,
+            "n_configs": 1,
+        }
+    )
+    for m in FINAL_METRICS:
+        if m in t.columns:
+            rows[f"{m}_mean"] = pd.to_numeric(t[m], errors="coerce").to_numpy()
+            rows[f"{m}_std"] = np.nan
+    rows["device"] = t["device"].to_numpy() if "device" in t.columns else None
+    rows["note"] = ""
+    return to_percent(rows, scale)
+
+
+def method_table(
+    df: pd.DataFrame,
+    teachers: pd.DataFrame | None = None,
+    *,
+    paper: bool = True,
+    select: str = METRIC_VAL,
+) -> pd.DataFrame:
+    """Methods side by side, like the paper's Tables 2 (PPI) and 4 (ModelNet40).
+
+    Args:
+        df: Trial runs (any status; only finished ones count).
+        teachers: Teacher runs from :func:`analysis.runs.load_teachers`: adds ``teacher`` rows.
+        paper: Add the paper's rows for PPI and ModelNet40.
+        select: Metric that picks each method's best configuration (on its mean over seeds).
+
+    Returns:
+        One row per (dataset, method, source): ``source``, ``dataset``, ``method``,
+        ``config_id``, ``n_configs``, ``n``, ``<metric>_mean``/``_std`` (scores in percent),
+        ``device``, ``note``, plus the winning configuration's hyperparameters.
+    """
+    ours = _ours(df, ["dataset", "method"], select)
+    frames = [ours]
+    if teachers is not None and not teachers.empty:
+        scale = score_scale(finished_trials(df)[METRIC_TEST]) if not df.empty else 1.0
+        frames.append(_teacher_rows(teachers, scale))
+    if paper and not ours.empty:
+        frames.append(paper_frame(METHOD_ROWS, ours["dataset"].dropna().unique()))
+    return arrange_table(_ordered(_concat(frames), ["dataset", "method"]), ["dataset", "method"])
+
+
+def kernel_table(df: pd.DataFrame, *, paper: bool = True, select: str = METRIC_VAL) -> pd.DataFrame:
+    """LSP by kernel (the paper's Table 5): the best LSP configuration of each kernel.
+
+    Returns:
+        As :func:`method_table`, keyed by ``dataset`` and ``lsp.kernel``; empty when the study
+        has no LSP runs with a kernel.
+    """
+    if "lsp.kernel" not in df.columns:
+        return pd.DataFrame()
+    lsp = df.loc[(df["method"] == "lsp") & df["lsp.kernel"].notna()]
+    ours = _ours(lsp, ["dataset", "lsp.kernel"], select)
+    frames = [ours]
+    if paper and not ours.empty:
+        frames.append(paper_frame(KERNEL_ROWS, ours["dataset"].dropna().unique()))
+    keys = ["dataset", "method", "lsp.kernel"]
+    return arrange_table(_ordered(_concat(frames), ["dataset", "lsp.kernel"]), keys)
+
+
+def student_table(df: pd.DataFrame, *, select: str = METRIC_VAL) -> pd.DataFrame:
+    """Students of different sizes, with and without distillation (the paper's Table 6).
+
+    Keys: ``dataset``, every ``student.*`` param the study has (width, depth, heads, k; else the
+    ``student_arch`` tag), and ``method``. The paper's Table 6 values are not reproduced here.
+    """
+    keys = [c for c in df.columns if c.startswith("student.")] or ["student_arch"]
+    ours = _ours(df, ["dataset", *keys, "method"], select)
+    keys = ["dataset", *keys, "method"]
+    return arrange_table(_ordered(ours, keys), keys)
+
+
+def factor_table(
+    df: pd.DataFrame,
+    factor: str | Sequence[str],
+    *,
+    within: Sequence[str] = ("dataset", "method"),
+    select: str = "best",
+    select_metric: str = METRIC_VAL,
+) -> pd.DataFrame:
+    """Any factor the user names (``lsp.lambda``, ``kd.temperature``, ``lsp.kernel`` + ...).
+
+    Args:
+        df: Trial runs.
+        factor: One column or several (e.g. ``["lsp.kernel", "lsp.lambda"]``).
+        within: Columns the table is also split by.
+        select: ``"best"``: per level, the best configuration (on ``select_metric``) over the
+            other hyperparameters; ``"all"``: every finished run at that level pooled.
+        select_metric: Metric for ``"best"``.
+
+    Returns:
+        One row per (within, factor level); runs where every factor is NA (methods without that
+        hyperparameter) are left out. Scores in percent.
+
+    Raises:
+        UserInputError: an unknown factor or ``select``.
+    """
+    factors = [factor] if isinstance(factor, str) else list(factor)
+    valid = [c for c in df.columns if c not in _PER_RUN and c not in FINAL_METRICS]
+    for f in factors:
+        choose("factor", f, valid)
+    choose("selection", select, ("all", "best"))
+    data = df.loc[df[factors].notna().any(axis=1)]
+    keys = [*within, *factors]
+    if select == "best":
+        table = _ours(data, keys, select_metric)
+    else:
+        fin = finished_trials(data)
+        table = summarize(fin, keys, finished_only=False)
+        if not fin.empty:
+            counts = fin.groupby(keys, dropna=False, sort=True)["config_id"].nunique()
+            table["n_configs"] = counts.to_numpy()
+        table = to_percent(table, score_scale(fin[METRIC_TEST]) if not fin.empty else 1.0)
+        table.insert(0, "source", OUR_SOURCE)
+    return arrange_table(_ordered(table, keys), keys)
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting and rendering
+# --------------------------------------------------------------------------------------------
+def _isnan(x: object) -> bool:
+    try:
+        return x is None or x is pd.NA or bool(pd.isna(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def format_mean_std(mean: float, std: float, n: int | None = None, *, digits: int = 2) -> str:
+    """``"95.70 ± 0.12 (n=3)"``; ``"95.70 (n=1)"`` when std is NaN; no ``(n=..)`` if n is NA."""
+    if _isnan(mean):
+        return ""
+    text = f"{float(mean):.{digits}f}"
+    if not _isnan(std):
+        text += f" ± {float(std):.{digits}f}"
+    if not _isnan(n):
+        text += f" (n={int(n)})"
+    return text
+
+
+def _format_params(x: object) -> str:
+    if _isnan(x):
+        return ""
+    x = float(x)
+    if x >= 1e5:
+        return f"{x / 1e6:.2f}M"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f}k"
+    return f"{x:.0f}"
+
+
+def _format_value(x: object) -> str:
+    if _isnan(x):
+        return ""
+    if isinstance(x, float | np.floating):
+        return f"{float(x):.6g}"
+    return str(x)
+
+
+def format_table(table: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
+    """A table of this module -> strings for reading.
+
+    Shows the columns left of ``n`` (source, keys, config_id, n_configs), then the score as
+    ``mean ± std (n=k)``, latency and training time as ``mean ± std``, parameters as ``0.16M``,
+    the device, a note where any, and ``best config``: the winning hyperparameters (the columns
+    right of ``note``) as ``name=value`` pairs. Paper rows show their single published value.
+    """
+    if table.empty:
+        return pd.DataFrame()
+    cols = list(table.columns)
+    left = cols[: cols.index("n")] if "n" in cols else []
+    hyper = cols[cols.index("note") + 1 :] if "note" in cols else []
+    out = pd.DataFrame(index=table.index)
+    for c in left:
+        col = table[c]
+        if c == "method":
+            col = col.map(lambda m: METHOD_LABELS.get(m, m))
+        out[c] = col.map(_format_value)
+    n = table["n"] if "n" in cols else pd.Series(pd.NA, index=table.index)
+
+    def stat(name: str) -> pd.Series:
+        return table[name] if name in cols else pd.Series(np.nan, index=table.index)
+
+    for metric, label in ((METRIC_TEST, "test score (%)"), (METRIC_VAL, "val score (%)")):
+        if f"{metric}_mean" in cols:
+            out[label] = [
+                format_mean_std(m, s, k, digits=digits)
+                for m, s, k in zip(stat(f"{metric}_mean"), stat(f"{metric}_std"), n, strict=True)
+            ]
+    if "num_params_mean" in cols:
+        out["params"] = table["num_params_mean"].map(_format_params)
+    for metric, label in (
+        ("latency_ms_p50", "latency p50 (ms)"),
+        ("train_seconds", "train time (s)"),
+    ):
+        if f"{metric}_mean" in cols:
+            out[label] = [
+                format_mean_std(m, s, None, digits=digits)
+                for m, s in zip(stat(f"{metric}_mean"), stat(f"{metric}_std"), strict=True)
+            ]
+    if "device" in cols:
+        out["device"] = table["device"].map(_format_value)
+    if "note" in cols and table["note"].map(_format_value).str.len().gt(0).any():
+        out["note"] = table["note"].map(_format_value)
+    if hyper:
+        out["best config"] = [
+            ", ".join(
+                f"{h}={_format_value(v)}" for h, v in zip(hyper, row, strict=True) if not _isnan(v)
+            )
+            for row in table[hyper].itertuples(index=False)
+        ]
+    return out.reset_index(drop=True)
+
+
+def arrange_table(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Fixed column order: source, keys, ids, n, statistics, device, note, hyperparameters.
+
+    :func:`format_table` relies on it: columns left of ``n`` are shown as they are, columns right
+    of ``note`` are the winning configuration's hyperparameters.
+    """
+    if table.empty:
+        return table
+    table = table.copy()
+    if "note" not in table.columns:
+        table["note"] = ""
+    if "device" not in table.columns:
+        table["device"] = None
+    for c in ("n", "n_configs"):
+        if c in table.columns:
+            table[c] = pd.to_numeric(table[c], errors="coerce").astype("Int64")
+    cols = list(table.columns)
+    stats = [c for c in cols if c.endswith(("_mean", "_std"))]
+    front = [c for c in ("source", *keys, "config_id", "n_configs", "n") if c in cols]
+    front = list(dict.fromkeys(front))
+    ids = [c for c in TRIAL_COLUMNS if c in cols and c not in front and c != "device"]
+    known = set(front) | set(stats) | set(ids) | {"device", "note"}
+    hyper = [c for c in cols if c not in known]
+    return table[[*front, *stats, "device", *ids, "note", *hyper]]
+
+
+def _display(frame: pd.DataFrame) -> pd.DataFrame:
+    """Tables of this module (with ``*_mean`` columns) are formatted; other frames shown as-is."""
+    if any(str(c).endswith("_mean") for c in frame.columns):
+        return format_table(frame)
+    return frame
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub pipe table (no ``tabulate`` needed); tables of this module are formatted first."""
+    shown = _display(frame)
+    if shown.empty:
+        return "_(no rows)_\n"
+
+    def cell(x: object) -> str:
+        return _format_value(x).replace("|", "\\|").replace("\n", " ")
+
+    header = "| " + " | ".join(cell(c) for c in shown.columns) + " |"
+    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+    body = ["| " + " | ".join(cell(x) for x in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def _latex_escape(text: str) -> str:
+    out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+    return out.replace("±", r"$\pm$")
+
+
+def to_latex(frame: pd.DataFrame) -> str:
+    """A plain LaTeX ``tabular`` (no jinja2 or booktabs needed), special characters escaped."""
+    shown = _display(frame)
+    if shown.empty:
+        return "% (no rows)\n"
+
+    def row(values) -> str:
+        return " & ".join(_latex_escape(_format_value(v)) for v in values) + r" \\"
+
+    lines = [
+        r"\begin{tabular}{" + "l" * len(shown.columns) + "}",
+        r"\hline",
+        row(shown.columns),
+        r"\hline",
+        *(row(r) for r in shown.itertuples(index=False)),
+        r"\hline",
+        r"\end{tabular}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write the numeric table (means, stds, n, hyperparameters) as CSV; returns the path."""
+    path = Path(path)
+    table.to_csv(path, index=False)
+    return path

@@ -1,0 +1,229 @@
+"""Seaborn figures from precomputed frames: compute first (ablation, pareto), then draw on an Axes.
+
+Every function takes the frame it draws and a matplotlib ``Axes`` and returns that Axes; none
+computes statistics of its own beyond unit scaling, so tests check the frames and the figures only
+render them. Scores are drawn in percent (a study logging fractions is scaled by 100, see
+:func:`analysis.ablation.score_scale`), latency in ms. Nothing here selects a backend: draw on
+any Axes; :mod:`analysis.report` uses ``matplotlib.figure.Figure`` (Agg canvas, no pyplot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
+
+from analysis.ablation import METHOD_LABELS, score_scale
+from study.errors import choose
+
+__all__ = ["score_axis_label", "plot_pareto", "plot_hyperparameter", "plot_training_curves"]
+
+
+def score_axis_label(dataset: str | Sequence[str] | None = None, score: str = "test_score") -> str:
+    """``"test micro-F1 (%)"`` for PPI, ``"test accuracy (%)"`` otherwise (``"val ..."`` for
+    ``val_score``); ``"test score (%)"`` when several datasets share the axis."""
+    split = "val" if score.startswith("val") else "test"
+    names = [] if dataset is None else [dataset] if isinstance(dataset, str) else list(dataset)
+    names = sorted({str(n).lower() for n in names})
+    if len(names) != 1:
+        return f"{split} score (%)"
+    return f"{split} {'micro-F1' if names[0] == 'ppi' else 'accuracy'} (%)"
+
+
+def _nan0(series: pd.Series) -> np.ndarray:
+    return np.nan_to_num(pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64"))
+
+
+def _datasets(frame: pd.DataFrame) -> list[str] | None:
+    return frame["dataset"].dropna().unique().tolist() if "dataset" in frame.columns else None
+
+
+def plot_pareto(
+    summary: pd.DataFrame,
+    front: pd.DataFrame,
+    ax: Axes,
+    *,
+    score: str = "test_score",
+    latency: str = "latency_ms_p50",
+) -> Axes:
+    """Score against latency for every configuration, the Pareto front as a step line.
+
+    Args:
+        summary: Configurations (``summarize(runs, ["config_id"])``): ``method``,
+            ``<score>_mean/_std``, ``<latency>_mean/_std``, optionally ``num_params_mean``.
+        front: The non-dominated rows (:func:`analysis.pareto.pareto_front` of ``summary``).
+        ax: Where to draw.
+        score: Score metric (y axis, percent).
+        latency: Latency metric (x axis, ms).
+
+    Points are coloured by method and sized by parameter count; error bars are the std over
+    seeds (none where n=1). The step line shows the best score reachable within each latency.
+    """
+    y_mean, y_std = f"{score}_mean", f"{score}_std"
+    x_mean, x_std = f"{latency}_mean", f"{latency}_std"
+    data = summary.loc[summary[[x_mean, y_mean]].notna().all(axis=1)].copy()
+    scale = score_scale(data[y_mean])
+    data["x"] = pd.to_numeric(data[x_mean], errors="coerce")
+    data["y"] = pd.to_numeric(data[y_mean], errors="coerce") * scale
+    methods = data["method"] if "method" in data.columns else pd.Series("all", index=data.index)
+    data["method"] = methods.map(lambda m: METHOD_LABELS.get(m, m)).astype(str)
+    has_size = "num_params_mean" in data.columns and data["num_params_mean"].notna().any()
+    if has_size:
+        data["params"] = pd.to_numeric(data["num_params_mean"], errors="coerce")
+    if len(data):
+        ax.errorbar(
+            data["x"],
+            data["y"],
+            xerr=_nan0(data[x_std]) if x_std in data.columns else None,
+            yerr=_nan0(data[y_std]) * scale if y_std in data.columns else None,
+            fmt="none",
+            ecolor="0.6",
+            elinewidth=0.8,
+            capsize=2,
+            zorder=1,
+        )
+        sns.scatterplot(
+            data=data,
+            x="x",
+            y="y",
+            hue="method",
+            size="params" if has_size else None,
+            sizes=(30, 220),
+            ax=ax,
+            zorder=3,
+            legend="auto",
+        )
+    handles, labels = [], []
+    legend = ax.get_legend()
+    if legend is not None:
+        handles, labels = list(legend.legend_handles), [t.get_text() for t in legend.texts]
+    f = front.loc[front[[x_mean, y_mean]].notna().all(axis=1)].sort_values(x_mean)
+    if len(f):
+        (line,) = ax.plot(
+            pd.to_numeric(f[x_mean]),
+            pd.to_numeric(f[y_mean]) * scale,
+            drawstyle="steps-post",
+            color="black",
+            linewidth=1.2,
+            zorder=2,
+        )
+        handles.append(line)
+        labels.append("Pareto front")
+    if handles:
+        ax.legend(handles, labels, fontsize="small", loc="best")
+    ax.set_xlabel("latency p50 (ms)")
+    ax.set_ylabel(score_axis_label(_datasets(summary), score))
+    ax.grid(True, alpha=0.3)
+    return ax
+
+
+def _auto_xscale(x: np.ndarray) -> str:
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return "linear"
+    positive = x[x > 0]
+    if positive.size and positive.max() / positive.min() >= 100:
+        return "log" if (x > 0).all() else "symlog"
+    return "linear"
+
+
+def plot_hyperparameter(
+    table: pd.DataFrame,
+    param: str,
+    ax: Axes,
+    *,
+    hue: str | None = None,
+    score: str = "test_score",
+    xscale: str | None = None,
+) -> Axes:
+    """Score against one hyperparameter, a line per ``hue`` level (e.g. lambda by kernel).
+
+    Args:
+        table: One row per (hue, param) level with ``<score>_mean``/``_std``, e.g.
+            ``factor_table(runs, ["lsp.kernel", "lsp.lambda"])``.
+        param: The x column (``"lsp.lambda"``, ``"kd.temperature"``).
+        ax: Where to draw.
+        hue: Column that splits lines (``"lsp.kernel"``), or None for one line.
+        score: Score metric (percent).
+        xscale: ``"linear"``, ``"log"`` or ``"symlog"``; default log when the positive values
+            span 100x or more (symlog if 0 is among them), as lambda does.
+    """
+    choose("column", param, list(table.columns))
+    if hue is not None:
+        choose("column", hue, list(table.columns))
+    y_mean, y_std = f"{score}_mean", f"{score}_std"
+    data = table.loc[table[param].notna() & table[y_mean].notna()].copy()
+    data["_x"] = pd.to_numeric(data[param], errors="coerce")
+    data = data.loc[data["_x"].notna()].sort_values("_x")
+    scale = score_scale(data[y_mean])
+    levels = [None] if hue is None else sorted(data[hue].dropna().astype(str).unique())
+    palette = sns.color_palette(n_colors=max(len(levels), 1))
+    for level, color in zip(levels, palette, strict=False):
+        part = data if level is None else data.loc[data[hue].astype(str) == level]
+        std = _nan0(part[y_std]) * scale if y_std in part.columns else None
+        ax.errorbar(
+            part["_x"].to_numpy(dtype="float64"),
+            pd.to_numeric(part[y_mean]).to_numpy(dtype="float64") * scale,
+            yerr=std,
+            marker="o",
+            capsize=3,
+            color=color,
+            label=level,
+        )
+    ax.set_xscale(xscale or _auto_xscale(data["_x"].to_numpy(dtype="float64")))
+    ax.set_xlabel(param)
+    ax.set_ylabel(score_axis_label(_datasets(table), score))
+    if hue is not None and levels:
+        ax.legend(title=hue, fontsize="small")
+    ax.grid(True, alpha=0.3)
+    return ax
+
+
+def plot_training_curves(
+    history: pd.DataFrame,
+    ax: Axes,
+    *,
+    key: str = "epoch_val_score",
+    labels: Mapping[str, str] | None = None,
+) -> Axes:
+    """Per-epoch curves of some runs (e.g. the best trial of each method).
+
+    Args:
+        history: Long frame from :func:`analysis.runs.load_history` (run_id, key, step, value).
+        ax: Where to draw.
+        key: Which metric (``epoch_val_score``, ``train_loss``, ``distill_loss``).
+        labels: run_id -> legend label (default: the first 8 characters of the run id).
+    """
+    data = history.loc[history["key"] == key].copy()
+    if data.empty:
+        ax.text(
+            0.5, 0.5, f"no '{key}' history logged", ha="center", va="center", transform=ax.transAxes
+        )
+        ax.set_axis_off()
+        return ax
+    names = dict(labels or {})
+    runs = list(dict.fromkeys(data["run_id"]))
+    shown = [names.get(r, r[:8]) for r in runs]
+    # Two runs with one label must stay apart in the legend.
+    shown = [f"{s} {r[:6]}" if shown.count(s) > 1 else s for s, r in zip(shown, runs, strict=True)]
+    palette = sns.color_palette(n_colors=max(len(runs), 1))
+    for run, label, color in zip(runs, shown, palette, strict=False):
+        part = data.loc[data["run_id"] == run].sort_values("step")
+        ax.plot(
+            part["step"].to_numpy(dtype="float64"),
+            part["value"].to_numpy(dtype="float64"),
+            label=label,
+            color=color,
+            marker="o" if len(part) < 20 else None,
+            markersize=3,
+        )
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(key)
+    ax.legend(fontsize="small")
+    ax.grid(True, alpha=0.3)
+    return ax

@@ -1,0 +1,334 @@
+"""A study's report folder: README.md with tables and figures, CSV/LaTeX tables, PNG/SVG figures.
+
+Layout of ``out_dir`` (stable; the command line ``distill-study report STUDY --out DIR`` calls
+:func:`write_report`)::
+
+    README.md                  tables (markdown) and embedded figures
+    pareto.csv                 exactly the non-dominated configurations, with config_id
+    tables/runs.csv            every trial run (all statuses), typed
+    tables/configurations.csv  every configuration: mean and std over seeds
+    tables/methods.csv|.tex    best configuration per method, the paper's rows beside
+    tables/kernels.csv|.tex    LSP by kernel          (when the study has LSP kernels)
+    tables/students.csv|.tex   by student size
+    tables/lsp_lambda.csv      LSP lambda by kernel   (when searched)
+    tables/kd_temperature.csv  KD temperature         (when searched)
+    figures/pareto_<dataset>.png|.svg, figures/lsp_lambda_<dataset>.png|.svg,
+    figures/kd_temperature_<dataset>.png|.svg, figures/training_curves_<dataset>.png|.svg
+
+The report is built in a hidden temporary folder beside ``out_dir`` and renamed into place at the
+end, so a failure leaves nothing behind and an existing report is only replaced when asked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from analysis import ablation
+from analysis.ablation import METHOD_LABELS
+from analysis.pareto import DEFAULT_OBJECTIVES, pareto_front
+from analysis.plots import plot_hyperparameter, plot_pareto, plot_training_curves
+from analysis.runs import (
+    display_uri,
+    finished_trials,
+    load_history,
+    load_runs,
+    load_teachers,
+)
+from study.errors import UserInputError
+from study.tracking import METRIC_TEST, METRIC_VAL, resolve_tracking_uri
+
+__all__ = ["write_report"]
+
+_FRONT_COLUMNS = ("dataset", "config_id", "method")
+
+
+def _slug(name: object) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip("-") or "unnamed"
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"report folder {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserInputError(
+            f"report folder {out} exists and is not empty (choose another --out, or overwrite)"
+        )
+
+
+def _status_line(runs: pd.DataFrame) -> str:
+    counts = runs["status"].value_counts()
+    return ", ".join(f"{int(n)} {s}" for s, n in counts.items()) or "no trial runs"
+
+
+@dataclass
+class _Report:
+    """What goes into the folder, computed before anything is written."""
+
+    lines: list[str] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    latex: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Callable[[Figure], None]] = field(default_factory=dict)
+    pareto: pd.DataFrame | None = None
+
+    def section(self, title: str, *text: str) -> None:
+        self.lines += ["", f"## {title}", *(["", *text] if text else [])]
+
+    def table(self, name: str, table: pd.DataFrame, *, latex: bool = False) -> None:
+        self.tables[name] = table
+        if latex:
+            self.latex[name] = table
+        self.lines += [
+            "",
+            ablation.to_markdown(table).rstrip("\n"),
+            "",
+            f"CSV: [tables/{name}.csv](tables/{name}.csv)",
+        ]
+
+    def figure(self, name: str, draw: Callable[[Figure], None], caption: str) -> None:
+        self.figures[name] = draw
+        self.lines += [
+            "",
+            f"![{caption}](figures/{name}.png)",
+            "",
+            f"SVG: [figures/{name}.svg](figures/{name}.svg)",
+        ]
+
+
+def _best_runs(done: pd.DataFrame, methods: pd.DataFrame) -> dict[str, str]:
+    """run_id -> label: the best seed (on validation, then test) of each method's best config."""
+    ours = methods.loc[
+        (methods["source"] == ablation.OUR_SOURCE) & (methods["method"] != "teacher")
+    ]
+    picked: dict[str, str] = {}
+    for cfg, method in zip(ours["config_id"], ours["method"], strict=True):
+        runs = done.loc[(done["config_id"] == cfg) | (done["run_id"] == cfg)]
+        if runs.empty:
+            continue
+        runs = runs.sort_values([METRIC_VAL, METRIC_TEST], ascending=False, na_position="last")
+        best = runs.iloc[0]
+        picked[best["run_id"]] = f"{METHOD_LABELS.get(method, method)} (seed {best['seed']})"
+    return picked
+
+
+def _plan(study: str, uri: str, runs: pd.DataFrame, teachers: pd.DataFrame, bar: tqdm) -> _Report:
+    done = finished_trials(runs)
+    rep = _Report()
+    summary = ablation.config_summary(done)
+    datasets = [d for d in summary["dataset"].dropna().unique()] if "dataset" in summary else []
+    devices = ", ".join(sorted(str(d) for d in done["device"].dropna().unique())) or "unknown"
+    n_seeds = summary["n"]
+    rep.lines += [
+        f"# Study report: {study}",
+        "",
+        f"- Tracking store: `{display_uri(uri)}`",
+        f"- Generated: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- Trial runs: {_status_line(runs)}; {len(done)} finished with a test score count.",
+        f"- Configurations: {len(summary)}; seeds per configuration: "
+        f"{int(n_seeds.min())} to {int(n_seeds.max())}.",
+        f"- Datasets: {', '.join(map(str, datasets))}. Latency measured on: {devices} "
+        "(latencies are comparable only on one device).",
+        "",
+        "Values are mean ± sample std over seeds (n = seeds); with n=1 no std is shown. Each "
+        "table row is the best configuration of its group, chosen on the mean validation score "
+        "and reported on test. Scores in percent. Paper rows: Yang et al., CVPR 2020 (no std "
+        "published; latency on a GTX 1080Ti).",
+    ]
+    bar.update()
+
+    # Pareto fronts, one per dataset.
+    front = pareto_front(summary, DEFAULT_OBJECTIVES, by="dataset")
+    lead = [c for c in _FRONT_COLUMNS if c in front.columns]
+    rep.pareto = front[lead + [c for c in front.columns if c not in lead]]
+    for ds in datasets:
+        s_ds = summary.loc[summary["dataset"] == ds]
+        f_ds = front.loc[front["dataset"] == ds]
+        shown = ablation.arrange_table(
+            ablation.to_percent(f_ds, ablation.score_scale(s_ds[f"{METRIC_TEST}_mean"])),
+            ["dataset", "method"],
+        )
+        rep.section(
+            f"Accuracy against latency: {ds}",
+            f"{len(f_ds)} of {len(s_ds)} configurations are on the Pareto front (none is at "
+            "least as good in test score and latency p50 and better in one); "
+            "[pareto.csv](pareto.csv) lists them.",
+        )
+        rep.figure(
+            f"pareto_{_slug(ds)}",
+            lambda fig, s=s_ds, f=f_ds: plot_pareto(s, f, fig.add_subplot()),
+            f"Pareto front {ds}",
+        )
+        rep.lines += ["", ablation.to_markdown(shown).rstrip("\n")]
+    bar.update()
+
+    rep.section("Methods")
+    rep.table("methods", ablation.method_table(done, teachers), latex=True)
+    kernels = ablation.kernel_table(done)
+    if not kernels.empty:
+        rep.section("LSP kernels")
+        rep.table("kernels", kernels, latex=True)
+    students = ablation.student_table(done)
+    if not students.empty:
+        rep.section("Students")
+        rep.table("students", students, latex=True)
+    bar.update()
+
+    # lambda is searched over orders of magnitude: always a log axis (symlog if 0 was tried).
+    for param, method, hue, title, log in (
+        ("lsp.lambda", "lsp", "lsp.kernel", "LSP lambda", True),
+        ("kd.temperature", "kd", None, "KD temperature", False),
+    ):
+        if param not in done.columns:
+            continue
+        sub = done.loc[(done["method"] == method) & done[param].notna()]
+        if sub.empty:
+            continue
+        hue = hue if hue in sub.columns and sub[hue].notna().any() else None
+        factors = [hue, param] if hue else [param]
+        table = ablation.factor_table(sub, factors)
+        name = _slug(param.replace(".", "_"))
+        positive = (pd.to_numeric(sub[param], errors="coerce") > 0).all()
+        xscale = ("log" if positive else "symlog") if log else None
+        rep.section(title)
+        for ds in table["dataset"].dropna().unique():
+            rep.figure(
+                f"{name}_{_slug(ds)}",
+                lambda fig, t=table.loc[table["dataset"] == ds], p=param, h=hue, x=xscale: (
+                    plot_hyperparameter(t, p, fig.add_subplot(), hue=h, xscale=x)
+                ),
+                f"{title} {ds}",
+            )
+        rep.table(name, table)
+    bar.update()
+
+    best = _best_runs(done, rep.tables["methods"])
+    history = load_history(list(best), tracking_uri=uri)
+    if not history.empty:
+        rep.section(
+            "Training curves",
+            "The best seed of each method's best configuration.",
+        )
+        for ds in datasets:
+            ids = set(done.loc[done["dataset"] == ds, "run_id"])
+            h = history.loc[history["run_id"].isin(ids)]
+            if h.empty:
+                continue
+
+            def draw(fig: Figure, h: pd.DataFrame = h) -> None:
+                left, right = fig.subplots(1, 2)
+                plot_training_curves(h, left, key="epoch_val_score", labels=best)
+                plot_training_curves(h, right, key="train_loss", labels=best)
+
+            rep.figure(f"training_curves_{_slug(ds)}", draw, f"Training curves {ds}")
+    rep.tables["configurations"] = summary
+    rep.tables["runs"] = runs
+    bar.update()
+    return rep
+
+
+def _write(rep: _Report, folder: Path, bar: tqdm) -> None:
+    (folder / "tables").mkdir()
+    (folder / "figures").mkdir()
+    assert rep.pareto is not None
+    rep.pareto.to_csv(folder / "pareto.csv", index=False)
+    for name, table in rep.tables.items():
+        ablation.to_csv(table, folder / "tables" / f"{name}.csv")
+    for name, table in rep.latex.items():
+        (folder / "tables" / f"{name}.tex").write_text(ablation.to_latex(table))
+    bar.update()
+    for name, draw in rep.figures.items():
+        wide = name.startswith("training_curves")
+        fig = Figure(figsize=(10, 4) if wide else (6.4, 4.8), layout="constrained")
+        draw(fig)
+        fig.savefig(folder / "figures" / f"{name}.png", dpi=150)
+        fig.savefig(folder / "figures" / f"{name}.svg", metadata={"Date": None})
+    bar.update()
+    (folder / "README.md").write_text("\n".join(rep.lines) + "\n")
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def write_report(
+    study: str,
+    out_dir: str | os.PathLike,
+    *,
+    tracking_uri: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a study's report folder (layout in the module docstring) and return its path.
+
+    Args:
+        study: Study (MLflow experiment) name.
+        out_dir: The report folder. Created if missing; an existing non-empty folder is only
+            replaced with ``overwrite=True``.
+        tracking_uri: MLflow tracking URI; default from
+            :func:`study.tracking.resolve_tracking_uri`.
+        overwrite: Replace an existing report folder.
+
+    Returns:
+        The report folder (absolute).
+
+    Raises:
+        UserInputError: unknown study, no finished trials, or ``out_dir`` exists and is not
+            empty (without ``overwrite``) or is a file. Nothing is written in these cases, nor
+            when building fails part-way.
+    """
+    out = Path(out_dir).expanduser().absolute()
+    _check_out_dir(out, overwrite)
+    uri = resolve_tracking_uri(tracking_uri)
+    with tqdm(total=8, desc=f"report {study}", unit="step", disable=None) as bar:
+        runs = load_runs(study, tracking_uri=uri)
+        if finished_trials(runs).empty:
+            raise UserInputError(
+                f"study {study!r} has no finished trials with a test score in "
+                f"{display_uri(uri)} ({_status_line(runs)})"
+            )
+        teachers = load_teachers(study, tracking_uri=uri)
+        bar.update()
+        rep = _plan(study, uri, runs, teachers, bar)
+
+        missing = []
+        parent = out.parent
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        try:
+            tmp.chmod(_umask_mode())
+            _write(rep, tmp, bar)
+            _check_out_dir(out, overwrite)  # it may have appeared while we worked
+            if out.exists():
+                old = tmp.with_name(tmp.name + ".old")
+                out.rename(old)
+                try:
+                    tmp.rename(out)
+                except BaseException:
+                    old.rename(out)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for folder in missing:  # parents we created, innermost first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            raise
+    return out

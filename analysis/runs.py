@@ -1,0 +1,373 @@
+"""MLflow runs of one or more studies -> tidy pandas DataFrames (one row per run).
+
+The only module of :mod:`analysis` that talks to MLflow. It reads the layout written by the
+studies (see :mod:`study.tracking`): experiment = study name, trial runs tagged
+``gds.role=trial``, teacher runs tagged ``gds.role=teacher``.
+
+MLflow stores params as strings; :func:`load_runs` types them back (``"100.0"`` -> float,
+``"16"`` -> int, ``"true"``/``"false"`` -> bool, ``"None"`` -> NA, anything else stays a string;
+a column mixing ints and floats becomes float).
+
+Runs are read with ``MlflowClient(uri).search_runs`` (paged), the client form of
+``mlflow.search_runs``: it takes the tracking URI as an argument instead of changing MLflow's
+process-wide tracking URI, so reading a report never redirects a caller's own logging.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, overload
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pandas as pd
+
+from study.errors import UserInputError
+from study.tracking import (
+    EPOCH_METRICS,
+    FINAL_METRICS,
+    METRIC_TEST,
+    ROLE_TEACHER,
+    ROLE_TRIAL,
+    TAG_CONFIG_ID,
+    TAG_DATASET,
+    TAG_DEVICE,
+    TAG_METHOD,
+    TAG_ROLE,
+    TAG_SEED,
+    TAG_STUDENT_ARCH,
+    TAG_TEACHER_HASH,
+    TAG_TEACHER_RUN,
+    resolve_tracking_uri,
+)
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "TRIAL_COLUMNS",
+    "TEACHER_COLUMNS",
+    "HISTORY_COLUMNS",
+    "FINISHED",
+    "load_runs",
+    "load_history",
+    "load_teachers",
+    "finished_trials",
+    "display_uri",
+    "type_param_column",
+]
+
+FINISHED = "FINISHED"
+# Identity columns of a trial row, in order; the tag each one is read from.
+_TRIAL_TAGS = {
+    "method": TAG_METHOD,
+    "dataset": TAG_DATASET,
+    "seed": TAG_SEED,
+    "config_id": TAG_CONFIG_ID,
+    "teacher_run_id": TAG_TEACHER_RUN,
+    "device": TAG_DEVICE,
+    "student_arch": TAG_STUDENT_ARCH,
+}
+TRIAL_COLUMNS = ("study", "run_id", "run_name", "status", *_TRIAL_TAGS)
+_TEACHER_TAGS = {"dataset": TAG_DATASET, "device": TAG_DEVICE, "teacher_hash": TAG_TEACHER_HASH}
+TEACHER_COLUMNS = ("study", "run_id", "run_name", "status", *_TEACHER_TAGS)
+HISTORY_COLUMNS = ("run_id", "key", "step", "value")
+
+_NA_TOKENS = frozenset({"", "none", "null", "<na>"})
+_INT_RE = re.compile(r"[+-]?\d+")
+
+
+# --------------------------------------------------------------------------------------------
+# Typing MLflow's string params
+# --------------------------------------------------------------------------------------------
+def _parse(text: Any) -> tuple[str, Any]:
+    """One param string -> (kind, value), kind in {"na", "bool", "int", "float", "str"}."""
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return "na", None
+    s = str(text).strip()
+    low = s.lower()
+    if low in _NA_TOKENS:
+        return "na", None
+    if low in ("true", "false"):
+        return "bool", low == "true"
+    if _INT_RE.fullmatch(s):
+        return "int", int(s)
+    try:
+        return "float", float(s)
+    except ValueError:
+        return "str", s
+
+
+def type_param_column(values: Sequence[Any]) -> pd.Series:
+    """Type one column of MLflow param strings (``None`` where a run lacks the param).
+
+    All bools -> ``bool`` (``boolean`` if some are NA); all ints -> ``int64`` (``Int64`` with NA);
+    ints and floats -> ``float64`` (NA -> NaN); anything else, including a mix of numbers and
+    words, keeps the original strings (NA where missing).
+    """
+    parsed = [_parse(v) for v in values]
+    kinds = {k for k, _ in parsed} - {"na"}
+    has_na = any(k == "na" for k, _ in parsed)
+    vals = [v for _, v in parsed]
+    if not kinds:
+        return pd.Series([pd.NA] * len(vals), dtype="object")
+    if kinds == {"bool"}:
+        return pd.Series(vals, dtype="boolean" if has_na else "bool")
+    if kinds == {"int"}:
+        return pd.Series(vals, dtype="Int64" if has_na else "int64")
+    if kinds <= {"int", "float"}:
+        return pd.Series([np.nan if v is None else float(v) for v in vals], dtype="float64")
+    # A mixed column keeps what the user wrote (e.g. "10" next to "auto"), not Python reprs.
+    texts = [
+        None if k == "na" else str(t).strip() for (k, _), t in zip(parsed, values, strict=True)
+    ]
+    return pd.Series(texts, dtype="object")
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow access
+# --------------------------------------------------------------------------------------------
+def display_uri(uri: str) -> str:
+    """The tracking URI with any ``user:password@`` removed, safe to print in messages/reports."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return parts._replace(netloc=f"***@{host}").geturl()
+    return uri
+
+
+def _client(uri: str) -> MlflowClient:
+    """An ``MlflowClient`` for ``uri``; a sqlite URI must name an existing file.
+
+    MLflow would otherwise create an empty database at a mistyped path and report "no study".
+    """
+    if uri.startswith("sqlite:///"):
+        # SQLAlchemy form: sqlite:///relative/path.db or sqlite:////absolute/path.db.
+        path = Path(unquote(uri[len("sqlite:///") :].split("?", 1)[0]))
+        if str(path) not in ("", ":memory:") and not path.exists():
+            raise UserInputError(
+                f"no MLflow store at {path} (tracking URI {uri!r}; pass --tracking-uri or set "
+                "MLFLOW_TRACKING_URI)"
+            )
+    from mlflow.tracking import MlflowClient  # imported late: importing analysis stays cheap
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _known_studies(client: MlflowClient) -> list[str]:
+    names = [e.name for e in client.search_experiments(max_results=1000)]
+    return sorted(n for n in names if n != "Default")
+
+
+def _experiment(client: MlflowClient, name: str, uri: str) -> Any:
+    exp = client.get_experiment_by_name(name)
+    if exp is None or exp.lifecycle_stage == "deleted":
+        known = ", ".join(_known_studies(client)) or "none"
+        raise UserInputError(f"no study named {name!r} in {display_uri(uri)} (known: {known})")
+    return exp
+
+
+def _search(client: MlflowClient, experiment_id: str, role: str) -> list:
+    """Every active run of the experiment with tag ``gds.role == role`` (all pages)."""
+    from mlflow.entities import ViewType
+
+    runs: list = []
+    token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids=[experiment_id],
+            filter_string=f"tags.`{TAG_ROLE}` = '{role}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _frame(
+    records: list[dict], params: list[dict], metrics: list[dict], id_cols: Sequence[str]
+) -> pd.DataFrame:
+    """Assemble identity columns, typed params and float metrics into one frame."""
+    n = len(records)
+    out: dict[str, Any] = {
+        c: pd.Series([r.get(c) for r in records], dtype="object") for c in id_cols
+    }
+    metric_names = list(FINAL_METRICS) + sorted(
+        {k for m in metrics for k in m} - set(FINAL_METRICS) - set(EPOCH_METRICS)
+    )
+    param_names = sorted({k for p in params for k in p})
+    for name in param_names:
+        col = name
+        # A tag column (method, seed, ...) wins; a param that shadows a metric gets a prefix.
+        if name in out:
+            continue
+        if name in metric_names:
+            col = f"param.{name}"
+        out[col] = type_param_column([p.get(name) for p in params])
+    for name in metric_names:
+        out[name] = pd.Series([m.get(name, np.nan) for m in metrics], dtype="float64")
+    df = pd.DataFrame(out, index=pd.RangeIndex(n))
+    for col in id_cols:
+        if col == "seed":
+            df[col] = type_param_column(df[col].tolist())
+        else:
+            df[col] = df[col].astype("object").where(df[col].notna(), None)
+    return df
+
+
+def _rows(study: str, runs: Iterable, tags: dict[str, str]) -> tuple[list, list, list]:
+    records, params, metrics = [], [], []
+    for run in runs:
+        rtags = run.data.tags
+        rec = {
+            "study": study,
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "status": run.info.status,
+        }
+        for col, tag in tags.items():
+            # Fall back to the param of the same name (a trial logs method and seed as both).
+            rec[col] = rtags.get(tag, run.data.params.get(col))
+        records.append(rec)
+        params.append(dict(run.data.params))
+        metrics.append(dict(run.data.metrics))
+    return records, params, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+@overload
+def load_runs(
+    studies: str | Sequence[str],
+    *,
+    tracking_uri: str | None = ...,
+    include_history: Literal[False] = ...,
+) -> pd.DataFrame: ...
+
+
+@overload
+def load_runs(
+    studies: str | Sequence[str],
+    *,
+    tracking_uri: str | None = ...,
+    include_history: Literal[True],
+) -> tuple[pd.DataFrame, pd.DataFrame]: ...
+
+
+def load_runs(
+    studies: str | Sequence[str],
+    *,
+    tracking_uri: str | None = None,
+    include_history: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+    """The trial runs of one or more studies as one tidy DataFrame, one row per trial run.
+
+    Every status is included (FINISHED, FAILED, RUNNING, KILLED); use :func:`finished_trials`
+    for the runs that count.
+
+    Args:
+        studies: A study name (= MLflow experiment name) or several.
+        tracking_uri: MLflow tracking URI; default from :func:`study.tracking.resolve_tracking_uri`.
+        include_history: Also read the per-epoch metrics of every run (one MLflow call per run
+            and key, so slow on big studies).
+
+    Returns:
+        ``runs``, or the tuple ``(runs, history)`` when ``include_history`` is true, ``history``
+        as from :func:`load_history`. ``runs`` has the columns :data:`TRIAL_COLUMNS` (``seed``
+        an integer), then every hyperparameter param, typed (NA where a trial's method lacks it),
+        then every final metric as float (:data:`study.tracking.FINAL_METRICS` always present).
+
+    Raises:
+        UserInputError: a study name that is not an experiment in the store, or a sqlite URI
+            whose file does not exist.
+    """
+    names = [studies] if isinstance(studies, str) else list(dict.fromkeys(studies))
+    uri = resolve_tracking_uri(tracking_uri)
+    client = _client(uri)
+    records: list = []
+    params: list = []
+    metrics: list = []
+    for name in names:
+        exp = _experiment(client, name, uri)
+        r, p, m = _rows(name, _search(client, exp.experiment_id, ROLE_TRIAL), _TRIAL_TAGS)
+        records += r
+        params += p
+        metrics += m
+    runs = _frame(records, params, metrics, TRIAL_COLUMNS)
+    if include_history:
+        return runs, _history(client, runs["run_id"].tolist(), EPOCH_METRICS)
+    return runs
+
+
+def _history(client: MlflowClient, run_ids: Sequence[str], keys: Sequence[str]) -> pd.DataFrame:
+    rows: dict[str, list] = {c: [] for c in HISTORY_COLUMNS}
+    for run_id in run_ids:
+        for key in keys:
+            for m in client.get_metric_history(run_id, key):
+                rows["run_id"].append(run_id)
+                rows["key"].append(key)
+                rows["step"].append(int(m.step))
+                rows["value"].append(float(m.value))
+    df = pd.DataFrame(
+        {
+            "run_id": pd.Series(rows["run_id"], dtype="object"),
+            "key": pd.Series(rows["key"], dtype="object"),
+            "step": pd.Series(rows["step"], dtype="int64"),
+            "value": pd.Series(rows["value"], dtype="float64"),
+        }
+    )
+    return df.sort_values(["run_id", "key", "step"], kind="stable").reset_index(drop=True)
+
+
+def load_history(
+    run_ids: Sequence[str],
+    *,
+    tracking_uri: str | None = None,
+    keys: Sequence[str] = EPOCH_METRICS,
+) -> pd.DataFrame:
+    """Per-epoch metric histories of some runs, long format.
+
+    Args:
+        run_ids: MLflow run ids (e.g. the best trials of :func:`load_runs`).
+        tracking_uri: MLflow tracking URI; default as in :func:`load_runs`.
+        keys: Metric keys to read (default: ``train_loss``, ``distill_loss``, ``epoch_val_score``).
+
+    Returns:
+        Columns ``run_id``, ``key``, ``step`` (int, the epoch), ``value`` (float), sorted by
+        run, key and step. Keys a run never logged are simply absent.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    return _history(_client(uri), list(run_ids), list(keys))
+
+
+def load_teachers(study: str, *, tracking_uri: str | None = None) -> pd.DataFrame:
+    """The teacher runs of a study: one row per teacher, typed like :func:`load_runs`.
+
+    Columns :data:`TEACHER_COLUMNS`, the teacher's params, and its metrics (``test_score``,
+    ``num_params``, ``latency_ms_p50``, ... as float; NaN where not logged).
+
+    Raises:
+        UserInputError: an unknown study (see :func:`load_runs`).
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    client = _client(uri)
+    exp = _experiment(client, study, uri)
+    r, p, m = _rows(study, _search(client, exp.experiment_id, ROLE_TEACHER), _TEACHER_TAGS)
+    return _frame(r, p, m, TEACHER_COLUMNS)
+
+
+def finished_trials(runs: pd.DataFrame) -> pd.DataFrame:
+    """The trials that count: status FINISHED and a ``test_score`` logged."""
+    if runs.empty:
+        return runs.copy()
+    mask = (runs["status"] == FINISHED) & runs[METRIC_TEST].notna()
+    return runs.loc[mask].reset_index(drop=True)

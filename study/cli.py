@@ -1,0 +1,458 @@
+"""The ``distill-study`` command line.
+
+One run without Ray: ``teacher`` trains and saves a teacher, ``distill`` distils one student.
+Studies on Ray: ``run``, ``resume``, ``list``; reports: ``report``. Bad input is one line on
+stderr and exit code 2, before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from study.errors import UserInputError
+
+EXIT_USAGE = 2
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset", required=True, help="dataset name (cora, ppi, modelnet40, synthetic_sbm, ...)"
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="datasets folder (default: $GDS_DATA_ROOT, else the user cache)",
+    )
+    p.add_argument(
+        "--data-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a loader option, e.g. num_points=1024 (repeatable)",
+    )
+
+
+def _add_model_args(
+    p: argparse.ArgumentParser, who: str, width: int, depth: int, heads: int
+) -> None:
+    g = p.add_argument_group(f"{who} model")
+    g.add_argument("--arch", default="gat", help="gat or dgcnn")
+    g.add_argument(
+        "--preset",
+        default=None,
+        help="a paper preset: ppi_teacher, ppi_student, modelnet_teacher, modelnet_student",
+    )
+    g.add_argument(
+        "--width",
+        type=int,
+        default=width,
+        help="per-head width (gat) or first EdgeConv width (dgcnn)",
+    )
+    g.add_argument("--depth", type=int, default=depth, help="number of message-passing layers")
+    g.add_argument("--heads", type=int, default=heads, help="attention heads (gat)")
+    g.add_argument("--k", type=int, default=20, help="kNN size (dgcnn)")
+    g.add_argument(
+        "--emb-dims", type=int, default=None, help="DGCNN embedding width (default: 16 x width)"
+    )
+    g.add_argument("--dropout", type=float, default=0.5)
+
+
+def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--lr", type=float, default=0.005)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    g.add_argument("--batch-size", type=int, default=32, help="graphs (PPI) or clouds per batch")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="distill-study", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("teacher", help="train a teacher and save its checkpoint (no Ray)")
+    _add_data_args(t)
+    _add_model_args(t, "teacher", width=8, depth=2, heads=8)
+    _add_train_args(t, epochs=200)
+    t.add_argument(
+        "--out", required=True, help="checkpoint path to write (never overwritten without --force)"
+    )
+    t.add_argument("--force", action="store_true", help="overwrite an existing --out")
+
+    d = sub.add_parser("distill", help="distil one student from a saved teacher (no Ray)")
+    _add_data_args(d)
+    d.add_argument(
+        "--teacher", required=True, help="a checkpoint written by `distill-study teacher`"
+    )
+    _add_model_args(d, "student", width=4, depth=2, heads=2)
+    _add_train_args(d, epochs=200)
+    m = d.add_argument_group("distillation")
+    m.add_argument("--method", default="lsp", help="none, kd, fitnet, at, lsp")
+    m.add_argument(
+        "--lambda",
+        dest="lambda_",
+        type=float,
+        default=None,
+        help="weight of the distillation term (default: lsp 100, fitnet 1, at 1)",
+    )
+    m.add_argument("--kernel", default="rbf", help="LSP kernel: linear, poly, rbf, l2, l1_official")
+    m.add_argument("--sigma", type=float, default=1.0, help="rbf bandwidth")
+    m.add_argument("--degree", type=float, default=2.0, help="poly degree")
+    m.add_argument("--c", type=float, default=0.0, help="poly offset")
+    m.add_argument(
+        "--direction",
+        default="student_teacher",
+        help="KL direction: student_teacher (paper) or teacher_student (official code)",
+    )
+    m.add_argument(
+        "--lsp-until-epoch",
+        type=int,
+        default=None,
+        help="apply LSP only before this epoch (official code: 30)",
+    )
+    m.add_argument("--temperature", type=float, default=4.0, help="KD temperature")
+    m.add_argument("--alpha", type=float, default=0.9, help="KD weight of the soft loss")
+    m.add_argument("--at-p", type=float, default=1.0, help="AT exponent p")
+
+    r = sub.add_parser("run", help="run a study from a search-space file on Ray Tune")
+    r.add_argument("file", help="search_spaces/*.yaml")
+    r.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
+    )
+    r.add_argument(
+        "--storage", default=None, help="folder of study folders (default: ~/ray_results)"
+    )
+    r.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)",
+    )
+    r.add_argument("--data-root", default=None)
+    r.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a seconds-long version: 2 epochs, 2 configurations, 1 seed",
+    )
+
+    v = sub.add_parser("validate", help="check a search-space file without running anything")
+    v.add_argument("file")
+
+    s = sub.add_parser("resume", help="continue an interrupted study")
+    s.add_argument("study")
+    s.add_argument("--storage", default=None)
+    s.add_argument("--tracking-uri", default=None)
+    s.add_argument("--address", default=None)
+
+    ls = sub.add_parser("list", help="list studies under a storage folder and their progress")
+    ls.add_argument("--storage", default=None)
+    ls.add_argument("--json", action="store_true")
+
+    rep = sub.add_parser("report", help="write ablation tables and Pareto plots of a study")
+    rep.add_argument("study")
+    rep.add_argument("--tracking-uri", default=None)
+    rep.add_argument(
+        "--out", required=True, help="report folder (refused if it exists, unless --overwrite)"
+    )
+    rep.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserInputError(f"--data-option: expected KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key] = _parse_scalar(value)
+    return out
+
+
+def _parse_scalar(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if args.preset:
+        return {"arch": args.arch, "preset": args.preset}
+    if args.arch == "dgcnn":
+        emb = args.emb_dims or 16 * args.width
+        return {
+            "arch": "dgcnn",
+            "width": args.width,
+            "depth": args.depth,
+            "k": args.k,
+            "emb_dims": emb,
+            "mlp": [max(emb // 4, 16)],
+            "dropout": args.dropout,
+        }
+    return {
+        "arch": args.arch,
+        "width": args.width,
+        "depth": args.depth,
+        "heads": args.heads,
+        "dropout": args.dropout,
+    }
+
+
+def _train_config(args: argparse.Namespace):  # noqa: ANN202 - TrainConfig imported lazily
+    from study.train import TrainConfig
+
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserInputError(
+                f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}"
+            )
+    return TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
+
+
+def _print_metrics(metrics: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(metrics, sort_keys=True))
+        return
+    for key, value in metrics.items():
+        print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from study.data import load_task
+    from study.latency import count_parameters
+    from study.models import build_model
+    from study.teachers import save_checkpoint
+    from study.train import train_teacher
+    from study.trial import _data_shape
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UserInputError(f"--out: {out} already exists (pass --force to overwrite it)")
+    cfg = _train_config(args)
+    task = load_task(args.dataset, root=args.data_root, **_options(args.data_option))
+    model = build_model(**_model_kwargs(args), **_data_shape(task))
+    result = train_teacher(model, task, cfg, progress=not args.no_progress)
+    metrics = {
+        "val_score": result.val_score,
+        "test_score": result.test_score,
+        "num_params": count_parameters(model),
+        "train_seconds": result.train_seconds,
+        **{f"test_{k}": v for k, v in result.test_metrics.items() if k != "score"},
+    }
+    save_checkpoint(result.model, out, dataset=args.dataset, metrics=metrics)
+    _print_metrics({**metrics, "checkpoint": str(out)}, args.json)
+    return 0
+
+
+def distill_config_from_args(args: argparse.Namespace):  # noqa: ANN201
+    """The :class:`DistillConfig` the ``distill`` flags describe (names checked)."""
+    from study.distill import check_direction, check_kernel, check_method
+    from study.train import DistillConfig
+
+    method = check_method(args.method)
+    kernel = check_kernel(args.kernel)
+    direction = check_direction(args.direction)
+    default_lambda = {"lsp": 100.0}.get(method, 1.0)
+    return DistillConfig(
+        method=method,
+        lambda_=default_lambda if args.lambda_ is None else args.lambda_,
+        kernel=kernel,
+        kernel_params={"sigma": args.sigma, "degree": args.degree, "c": args.c},
+        direction=direction,
+        lsp_until_epoch=args.lsp_until_epoch,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        at_p=args.at_p,
+    )
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from study.data import load_task
+    from study.latency import count_parameters
+    from study.models import build_model
+    from study.teachers import load_teacher
+    from study.train import distill_student
+    from study.trial import _data_shape
+
+    distill = distill_config_from_args(args)
+    cfg = _train_config(args)
+    teacher, meta = load_teacher(
+        args.teacher,
+        **_data_shape(load_task(args.dataset, root=args.data_root, **_options(args.data_option))),
+        dataset=args.dataset,
+    )
+    task = load_task(args.dataset, root=args.data_root, **_options(args.data_option))
+    student = build_model(**_model_kwargs(args), **_data_shape(task))
+    result = distill_student(student, teacher, task, cfg, distill, progress=not args.no_progress)
+    metrics = {
+        "method": distill.method,
+        "val_score": result.val_score,
+        "test_score": result.test_score,
+        "teacher_test_score": float(meta.get("metrics", {}).get("test_score", float("nan"))),
+        "num_params": count_parameters(student),
+        "train_seconds": result.train_seconds,
+        "best_epoch": result.best_epoch,
+        **{f"test_{k}": v for k, v in result.test_metrics.items() if k != "score"},
+    }
+    _print_metrics(metrics, args.json)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from study.runner import mlflow_ui_hint, run_study
+
+    outcome = run_study(
+        args.file,
+        tracking_uri=args.tracking_uri,
+        storage=args.storage,
+        address=args.address,
+        data_root=args.data_root,
+        smoke=args.smoke,
+    )
+    _print_outcome(outcome)
+    print(f"\nMLflow UI: {mlflow_ui_hint(outcome.tracking_uri)}")
+    print(
+        f"Report:    distill-study report {outcome.name} --tracking-uri {outcome.tracking_uri} --out reports/{outcome.name}"
+    )
+    return 0 if outcome.complete else 1
+
+
+def _print_outcome(outcome: Any) -> None:
+    import pandas as pd
+
+    rows = [t for t in outcome.trials if t.get("test_score") is not None]
+    print(
+        f"\nStudy {outcome.name!r}: {len(rows)}/{len(outcome.trials)} trials finished, {outcome.errors} errored"
+    )
+    if not rows:
+        return
+    df = pd.DataFrame(
+        [
+            {
+                **{k: v for k, v in r["config"].items() if k != "params"},
+                **r["config"].get("params", {}),
+                **{
+                    k: r.get(k)
+                    for k in (
+                        "config_id",
+                        "val_score",
+                        "test_score",
+                        "latency_ms_p50",
+                        "num_params",
+                    )
+                },
+            }
+            for r in rows
+        ]
+    )
+    df = df.drop(columns=[c for c in df.columns if c.startswith("__")], errors="ignore")
+    best = (
+        df.groupby("config_id")
+        .agg(
+            method=("method", "first"),
+            val_score=("val_score", "mean"),
+            test_score=("test_score", "mean"),
+            latency_ms_p50=("latency_ms_p50", "mean"),
+            num_params=("num_params", "first"),
+            seeds=("val_score", "size"),
+        )
+        .sort_values("val_score", ascending=False)
+        .head(5)
+    )
+    print("Best configurations (mean over seeds, ranked by validation score):")
+    print(best.to_string(float_format=lambda v: f"{v:.4f}"))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from study.config import load_study_spec
+
+    spec = load_study_spec(args.file)
+    print(f"{args.file}: ok: study {spec.name!r}, {spec.num_trials} trials on {spec.dataset.name}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from study.runner import mlflow_ui_hint, resume_study
+
+    outcome = resume_study(
+        args.study, storage=args.storage, tracking_uri=args.tracking_uri, address=args.address
+    )
+    _print_outcome(outcome)
+    print(f"\nMLflow UI: {mlflow_ui_hint(outcome.tracking_uri)}")
+    return 0 if outcome.complete else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from study.runner import list_studies, storage_root
+
+    studies = list_studies(args.storage)
+    if args.json:
+        print(json.dumps(studies))
+        return 0
+    if not studies:
+        print(f"no studies under {storage_root(args.storage)}")
+        return 0
+    print(
+        f"{'study':<28} {'status':<10} {'finished':>8} {'running':>8} {'failed':>7} {'planned':>8}"
+    )
+    for s in studies:
+        print(
+            f"{s['study']:<28} {s['status']:<10} {s['finished']:>8} {s['running']:>8} {s['failed']:>7} {s['planned']:>8}"
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    path = write_report(
+        args.study, args.out, tracking_uri=args.tracking_uri, overwrite=args.overwrite
+    )
+    print(f"report written to {path}/README.md")
+    return 0
+
+
+COMMANDS = {
+    "teacher": cmd_teacher,
+    "distill": cmd_distill,
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "resume": cmd_resume,
+    "list": cmd_list,
+    "report": cmd_report,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``distill-study``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserInputError as exc:
+        print(f"distill-study {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("distill-study: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

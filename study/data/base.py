@@ -1,0 +1,66 @@
+"""The shapes of a loaded dataset: node-classification graphs or point-cloud sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import Tensor
+from torch_geometric.data import Data
+
+Metric = Literal["accuracy", "micro_f1"]
+
+
+@dataclass
+class NodeTask:
+    """Node classification over one or more graphs.
+
+    Each split is a list of graphs; every graph is a PyG ``Data`` with ``x [N, F]``,
+    ``edge_index [2, E]`` (source row 0, target row 1), ``y`` (``[N]`` long, or ``[N, C]`` float
+    0/1 when ``multilabel``) and ``mask [N]`` bool: the nodes this split scores. A transductive
+    dataset (Cora) puts the same graph object in every split with a different mask, so teacher
+    outputs can be cached per graph object.
+    """
+
+    name: str
+    num_features: int
+    num_classes: int
+    multilabel: bool
+    train: list[Data]
+    val: list[Data]
+    test: list[Data]
+    metric: Metric = "accuracy"
+    kind: Literal["node"] = field(default="node", init=False)
+
+
+@dataclass
+class PointCloudSet:
+    """``points [M, P, 3]`` float32 clouds (P points each) and ``labels [M]`` long."""
+
+    points: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class PointCloudTask:
+    """Shape classification of point clouds (ModelNet40-like).
+
+    The headline metric is overall accuracy; mean class accuracy is reported beside it.
+    Training-time augmentation is applied by the training loop (see ``study.data.augment``).
+    """
+
+    name: str
+    num_classes: int
+    num_points: int
+    train: PointCloudSet
+    val: PointCloudSet
+    test: PointCloudSet
+    class_names: list[str] = field(default_factory=list)
+    metric: Metric = "accuracy"
+    kind: Literal["pointcloud"] = field(default="pointcloud", init=False)
+
+
+Task = NodeTask | PointCloudTask

@@ -1,0 +1,342 @@
+"""Per-edge similarity kernels K(z_i, z_j) for local structure preserving distillation (LSP).
+
+Yang et al., "Distilling Knowledge from Graph Convolutional Networks", CVPR 2020, section 3.3
+(DESIGN.md section 2). Every kernel is a similarity: larger means more alike.
+
+Each kernel takes the gathered feature rows of the two ends of every edge, ``z_target = z[i]`` and
+``z_source = z[j]`` (both ``[E, F]``), and returns ``[E]``. Reductions go through ``einsum`` or
+``vector_norm`` so that at most one extra ``[E, F]`` temporary (the difference ``z_i - z_j``) is
+materialised beside the inputs.
+
+:func:`edge_kernel` (what LSP calls) evaluates a kernel on a graph's edges without handing
+gathered rows to autograd. Autograd's own backward of ``z[i] - z[j]`` scatters two ``[E, F]``
+gradients back with ``index_put_(accumulate=True)``, a serial row-by-row loop on CPU that cost
+more than the rest of the LSP step together. The fused functions below keep the forward exact
+(the difference is taken feature by feature, never through ``||a||^2 + ||b||^2 - 2 a.b``) and
+write the backward as one sparse-times-dense product: the gradient of every node is a signed,
+weighted sum of the rows of its edges, i.e. an ``[N, E]`` incidence matrix in CSR form times the
+saved ``[E, F]`` differences (squared distances), or an ``[N, N]`` weighted adjacency times ``z``
+(dot products). The products are the same ``w_e * x_ef`` as in the scatter; only the order of the
+additions differs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from study.errors import UserInputError, choose
+
+#: The divisor of the L1 distance in the official LSP code's kernel exp(-||z_i - z_j||_1 / 100).
+L1_OFFICIAL_SCALE = 100.0
+
+#: Keyword parameters any kernel may take, with their defaults (paper defaults: d=2, c=0, sigma=1).
+KERNEL_PARAM_DEFAULTS: dict[str, float] = {"degree": 2.0, "c": 0.0, "sigma": 1.0}
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot product ``[E, F] x [E, F] -> [E]`` without an ``[E, F]`` product tensor."""
+    return torch.einsum("ef,ef->e", a, b)
+
+
+def squared_distance(z_target: Tensor, z_source: Tensor) -> Tensor:
+    """Row-wise squared Euclidean distance ``||z_i - z_j||^2``.
+
+    Computed directly from the difference, not as ``||a||^2 + ||b||^2 - 2 a.b``: the expansion
+    cancels catastrophically when ``z_i`` is close to ``z_j`` (exactly the neighbours the RBF
+    kernel weighs most), can come out negative, and gives a wrong gradient at ``z_i = z_j``. The
+    direct form is exact up to rounding and costs one ``[E, F]`` temporary, the same order as the
+    gathered inputs themselves.
+
+    Args:
+        z_target: ``[E, F]`` rows of the edge targets.
+        z_source: ``[E, F]`` rows of the edge sources.
+
+    Returns:
+        ``[E]`` non-negative squared distances.
+    """
+    diff = z_target - z_source
+    return _dot(diff, diff)
+
+
+def linear_kernel(z_target: Tensor, z_source: Tensor) -> Tensor:
+    """``K = z_i . z_j``. Shapes: ``[E, F], [E, F] -> [E]``."""
+    return _dot(z_target, z_source)
+
+
+def poly_kernel(z_target: Tensor, z_source: Tensor, degree: float = 2.0, c: float = 0.0) -> Tensor:
+    """``K = (z_i . z_j + c)^degree`` (paper: degree 2, c 0). Shapes: ``[E, F], [E, F] -> [E]``."""
+    return _poly_of_dot(_dot(z_target, z_source), degree, c)
+
+
+def _rbf_of_squared_distance(sq: Tensor, sigma: float = 1.0) -> Tensor:
+    return torch.exp(-sq / (2.0 * sigma * sigma))
+
+
+def _l2_of_squared_distance(sq: Tensor) -> Tensor:
+    return -sq
+
+
+def _poly_of_dot(dot: Tensor, degree: float = 2.0, c: float = 0.0) -> Tensor:
+    return (dot + c).pow(degree)
+
+
+def _linear_of_dot(dot: Tensor) -> Tensor:
+    return dot
+
+
+def rbf_kernel(z_target: Tensor, z_source: Tensor, sigma: float = 1.0) -> Tensor:
+    """``K = exp(-||z_i - z_j||^2 / (2 sigma^2))`` (paper: sigma 1). ``[E, F] x2 -> [E]``."""
+    return _rbf_of_squared_distance(squared_distance(z_target, z_source), sigma)
+
+
+def l2_kernel(z_target: Tensor, z_source: Tensor) -> Tensor:
+    """``K = -||z_i - z_j||^2``: the paper's squared distance, negated so nearer means larger."""
+    return _l2_of_squared_distance(squared_distance(z_target, z_source))
+
+
+def l1_official_kernel(z_target: Tensor, z_source: Tensor) -> Tensor:
+    """``K = exp(-||z_i - z_j||_1 / 100)``: the kernel of the official LSP code, not the paper's."""
+    # vector_norm reduces without an |diff| temporary and has a zero subgradient at diff = 0.
+    l1 = torch.linalg.vector_norm(z_target - z_source, ord=1, dim=-1)
+    return torch.exp(-l1 / L1_OFFICIAL_SCALE)
+
+
+#: Kernel name -> function ``(z_target [E, F], z_source [E, F], **params) -> [E]``.
+KERNELS: dict[str, Callable[..., Tensor]] = {
+    "linear": linear_kernel,
+    "poly": poly_kernel,
+    "rbf": rbf_kernel,
+    "l2": l2_kernel,
+    "l1_official": l1_official_kernel,
+}
+
+#: Which of :data:`KERNEL_PARAM_DEFAULTS` each kernel uses; the others are accepted and ignored so
+#: that a study can pass one parameter set to every kernel it compares.
+KERNEL_PARAMS: dict[str, tuple[str, ...]] = {
+    "linear": (),
+    "poly": ("degree", "c"),
+    "rbf": ("sigma",),
+    "l2": (),
+    "l1_official": (),
+}
+
+
+def check_kernel_params(kernel: str, *, degree: float, c: float, sigma: float) -> None:
+    """Raise :class:`UserInputError` for a kernel name or parameter that cannot work.
+
+    ``sigma`` must be positive; a ``poly`` degree must be a whole number >= 1, since a fractional
+    power of a negative dot product is NaN.
+    """
+    choose("kernel", kernel, KERNELS)
+    if kernel == "rbf" and not sigma > 0:
+        raise UserInputError(f"rbf kernel: sigma must be > 0, got {sigma!r}")
+    if kernel == "poly" and not (float(degree).is_integer() and degree >= 1):
+        raise UserInputError(f"poly kernel: degree must be a whole number >= 1, got {degree!r}")
+    del c  # any real offset is valid
+
+
+def kernel_values(
+    z_target: Tensor,
+    z_source: Tensor,
+    kernel: str = "rbf",
+    *,
+    degree: float = 2.0,
+    c: float = 0.0,
+    sigma: float = 1.0,
+) -> Tensor:
+    """Evaluate a named kernel on gathered edge endpoints.
+
+    Args:
+        z_target: ``[E, F]`` features of each edge's target ``i`` (``z[edge_index[1]]``).
+        z_source: ``[E, F]`` features of each edge's source ``j`` (``z[edge_index[0]]``).
+        kernel: one of :data:`KERNELS` (``linear``, ``poly``, ``rbf``, ``l2``, ``l1_official``).
+        degree: ``poly`` exponent d.
+        c: ``poly`` offset.
+        sigma: ``rbf`` bandwidth.
+
+    Returns:
+        ``[E]`` kernel values ``K(z_i, z_j)``.
+
+    Raises:
+        UserInputError: unknown kernel name (the message lists the valid ones) or a bad parameter.
+    """
+    check_kernel_params(kernel, degree=degree, c=c, sigma=sigma)
+    if z_target.shape != z_source.shape or z_target.dim() != 2:
+        raise ValueError(
+            f"kernel_values: expected two [E, F] tensors of one shape, got "
+            f"{tuple(z_target.shape)} and {tuple(z_source.shape)}"
+        )
+    given = {"degree": degree, "c": c, "sigma": sigma}
+    params = {name: given[name] for name in KERNEL_PARAMS[kernel]}
+    return KERNELS[kernel](z_target, z_source, **params)
+
+
+#: Kernels that are a function of the squared distance / of the dot product of an edge's ends;
+#: :func:`edge_kernel` evaluates those through the fused functions below.
+_OF_SQUARED_DISTANCE: dict[str, Callable[..., Tensor]] = {
+    "rbf": _rbf_of_squared_distance,
+    "l2": _l2_of_squared_distance,
+}
+_OF_DOT: dict[str, Callable[..., Tensor]] = {"linear": _linear_of_dot, "poly": _poly_of_dot}
+
+
+def edge_kernel(
+    z: Tensor,
+    edge_index: Tensor,
+    kernel: str = "rbf",
+    *,
+    degree: float = 2.0,
+    c: float = 0.0,
+    sigma: float = 1.0,
+) -> Tensor:
+    """Kernel value of every edge ``j -> i`` of a graph.
+
+    Same values as ``kernel_values(z[i], z[j], ...)``; ``rbf``, ``l2``, ``linear`` and ``poly``
+    go through :func:`edge_squared_distance` / :func:`edge_dot`, whose backward is a sparse
+    product instead of autograd's row-by-row scatter (see the module docstring).
+
+    Args:
+        z: ``[N, F]`` node features.
+        edge_index: ``[2, E]`` edges, row 0 the sources ``j``, row 1 the targets ``i`` (PyG).
+        kernel, degree, c, sigma: as in :func:`kernel_values`.
+
+    Returns:
+        ``[E]`` values ``K(z_i, z_j)``, in the order of ``edge_index``.
+    """
+    check_kernel_params(kernel, degree=degree, c=c, sigma=sigma)
+    if z.dim() != 2:
+        raise ValueError(f"edge_kernel: expected z of shape [N, F], got {tuple(z.shape)}")
+    given = {"degree": degree, "c": c, "sigma": sigma}
+    params = {name: given[name] for name in KERNEL_PARAMS[kernel]}
+    target, source = edge_index[1], edge_index[0]
+    if kernel in _OF_SQUARED_DISTANCE:
+        return _OF_SQUARED_DISTANCE[kernel](edge_squared_distance(z, target, source), **params)
+    if kernel in _OF_DOT:
+        return _OF_DOT[kernel](edge_dot(z, target, source), **params)
+    return KERNELS[kernel](z[target], z[source], **params)
+
+
+def edge_squared_distance(z: Tensor, target: Tensor, source: Tensor) -> Tensor:
+    """``||z[target_e] - z[source_e]||^2`` for every edge, with a sparse-product backward.
+
+    Args:
+        z: ``[N, F]`` node features.
+        target: ``[E]`` long, the ``i`` of every edge.
+        source: ``[E]`` long, the ``j`` of every edge.
+
+    Returns:
+        ``[E]`` squared distances (differentiable in ``z``, once).
+    """
+    return _EdgeSquaredDistance.apply(z, target, source)
+
+
+def edge_dot(z: Tensor, target: Tensor, source: Tensor) -> Tensor:
+    """``z[target_e] . z[source_e]`` for every edge, with a sparse-product backward.
+
+    Args:
+        z: ``[N, F]`` node features.
+        target: ``[E]`` long, the ``i`` of every edge.
+        source: ``[E]`` long, the ``j`` of every edge.
+
+    Returns:
+        ``[E]`` dot products (differentiable in ``z``, once).
+    """
+    return _EdgeDot.apply(z, target, source)
+
+
+#: dtypes torch's CSR-times-dense product supports on every backend; others scatter instead.
+_SPARSE_DTYPES = (torch.float32, torch.float64)
+
+
+def _sparse_rows_times(
+    rows: Tensor, cols: Tensor, values: Tensor, num_rows: int, dense: Tensor
+) -> Tensor:
+    """``A @ dense`` for the ``[num_rows, dense.size(0)]`` matrix with entries ``(rows, cols,
+    values)``; duplicate entries are summed.
+
+    Built as CSR (a stable sort by row, so the sum order and hence the result is deterministic)
+    and multiplied by MKL / cuSPARSE. For dtypes CSR products do not cover (half precision) it
+    falls back to ``index_add_`` of the scaled rows.
+    """
+    if dense.dtype not in _SPARSE_DTYPES:
+        scaled = dense.index_select(0, cols) * values.unsqueeze(-1).to(dense.dtype)
+        return dense.new_zeros(num_rows, dense.size(1)).index_add_(0, rows, scaled)
+    order = torch.argsort(rows, stable=True)
+    crow = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
+    torch.cumsum(torch.bincount(rows, minlength=num_rows), 0, out=crow[1:])
+    with warnings.catch_warnings():
+        # Torch warns once per process that CSR is "beta"; the product used here is stable.
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        matrix = torch.sparse_csr_tensor(
+            crow,
+            cols[order],
+            values[order].to(dense.dtype),
+            (num_rows, dense.size(0)),
+            check_invariants=False,  # valid by construction; checking costs a pass over E
+        )
+    return matrix @ dense
+
+
+class _EdgeSquaredDistance(torch.autograd.Function):
+    """Forward: one ``[E, F]`` difference (kept for the backward), reduced by ``einsum``.
+
+    Backward: ``dz = D @ diff`` with ``D[i, e] = +2 g_e`` at ``i = target_e`` and ``-2 g_e`` at
+    ``i = source_e`` (a self-loop's two entries meet a zero difference).
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, z: Tensor, target: Tensor, source: Tensor) -> Tensor:
+        # In place into the first gather: one [E, F] allocation fewer than z[t] - z[s].
+        diff = z.index_select(0, target).sub_(z.index_select(0, source))
+        ctx.num_nodes = z.size(0)  # type: ignore[attr-defined]
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            ctx.save_for_backward(diff, target, source)
+        return _dot(diff, diff)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        diff, target, source = ctx.saved_tensors
+        weight = 2.0 * grad
+        edges = torch.arange(diff.size(0), device=diff.device)
+        grad_z = _sparse_rows_times(
+            torch.cat([target, source]),
+            torch.cat([edges, edges]),
+            torch.cat([weight, -weight]),
+            ctx.num_nodes,
+            diff,
+        )
+        return grad_z, None, None
+
+
+class _EdgeDot(torch.autograd.Function):
+    """Forward: two gathers reduced by ``einsum``; nothing ``[E, F]`` is kept.
+
+    Backward: ``dz = (G + G^T) @ z`` with ``G[target_e, source_e] = g_e`` (duplicates summed,
+    so a self-loop ``z_i . z_i`` gets its ``2 g z_i``).
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, z: Tensor, target: Tensor, source: Tensor) -> Tensor:
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            ctx.save_for_backward(z, target, source)
+        return _dot(z.index_select(0, target), z.index_select(0, source))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        z, target, source = ctx.saved_tensors
+        grad_z = _sparse_rows_times(
+            torch.cat([target, source]),
+            torch.cat([source, target]),
+            torch.cat([grad, grad]),
+            z.size(0),
+            z,
+        )
+        return grad_z, None, None

@@ -1,0 +1,515 @@
+"""YAML -> Ray Tune ``Tuner`` (Optuna searcher, scheduler, resources, MLflow), and resume.
+
+A study is validated completely before anything starts. Then: Ray (local by default), the MLflow
+experiment and the study's parent run, the teacher (trained once per spec, or reused from any
+earlier study by its hash), and the Tuner. The study's folder ``<storage>/<name>/`` holds Tune's
+state and ``gds_context.json``, which is all ``resume`` needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from study import tracking as tr
+from study.config import StudySpec, parse_study_spec, read_study_mapping, teacher_hash
+from study.data.base import Task
+from study.errors import UserInputError
+from study.latency import count_parameters, measure_latency
+from study.models import build_model
+from study.search import make_search
+from study.teachers import load_teacher, save_checkpoint
+from study.train import evaluate, train_teacher, with_device
+from study.trial import (
+    StudyContext,
+    _data_shape,
+    latency_input,
+    load_study_task,
+    run_trial,
+    trial_device,
+)
+
+CONTEXT_FILE = "gds_context.json"
+DEFAULT_STORAGE = "~/ray_results"
+
+
+@dataclass
+class StudyOutcome:
+    """What a finished (or interrupted) study leaves: where, and its trials' final rows."""
+
+    name: str
+    path: Path
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    teacher_run_id: str
+    trials: list[dict[str, Any]]
+    errors: int
+
+    @property
+    def complete(self) -> bool:
+        return self.errors == 0 and all(t.get(tr.METRIC_TEST) is not None for t in self.trials)
+
+
+# ---------------------------------------------------------------- validation before anything starts
+
+
+def storage_root(storage: str | os.PathLike | None) -> Path:
+    """The folder that holds study folders (Tune's ``storage_path``), absolute."""
+    return Path(storage or DEFAULT_STORAGE).expanduser().resolve()
+
+
+def check_new_study(
+    spec: StudySpec, storage: Path, client: MlflowClient, tracking_uri: str
+) -> None:
+    """Refuse to start a study whose name is taken: nothing a user already has is overwritten."""
+    folder = storage / spec.name
+    if folder.exists() and any(folder.iterdir()):
+        raise UserInputError(
+            f"{spec.source}: name: a study {spec.name!r} already exists in {folder}; "
+            f"continue it with `distill-study resume {spec.name} --storage {storage}` or choose another name"
+        )
+    exp = client.get_experiment_by_name(spec.name)
+    if exp is not None and _study_runs(client, exp.experiment_id):
+        raise UserInputError(
+            f"{spec.source}: name: MLflow at {tracking_uri} already holds a study {spec.name!r}; "
+            "choose another name (or delete that experiment)"
+        )
+
+
+def _study_runs(client: MlflowClient, experiment_id: str) -> list[Any]:
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.`{tr.TAG_ROLE}` = '{tr.ROLE_STUDY}'"
+    )
+
+
+def check_teacher_checkpoint(spec: StudySpec, task: Task) -> None:
+    """A given teacher checkpoint must fit the study's data and architecture."""
+    if spec.teacher.checkpoint:
+        load_teacher(spec.teacher.checkpoint, arch=spec.teacher.model.arch, **_data_shape(task))
+
+
+# ---------------------------------------------------------------- Ray, MLflow, teacher
+
+
+def start_ray(address: str | None = None) -> None:
+    """Connect to ``address`` (or ``$RAY_ADDRESS``), else start a local Ray without a dashboard."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = {k: v for k, v in os.environ.items() if k.startswith("GDS_") or k == tr.TRACKING_URI_ENV}
+    runtime_env = {"env_vars": env} if env else None
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+
+
+def start_study_run(
+    client: MlflowClient, spec: StudySpec, spec_text: str, num_trials: int
+) -> tuple[str, str]:
+    """The study's experiment (created if missing) and its parent run."""
+    exp = client.get_experiment_by_name(spec.name)
+    experiment_id = exp.experiment_id if exp is not None else client.create_experiment(spec.name)
+    run = client.create_run(
+        experiment_id,
+        run_name=spec.name,
+        tags={
+            tr.TAG_ROLE: tr.ROLE_STUDY,
+            tr.TAG_STUDY: spec.name,
+            tr.TAG_DATASET: spec.dataset.name,
+        },
+    )
+    run_id = run.info.run_id
+    client.log_batch(
+        run_id,
+        params=[
+            Param("num_trials", str(num_trials)),
+            Param("methods", ",".join(spec.methods)),
+            Param("seeds", ",".join(map(str, spec.seeds))),
+            Param("searcher", spec.searcher.algorithm),
+            Param("objectives", ",".join(f"{o.metric}:{o.mode}" for o in spec.objectives)),
+        ],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "study.yaml"
+        path.write_text(spec_text)
+        client.log_artifact(run_id, str(path))
+    return experiment_id, run_id
+
+
+def find_teacher_run(client: MlflowClient, thash: str) -> str | None:
+    """A finished teacher run with this spec hash in any experiment, if one exists."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    runs = client.search_runs(
+        experiments,
+        filter_string=f"tags.`{tr.TAG_TEACHER_HASH}` = '{thash}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _log_teacher_run(
+    client: MlflowClient,
+    experiment_id: str,
+    spec: StudySpec,
+    thash: str,
+    model: Any,
+    task: Task,
+    metrics: dict[str, float],
+    device: str,
+) -> str:
+    run = client.create_run(
+        experiment_id,
+        run_name=f"teacher-{thash[:8]}",
+        tags={
+            tr.TAG_ROLE: tr.ROLE_TEACHER,
+            tr.TAG_TEACHER_HASH: thash,
+            tr.TAG_DATASET: spec.dataset.name,
+            tr.TAG_STUDY: spec.name,
+            tr.TAG_DEVICE: device,
+            "arch": spec.teacher.model.arch,
+        },
+    )
+    run_id = run.info.run_id
+    try:
+        lat = measure_latency(
+            model,
+            latency_input(task),
+            repeats=spec.latency.repeats,
+            warmup=spec.latency.warmup,
+            threads=spec.latency.threads,
+            device=device,
+        )
+        metrics = {
+            **metrics,
+            tr.METRIC_LATENCY_P50: lat.p50_ms,
+            tr.METRIC_LATENCY_P90: lat.p90_ms,
+            tr.METRIC_PARAMS: float(count_parameters(model)),
+        }
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(f"teacher.{k}", str(v)) for k, v in sorted(model.spec.items())],
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_checkpoint(
+                model.cpu(), Path(tmp) / "teacher.pt", dataset=spec.dataset.name, metrics=metrics
+            )
+            client.log_artifact(
+                run_id,
+                str(path),
+                artifact_path=Path(tr.TEACHER_CHECKPOINT_ARTIFACT).parent.as_posix(),
+            )
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def _train_teacher_task(
+    spec: StudySpec, tracking_uri: str, experiment_id: str, thash: str, data_root: str | None
+) -> str:
+    """Train the study's teacher (in a Ray task, on the trial resources) and log it as a run."""
+    device = trial_device(spec.resources.gpu)
+    task = load_study_task(spec, data_root)
+    model = build_model(
+        spec.teacher.model.arch, **spec.teacher.model.build_kwargs(), **_data_shape(task)
+    )
+    result = train_teacher(model, task, with_device(spec.teacher.train, device), progress=True)
+    metrics = {
+        tr.METRIC_VAL: result.val_score,
+        tr.METRIC_TEST: result.test_score,
+        tr.METRIC_TRAIN_SECONDS: result.train_seconds,
+    }
+    return _log_teacher_run(
+        MlflowClient(tracking_uri), experiment_id, spec, thash, result.model, task, metrics, device
+    )
+
+
+def ensure_teacher(
+    client: MlflowClient,
+    spec: StudySpec,
+    task: Task,
+    tracking_uri: str,
+    experiment_id: str,
+    data_root: str | None,
+) -> tuple[str, str]:
+    """``(teacher_run_id, teacher_hash)``: reuse a finished teacher run of the same spec, else make one."""
+    if spec.teacher.checkpoint:
+        digest = hashlib.sha256(Path(spec.teacher.checkpoint).read_bytes()).hexdigest()
+        thash = hashlib.sha256(
+            f"{digest}:{spec.dataset.name}:{sorted(spec.dataset.options.items())}".encode()
+        ).hexdigest()[:16]
+    else:
+        thash = teacher_hash(spec)
+    found = find_teacher_run(client, thash)
+    if found is not None:
+        print(f"[gds] reusing teacher run {found} (spec hash {thash})")
+        return found, thash
+    if spec.teacher.checkpoint:
+        model, _ = load_teacher(spec.teacher.checkpoint, **_data_shape(task))
+        metrics = {
+            tr.METRIC_VAL: evaluate(model, task, "val")["score"],
+            tr.METRIC_TEST: evaluate(model, task, "test")["score"],
+        }
+        return _log_teacher_run(
+            client, experiment_id, spec, thash, model, task, metrics, "cpu"
+        ), thash
+    print(f"[gds] training the teacher once for this spec (hash {thash})")
+    remote = ray.remote(_train_teacher_task).options(
+        num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_retries=0
+    )
+    run_id = ray.get(remote.remote(spec, tracking_uri, experiment_id, thash, data_root))
+    return run_id, thash
+
+
+# ---------------------------------------------------------------- the Tuner
+
+
+def _trainable(spec: StudySpec, ctx: StudyContext) -> Any:
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+
+
+def build_tuner(spec: StudySpec, ctx: StudyContext, storage: Path) -> tune.Tuner:
+    """The study as a ``Tuner``: searcher, optional ASHA, concurrency, resources, checkpoints."""
+    search_alg, param_space, num_samples = make_search(spec)
+    scheduler = None
+    if spec.scheduler is not None:
+        from ray.tune.schedulers import ASHAScheduler
+
+        objective = spec.objectives[0]
+        scheduler = ASHAScheduler(
+            metric=objective.metric,
+            mode=objective.mode,
+            time_attr="training_iteration",
+            max_t=spec.student.train.epochs + 1,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    return tune.Tuner(
+        _trainable(spec, ctx),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=spec.searcher.max_concurrent,
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=str(storage),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=1,
+        ),
+    )
+
+
+def smoke_mapping(data: dict[str, Any]) -> dict[str, Any]:
+    """A study cut down to seconds: 2 epochs, at most 2 configurations, 1 seed, its own name."""
+    data = dict(data)
+    data["name"] = f"{data.get('name', 'study')}-smoke"
+    for role in ("teacher", "student"):
+        model = dict(data.get(role) or {})
+        model["train"] = {**(model.get("train") or {}), "epochs": 2}
+        data[role] = model
+    searcher = dict(data.get("searcher") or {})
+    if searcher.get("algorithm") != "grid":
+        searcher["num_samples"] = min(2, int(searcher.get("num_samples", 2)))
+    data["searcher"] = searcher
+    data["seeds"] = list(data.get("seeds") or [0])[:1]
+    data.pop("scheduler", None)
+    return data
+
+
+def load_study(path: str | os.PathLike, *, smoke: bool = False) -> tuple[StudySpec, str]:
+    """The validated spec of a study file and the YAML text it was validated from."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise UserInputError(f"{source}: cannot read the study file ({err.strerror})") from None
+    if smoke:
+        text = yaml.safe_dump(smoke_mapping(read_study_mapping(text, source)), sort_keys=False)
+    return parse_study_spec(read_study_mapping(text, source), source), text
+
+
+def run_study(
+    path: str | os.PathLike,
+    *,
+    tracking_uri: str | None = None,
+    storage: str | os.PathLike | None = None,
+    address: str | None = None,
+    data_root: str | None = None,
+    smoke: bool = False,
+) -> StudyOutcome:
+    """Validate ``path``, then run the study it describes to the end (see module docstring)."""
+    spec, text = load_study(path, smoke=smoke)
+    uri = tr.resolve_tracking_uri(tracking_uri)
+    root = storage_root(storage)
+    client = MlflowClient(uri)
+    check_new_study(spec, root, client, uri)
+    task = load_study_task(spec, data_root)  # data errors surface here, before anything starts
+    check_teacher_checkpoint(spec, task)
+
+    start_ray(address)
+    experiment_id, parent_run_id = start_study_run(client, spec, text, spec.num_trials)
+    try:
+        teacher_run_id, thash = ensure_teacher(client, spec, task, uri, experiment_id, data_root)
+        client.set_tag(parent_run_id, tr.TAG_TEACHER_RUN, teacher_run_id)
+        ctx = StudyContext(
+            spec=spec,
+            spec_text=text,
+            tracking_uri=uri,
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+            teacher_run_id=teacher_run_id,
+            teacher_hash=thash,
+            data_root=data_root,
+        )
+        folder = root / spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONTEXT_FILE).write_text(ctx.to_json())
+        tuner = build_tuner(spec, ctx, root)
+    except BaseException:
+        client.set_terminated(parent_run_id, status="FAILED")
+        raise
+    return _fit_and_close(tuner, spec, ctx, folder, client)
+
+
+def read_context(name: str, storage: str | os.PathLike | None) -> tuple[StudyContext, Path]:
+    """The context a study was started with, from its folder under ``storage``."""
+    root = storage_root(storage)
+    folder = root / name
+    if not (folder / CONTEXT_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
+        known = (
+            sorted(p.parent.name for p in root.glob(f"*/{CONTEXT_FILE}")) if root.is_dir() else []
+        )
+        raise UserInputError(
+            f"{root}: no resumable study named {name!r} (found: {', '.join(known) or 'none'}); "
+            "pass the --storage the study was started with"
+        )
+    return StudyContext.from_json((folder / CONTEXT_FILE).read_text()), folder
+
+
+def resume_study(
+    name: str,
+    *,
+    storage: str | os.PathLike | None = None,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+) -> StudyOutcome:
+    """Continue an interrupted study: finished trials stay, interrupted ones go on from checkpoints."""
+    ctx, folder = read_context(name, storage)
+    if tracking_uri and tracking_uri != ctx.tracking_uri:
+        raise UserInputError(
+            f"--tracking-uri: study {name!r} logs to {ctx.tracking_uri}, not {tracking_uri}; "
+            "a resumed study keeps its store"
+        )
+    spec = ctx.spec
+    client = MlflowClient(ctx.tracking_uri)
+    start_ray(address)
+    client.update_run(ctx.parent_run_id, status="RUNNING")
+    tuner = tune.Tuner.restore(
+        str(folder), trainable=_trainable(spec, ctx), resume_unfinished=True, resume_errored=True
+    )
+    return _fit_and_close(tuner, spec, ctx, folder, client)
+
+
+def _fit_and_close(
+    tuner: tune.Tuner, spec: StudySpec, ctx: StudyContext, folder: Path, client: MlflowClient
+) -> StudyOutcome:
+    status = "KILLED"
+    try:
+        results = tuner.fit()
+        rows = [dict(r.metrics or {}, config=r.config) for r in results]
+        errors = len(results.errors)
+        outcome = StudyOutcome(
+            spec.name,
+            folder,
+            ctx.tracking_uri,
+            ctx.experiment_id,
+            ctx.parent_run_id,
+            ctx.teacher_run_id,
+            rows,
+            errors,
+        )
+        status = "FINISHED" if outcome.complete else "FAILED" if errors else "KILLED"
+        return outcome
+    finally:
+        client.set_terminated(ctx.parent_run_id, status=status)
+
+
+def list_studies(storage: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The studies under ``storage`` with their progress (trials finished / planned) from MLflow."""
+    root = storage_root(storage)
+    out = []
+    for ctx_file in sorted(root.glob(f"*/{CONTEXT_FILE}")) if root.is_dir() else []:
+        ctx = json.loads(
+            ctx_file.read_text()
+        )  # no re-validation: listing must not fail on one file
+        client = MlflowClient(ctx["tracking_uri"])
+        try:
+            planned = int(client.get_run(ctx["parent_run_id"]).data.params.get("num_trials", "0"))
+            parent_status = client.get_run(ctx["parent_run_id"]).info.status
+            runs = client.search_runs(
+                [ctx["experiment_id"]],
+                filter_string=(
+                    f"tags.`{tr.TAG_PARENT}` = '{ctx['parent_run_id']}' "
+                    f"and tags.`{tr.TAG_ROLE}` = '{tr.ROLE_TRIAL}'"
+                ),
+                max_results=5000,
+            )
+        except Exception as exc:  # an unreachable store should not hide the other studies
+            out.append(
+                {
+                    "study": ctx_file.parent.name,
+                    "status": f"unreachable ({type(exc).__name__})",
+                    "finished": 0,
+                    "running": 0,
+                    "failed": 0,
+                    "planned": 0,
+                    "tracking_uri": ctx["tracking_uri"],
+                }
+            )
+            continue
+        statuses = [r.info.status for r in runs]
+        out.append(
+            {
+                "study": ctx_file.parent.name,
+                "status": parent_status,
+                "finished": statuses.count("FINISHED"),
+                "running": statuses.count("RUNNING"),
+                "failed": statuses.count("FAILED") + statuses.count("KILLED"),
+                "planned": planned,
+                "tracking_uri": ctx["tracking_uri"],
+            }
+        )
+    return out
+
+
+def mlflow_ui_hint(tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on this study's store (bound to localhost)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"

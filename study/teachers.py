@@ -1,0 +1,148 @@
+"""Teacher checkpoints: save, load safely, and train-or-load by the hash of a spec.
+
+A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` accepts::
+
+    {"format": "gds-teacher/1", "arch": "gat", "spec": {...build_model kwargs...},
+     "dataset": "cora", "state_dict": {...}, "metrics": {"test_score": 0.81, ...}}
+
+The spec travels with the weights, so a checkpoint rebuilds its own model and a mismatch with
+the data (another architecture, other feature or class counts) is caught in one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from study.errors import UserInputError
+from study.models import build_model
+from study.paths import user_cache_dir
+
+CHECKPOINT_FORMAT = "gds-teacher/1"
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    dataset: str,
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """Write ``model`` (with its ``spec``) to ``path`` atomically; never leaves a partial file."""
+    path = Path(path)
+    spec = dict(model.spec)  # type: ignore[attr-defined]
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": spec["arch"],
+        "spec": spec,
+        "dataset": dataset,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True``; one-line errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: teacher checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, foreign formats
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"{path}: not a loadable teacher checkpoint ({first})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise UserInputError(
+            f"{path}: not a graph-distill-study teacher checkpoint (expected format {CHECKPOINT_FORMAT!r}; "
+            "write one with `distill-study teacher`)"
+        )
+    return payload
+
+
+def load_teacher(
+    path: str | os.PathLike,
+    *,
+    in_channels: int | None = None,
+    out_channels: int | None = None,
+    arch: str | None = None,
+    dataset: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild and load a teacher; check it fits the data it is about to be used on.
+
+    Args:
+        path: a checkpoint written by :func:`save_checkpoint`.
+        in_channels / out_channels: the dataset's feature and class counts, checked if given.
+        arch: the architecture the caller expects (``gat``, ``dgcnn``), checked if given.
+        dataset: the dataset the caller uses, checked if given.
+
+    Returns:
+        ``(model in eval mode, checkpoint dict without the weights)``.
+    """
+    payload = read_checkpoint(path)
+    spec = dict(payload["spec"])
+    if arch is not None and payload["arch"] != arch:
+        raise UserInputError(
+            f"{path}: checkpoint holds a {payload['arch']!r} teacher, expected {arch!r}"
+        )
+    if dataset is not None and payload["dataset"] != dataset:
+        raise UserInputError(
+            f"{path}: checkpoint was trained on {payload['dataset']!r}, expected dataset {dataset!r}"
+        )
+    for key, want in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if want is not None and spec.get(key) != want:
+            raise UserInputError(
+                f"{path}: spec.{key}: checkpoint has {spec.get(key)}, the data needs {want}"
+            )
+    model = build_model(**spec)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserInputError(
+            f"{path}: weights do not fit a {payload['arch']} built from its spec ({first})"
+        ) from None
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model.eval(), meta
+
+
+def teacher_cache_path(teacher_hash: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where a teacher with this spec hash is kept on this machine."""
+    base = Path(cache_dir) if cache_dir is not None else user_cache_dir() / "teachers"
+    return base / f"{teacher_hash}.pt"
+
+
+def train_or_load(
+    teacher_hash: str,
+    train: Callable[[], tuple[nn.Module, dict[str, float]]],
+    *,
+    dataset: str,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[nn.Module, dict[str, Any], bool]:
+    """The teacher for ``teacher_hash`` from the local cache, else ``train()`` it and cache it.
+
+    Returns ``(model, checkpoint meta, trained_now)``: one training per spec on a machine.
+    """
+    path = teacher_cache_path(teacher_hash, cache_dir)
+    if path.is_file():
+        model, meta = load_teacher(path, dataset=dataset)
+        return model, meta, False
+    model, metrics = train()
+    save_checkpoint(model, path, dataset=dataset, metrics=metrics)
+    model, meta = load_teacher(path, dataset=dataset)
+    return model, meta, True

@@ -1,0 +1,107 @@
+"""Shared fixtures: a session copy of the real offline data; tiny PPI files in PPI's layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Graphs per split written by :func:`write_tiny_ppi` (the real PPI has 20 / 2 / 2).
+TINY_PPI_GRAPHS = {"train": 3, "valid": 2, "test": 2}
+TINY_PPI_FEATURES = 50
+TINY_PPI_LABELS = 121
+
+
+def shared_data_dir() -> Path | None:
+    """The read-only offline data (``shared/data``), if this checkout has it."""
+    candidates = [
+        os.environ.get("GDS_SHARED_DATA"),
+        REPO.parent / "shared" / "data",
+        REPO / "shared" / "data",
+    ]
+    for c in candidates:
+        if c and (Path(c) / "planetoid").is_dir():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def gds_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable copy of all of ``shared/data`` (PyG writes ``processed/`` beside ``raw/``).
+
+    Copied once per session; pass it as ``root=`` to the loaders. Skips when the checkout has no
+    ``shared/data`` (set ``GDS_SHARED_DATA`` to point at one elsewhere).
+    """
+    src = shared_data_dir()
+    if src is None:
+        pytest.skip("no shared/data with the offline datasets in this checkout")
+    dst = tmp_path_factory.mktemp("gds_data") / "data"
+    shutil.copytree(src, dst)
+    # copytree keeps the source's read-only modes; the loaders would then (rightly) leave the
+    # copy alone and process into the user cache, so make the copy writable.
+    for path in [dst, *dst.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o200)
+    return dst
+
+
+def write_tiny_ppi(
+    raw_dir: Path,
+    graphs: dict[str, int] | None = None,
+    num_features: int = TINY_PPI_FEATURES,
+    num_labels: int = TINY_PPI_LABELS,
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """Write PPI's twelve raw files, small, exactly as ``torch_geometric.datasets.PPI`` reads them.
+
+    Per split ``s`` in train/valid/test: ``s_graph.json`` (networkx node-link data, key ``links``,
+    undirected, node ids running over all graphs of the split), ``s_feats.npy [N, F]`` float,
+    ``s_labels.npy [N, L]`` 0/1, ``s_graph_id.npy [N]`` (ids start at 1, as in the real files).
+    Each graph is a ring of 5 to 9 nodes plus a chord, so every node has an edge (PyG shifts each
+    graph's edges by their minimum node id). Labels depend on the features, so they can be learnt.
+
+    Returns:
+        The node count of every graph, per split.
+    """
+    import networkx as nx
+    from networkx.readwrite import json_graph
+
+    graphs = graphs or TINY_PPI_GRAPHS
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=(num_features, num_labels))
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    sizes: dict[str, list[int]] = {}
+    for split, count in graphs.items():
+        g = nx.Graph()
+        ids, offset, sizes[split] = [], 0, []
+        for k in range(count):
+            n = int(rng.integers(5, 10))
+            nodes = list(range(offset, offset + n))
+            g.add_nodes_from(nodes)
+            g.add_edges_from(zip(nodes, nodes[1:] + nodes[:1], strict=True))
+            g.add_edge(nodes[0], nodes[n // 2])
+            ids += [k + 1] * n
+            sizes[split].append(n)
+            offset += n
+        feats = rng.normal(size=(offset, num_features)).astype(np.float32)
+        labels = (feats @ weights > 0).astype(np.int64)
+        with open(raw_dir / f"{split}_graph.json", "w") as f:
+            json.dump(json_graph.node_link_data(g, edges="links"), f)
+        np.save(raw_dir / f"{split}_feats.npy", feats)
+        np.save(raw_dir / f"{split}_labels.npy", labels)
+        np.save(raw_dir / f"{split}_graph_id.npy", np.array(ids, dtype=np.int64))
+    return sizes
+
+
+@pytest.fixture(scope="session")
+def tiny_ppi_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding tiny PPI raw files in ``<root>/ppi/raw`` (3 / 2 / 2 graphs, 50 features,
+    121 labels); ``load_task("ppi", root=tiny_ppi_root)`` reads it with PyG's real ``PPI``."""
+    root = tmp_path_factory.mktemp("tiny_ppi")
+    write_tiny_ppi(root / "ppi" / "raw")
+    return root

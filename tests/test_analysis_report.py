@@ -1,0 +1,214 @@
+"""analysis.report and analysis.plots: the report folder, its safety rules, the figures."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+import analysis.report as report_mod
+from analysis.ablation import factor_table, summarize
+from analysis.pareto import pareto_front
+from analysis.plots import plot_hyperparameter, plot_pareto, plot_training_curves
+from analysis.report import write_report
+from analysis.runs import load_runs
+from study.errors import UserInputError
+from tests.mlflow_fixtures import example_trials, fill_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    fill_study(uri, "alpha", example_trials("ppi"))
+    fill_study(
+        uri,
+        "stuck",
+        [{"method": "lsp", "status": "RUNNING"},
+         {"method": "lsp", "seed": 1, "status": "FAILED", "metrics": {"test_score": 0.9}}],
+    )  # fmt: skip
+    return uri
+
+
+@pytest.fixture(scope="module")
+def built(uri, tmp_path_factory):
+    """Write the report in a fresh interpreter, which also shows what ``analysis`` imports."""
+    out = tmp_path_factory.mktemp("rep") / "alpha"
+    code = (
+        "import sys\n"
+        "import analysis, analysis.runs, analysis.ablation, analysis.pareto, analysis.plots\n"
+        "from analysis.report import write_report\n"
+        f"write_report('alpha', {str(out)!r}, tracking_uri={uri!r})\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray'))\n"
+        "print('LOADED', bad)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out, res.stdout
+
+
+@pytest.fixture(scope="module")
+def report(built):
+    return built[0]
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_report_files(report):
+    figures = ["pareto_ppi", "lsp_lambda_ppi", "kd_temperature_ppi", "training_curves_ppi"]
+    tables = ["runs", "configurations", "methods", "kernels", "students", "lsp_lambda",
+              "kd_temperature"]  # fmt: skip
+    expected = (
+        ["README.md", "pareto.csv"]
+        + [f"figures/{f}.{ext}" for f in figures for ext in ("png", "svg")]
+        + [f"tables/{t}.csv" for t in tables]
+        + [f"tables/{t}.tex" for t in ("methods", "kernels", "students")]
+    )
+    assert _files(report) == sorted(expected)
+    assert [p.name for p in report.parent.iterdir()] == ["alpha"]  # no temp folder left
+
+
+def test_pareto_csv_lists_exactly_the_front(report):
+    front = pd.read_csv(report / "pareto.csv")
+    assert front["config_id"].tolist() == ["cfgD", "cfgA", "cfgC", "cfgB"]
+    assert list(front.columns[:3]) == ["dataset", "config_id", "method"]
+    assert front.set_index("config_id").loc["cfgA", "test_score_std"] == 0.0625
+
+
+def test_readme_tables_and_links(report):
+    text = (report / "README.md").read_text()
+    assert text.startswith("# Study report: alpha")
+    assert "87.50 ± 6.25 (n=3)" in text  # config A on the front, in percent
+    assert "93.75 (n=1)" in text  # LSP's best configuration, single seed
+    assert "paper (Yang et al. 2020)" in text and "96.10" in text
+    assert "9 FINISHED" in text and "1 FAILED" in text
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert "figures/pareto_ppi.png" in links and "pareto.csv" in links
+    for link in links:
+        assert (report / link).is_file(), link
+
+
+def test_figures_are_real_images(report):
+    for png in report.glob("figures/*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size > 10_000
+        img = imread(png)
+        assert img.shape[0] >= 300 and img.shape[1] >= 300
+        assert float(np.std(img[..., :3])) > 0.05, png  # not a blank canvas
+    for svg in report.glob("figures/*.svg"):
+        assert "<svg" in svg.read_text()[:500]
+
+
+def test_refuses_to_overwrite_and_replaces_when_asked(uri, tmp_path):
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserInputError, match="not empty"):
+        write_report("alpha", out, tracking_uri=uri)
+    assert _files(out) == ["keep.txt"] and [p.name for p in tmp_path.iterdir()] == ["rep"]
+    write_report("alpha", out, tracking_uri=uri, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "README.md").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["rep"]
+
+
+def test_failure_part_way_leaves_nothing(uri, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    # Fails while drawing the last figure, after tables and other figures were written.
+    monkeypatch.setattr(report_mod, "plot_training_curves", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_report("alpha", tmp_path / "a" / "b" / "rep", tracking_uri=uri)
+    assert list(tmp_path.iterdir()) == []  # neither the report nor the parents it made
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "README.md").write_text("previous report")
+    with pytest.raises(RuntimeError):
+        write_report("alpha", old, tracking_uri=uri, overwrite=True)
+    assert _files(old) == ["README.md"] and (old / "README.md").read_text() == "previous report"
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]
+
+
+def test_unknown_study_or_nothing_finished_writes_nothing(uri, tmp_path):
+    with pytest.raises(UserInputError, match="no study named 'nope'.*known: alpha, stuck"):
+        write_report("nope", tmp_path / "x" / "rep", tracking_uri=uri)
+    with pytest.raises(UserInputError) as err:
+        write_report("stuck", tmp_path / "rep", tracking_uri=uri)
+    msg = str(err.value)
+    assert "no finished trials" in msg and "1 RUNNING" in msg and "1 FAILED" in msg
+    assert "\n" not in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_analysis_never_imports_torch_or_ray(built):
+    out, stdout = built
+    assert "LOADED []" in stdout  # after importing every module and writing a whole report
+    assert (out / "README.md").is_file()
+
+
+def test_plot_pareto_draws_the_front(uri):
+    summary = summarize(load_runs("alpha", tracking_uri=uri), ["config_id"])
+    front = pareto_front(summary)
+    ax = Figure().add_subplot()
+    plot_pareto(summary, front, ax)
+    step = [ln for ln in ax.get_lines() if ln.get_drawstyle() == "steps-post"]
+    assert len(step) == 1
+    np.testing.assert_allclose(step[0].get_xdata(), [2.0, 3.0, 3.0, 4.0])
+    np.testing.assert_allclose(step[0].get_ydata(), [75.0, 87.5, 87.5, 93.75])
+    assert ax.get_xlabel() == "latency p50 (ms)" and ax.get_ylabel() == "test micro-F1 (%)"
+    labels = [t.get_text() for t in ax.get_legend().texts]
+    assert {"LSP", "KD", "student alone", "FitNet", "AT", "Pareto front"} <= set(labels)
+
+
+def test_plot_hyperparameter_and_curves():
+    table = pd.DataFrame(
+        {
+            "dataset": "modelnet40",
+            "lsp.kernel": ["rbf", "rbf", "rbf", "poly", "poly"],
+            "lsp.lambda": [1.0, 10.0, 100.0, 1.0, 100.0],
+            "test_score_mean": [90.0, 91.0, 92.0, 89.0, 90.5],
+            "test_score_std": [0.5, np.nan, 0.2, 0.1, 0.1],
+        }
+    )
+    ax = Figure().add_subplot()
+    plot_hyperparameter(table, "lsp.lambda", ax, hue="lsp.kernel")
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "test accuracy (%)"
+    assert [t.get_text() for t in ax.get_legend().texts] == ["poly", "rbf"]
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}  # one errorbar per kernel
+    np.testing.assert_allclose(lines["rbf"].get_ydata(), [90.0, 91.0, 92.0])
+    with pytest.raises(UserInputError, match="unknown column 'kd.T'"):
+        plot_hyperparameter(table, "kd.T", ax)
+
+    history = pd.DataFrame(
+        {"run_id": ["r1"] * 3 + ["r2"] * 3, "key": "train_loss", "step": [0, 1, 2] * 2,
+         "value": [1.0, 0.5, 0.2, 0.9, 0.6, 0.3]}
+    )  # fmt: skip
+    ax = Figure().add_subplot()
+    plot_training_curves(history, ax, key="train_loss", labels={"r1": "LSP", "r2": "KD"})
+    curves = {
+        ln.get_label(): np.asarray(ln.get_ydata()).tolist()
+        for ln in ax.get_lines()
+        if len(ln.get_ydata())  # seaborn's legend proxies carry no data
+    }
+    assert curves["LSP"] == [1.0, 0.5, 0.2] and curves["KD"] == [0.9, 0.6, 0.3]
+
+
+def test_factor_table_feeds_the_lambda_plot(uri):
+    t = factor_table(load_runs("alpha", tracking_uri=uri), ["lsp.kernel", "lsp.lambda"])
+    ax = Figure().add_subplot()
+    plot_hyperparameter(t, "lsp.lambda", ax, hue="lsp.kernel")
+    assert ax.get_xscale() == "linear"  # 10 and 100 only: span under 100x
