@@ -16,16 +16,19 @@ The schema (``search_spaces/quickstart.yaml`` is a commented example; defaults i
       name: cora              # cora citeseer pubmed ppi modelnet40 synthetic_sbm synthetic_shapes
       options: {}             # [{}] keyword options of load_task(name, **options)
     teacher:                  # required
-      arch: gat               # gat | dgcnn; may be left out when a preset names it
+      arch: gat               # gat gcn sage mlp (node tasks) | dgcnn (point clouds); may be
+                              # left out when a preset names it
       preset: null            # ppi_teacher ppi_student (gat) modelnet_teacher modelnet_student
                               # (dgcnn); with a preset, width/depth/heads/k/emb_dims/mlp are absent
-      width: 8                # gat [8]: per-head hidden width;  dgcnn [64]: first EdgeConv width
-      depth: 2                # gat [2]: GATConv layers incl. output; dgcnn [4]: EdgeConv layers
+      width: 8                # gat [8]: per-head hidden width;  dgcnn [64]: first EdgeConv width;
+                              # gcn [16], sage [64], mlp [64]: hidden width
+      depth: 2                # gat [2]: GATConv layers incl. output; dgcnn [4]: EdgeConv layers;
+                              # gcn/sage/mlp [2]: layers incl. output
       heads: 8                # gat only [8]
       k: 20                   # dgcnn only [20]: kNN size
       emb_dims: 1024          # dgcnn only [1024]: per-point embedding before pooling
       mlp: [512, 256]         # dgcnn only [[512, 256]]: classifier hidden widths
-      dropout: 0.6            # gat [0.6], dgcnn [0.5]; allowed beside a preset
+      dropout: 0.6            # gat [0.6], others [0.5]; allowed beside a preset
       checkpoint: null        # an existing teacher checkpoint (relative to this file), used
                               # instead of training one
       train:                  # every key optional; defaults are TrainConfig's
@@ -52,6 +55,7 @@ The schema (``search_spaces/quickstart.yaml`` is a commented example; defaults i
     scheduler: null           # or {type: asha, grace_period: 10, reduction_factor: 3, max_t: null}
     resources: {cpu: 1, gpu: 0}               # per trial
     latency: {repeats: 30, warmup: 5, threads: 1}
+    fault_tolerance: {checkpoint_every: 20, max_failures: 0}   # epochs between trial checkpoints
 
 Built-in method defaults follow the paper: LSP lambda 100, the RBF kernel with sigma 1, poly
 degree 2 and c 0, the direction KL(LS^s || LS^t), LSP in every epoch; KD temperature 4, alpha 0.9;
@@ -82,6 +86,9 @@ Objectives: one or several of ``val_score`` (mode [max]), ``latency_ms_p50``,
 leaks it into model selection. A scheduler (``asha``) needs exactly one objective, ``val_score``,
 since Ray Tune schedulers take one metric and compare it as trials report it epoch by epoch.
 Resources: ``cpu`` > 0 [1], ``gpu`` >= 0 [0], fractional below 1 (trials share a GPU).
+Fault tolerance: a trial checkpoints every ``checkpoint_every`` [20] epochs (what ``resume``
+continues from; more often costs time, see Ray's checkpoint-frequency warning) and is restarted
+from its last checkpoint up to ``max_failures`` [0] times when it fails.
 
 A trial receives a flat dict such as ``{"method": "lsp", "lsp.lambda": 12.3,
 "student.width": 16, "seed": 1}``; :func:`resolve_trial` validates it against the spec and returns
@@ -119,7 +126,7 @@ KERNELS: tuple[str, ...] = ("linear", "poly", "rbf", "l2", "l1_official")
 #: LSP KL directions: the paper's KL(LS^s || LS^t) and the official code's KL(LS^t || LS^s).
 DIRECTIONS: tuple[str, ...] = ("student_teacher", "teacher_student")
 #: Model architectures.
-ARCHS: tuple[str, ...] = ("gat", "dgcnn")
+ARCHS: tuple[str, ...] = ("gat", "gcn", "sage", "mlp", "dgcnn")
 #: Paper presets and the architecture each builds.
 PRESET_ARCH: dict[str, str] = {
     "ppi_teacher": "gat",
@@ -140,13 +147,25 @@ DATASET_KINDS: dict[str, str] = {
 }
 DATASETS: tuple[str, ...] = tuple(DATASET_KINDS)
 #: The kind of task each architecture solves.
-ARCH_KINDS: dict[str, str] = {"gat": "node", "dgcnn": "pointcloud"}
+ARCH_KINDS: dict[str, str] = {
+    "gat": "node",
+    "gcn": "node",
+    "sage": "node",
+    "mlp": "node",
+    "dgcnn": "pointcloud",
+}
 _KIND_WORDS = {"node": "node-classification", "pointcloud": "point-cloud"}
 
 #: Size keys each architecture takes without a preset, and their defaults (GAT: Velickovic et
-#: al. 2018 on Cora; DGCNN: Wang et al. 2019 on ModelNet40).
+#: al. 2018 on Cora; GCN: Kipf and Welling 2017 on Cora; GraphSAGE and MLP: the same two-layer
+#: shape, a little wider; DGCNN: Wang et al. 2019 on ModelNet40). Only gat takes ``heads`` and
+#: only dgcnn ``k``/``emb_dims``/``mlp``, which is what makes those keys conditional on a
+#: searched ``student.arch``.
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "gat": {"width": 8, "depth": 2, "heads": 8, "dropout": 0.6},
+    "gcn": {"width": 16, "depth": 2, "dropout": 0.5},
+    "sage": {"width": 64, "depth": 2, "dropout": 0.5},
+    "mlp": {"width": 64, "depth": 2, "dropout": 0.5},
     "dgcnn": {
         "width": 64,
         "depth": 4,
@@ -347,6 +366,15 @@ class LatencySpec:
 
 
 @dataclass(frozen=True)
+class FaultToleranceSpec:
+    """How a trial survives interruption: a checkpoint every ``checkpoint_every`` epochs (what
+    ``resume`` continues from) and ``max_failures`` automatic restarts of a failing trial."""
+
+    checkpoint_every: int = 20
+    max_failures: int = 0
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A whole validated study. ``method_defaults`` holds, for every method of ``methods``, the
     built-in defaults overridden by the file's ``method_defaults``. ``search`` lists the
@@ -368,6 +396,7 @@ class StudySpec:
     resources: ResourceSpec
     latency: LatencySpec
     source: str
+    fault_tolerance: FaultToleranceSpec = field(default_factory=FaultToleranceSpec)
 
     @property
     def metrics(self) -> list[str]:
@@ -801,6 +830,7 @@ _TOP_KEYS = (
     "scheduler",
     "resources",
     "latency",
+    "fault_tolerance",
 )
 
 
@@ -839,6 +869,7 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
     scheduler = _parse_scheduler(chk, top.get("scheduler"), objectives, student.train.epochs)
     resources = _parse_resources(chk, top.get("resources"))
     latency = _parse_latency(chk, top.get("latency"))
+    fault_tolerance = _parse_fault_tolerance(chk, top.get("fault_tolerance"))
     return StudySpec(
         name=name,
         description=description,
@@ -855,6 +886,7 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
         resources=resources,
         latency=latency,
         source=source,
+        fault_tolerance=fault_tolerance,
     )
 
 
@@ -1296,6 +1328,14 @@ def _parse_latency(chk: _Check, raw: Any) -> LatencySpec:
     lows = {"repeats": 1, "warmup": 0, "threads": 1}
     values = {k: chk.integer(v, f"latency.{k}", low=lows[k]) for k, v in d.items() if v is not None}
     return LatencySpec(**values)
+
+
+def _parse_fault_tolerance(chk: _Check, raw: Any) -> FaultToleranceSpec:
+    d = chk.mapping(raw, "fault_tolerance", ("checkpoint_every", "max_failures"))
+    lows = {"checkpoint_every": 1, "max_failures": 0}
+    path = "fault_tolerance"
+    values = {k: chk.integer(v, f"{path}.{k}", low=lows[k]) for k, v in d.items() if v is not None}
+    return FaultToleranceSpec(**values)
 
 
 # ---------------------------------------------------------------------------------------------

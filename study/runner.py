@@ -81,12 +81,21 @@ def check_new_study(
             f"{spec.source}: name: a study {spec.name!r} already exists in {folder}; "
             f"continue it with `distill-study resume {spec.name} --storage {storage}` or choose another name"
         )
+    if not store_exists(tracking_uri):
+        return
     exp = client.get_experiment_by_name(spec.name)
     if exp is not None and _study_runs(client, exp.experiment_id):
         raise UserInputError(
             f"{spec.source}: name: MLflow at {tracking_uri} already holds a study {spec.name!r}; "
             "choose another name (or delete that experiment)"
         )
+
+
+def store_exists(tracking_uri: str) -> bool:
+    """False for a sqlite store whose file is not there yet (asking MLflow would create it)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).exists() or tracking_uri.endswith(":memory:")
+    return True
 
 
 def _study_runs(client: MlflowClient, experiment_id: str) -> list[Any]:
@@ -319,7 +328,7 @@ def build_tuner(spec: StudySpec, ctx: StudyContext, storage: Path) -> tune.Tuner
             name=spec.name,
             storage_path=str(storage),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=spec.fault_tolerance.max_failures),
             verbose=1,
         ),
     )
@@ -367,10 +376,11 @@ def run_study(
     spec, text = load_study(path, smoke=smoke)
     uri = tr.resolve_tracking_uri(tracking_uri)
     root = storage_root(storage)
+    # Everything that can be wrong is checked before Ray, MLflow or a folder is touched.
+    task = load_study_task(spec, data_root)
+    check_teacher_checkpoint(spec, task)
     client = MlflowClient(uri)
     check_new_study(spec, root, client, uri)
-    task = load_study_task(spec, data_root)  # data errors surface here, before anything starts
-    check_teacher_checkpoint(spec, task)
 
     start_ray(address)
     experiment_id, parent_run_id = start_study_run(client, spec, text, spec.num_trials)

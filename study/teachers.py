@@ -98,7 +98,7 @@ def load_teacher(
     spec = dict(payload["spec"])
     if arch is not None and payload["arch"] != arch:
         raise UserInputError(
-            f"{path}: checkpoint holds a {payload['arch']!r} teacher, expected {arch!r}"
+            f"{path}: arch: checkpoint holds a {payload['arch']!r} teacher, expected {arch!r}"
         )
     if dataset is not None and payload["dataset"] != dataset:
         raise UserInputError(

@@ -31,6 +31,7 @@ TAG_TRIAL_ID = "gds.trial_id"
 TAG_STUDY = "gds.study"
 TAG_TEACHER_HASH = "gds.teacher_hash"
 TAG_STUDENT_ARCH = "student_arch"
+TAG_NODE = "gds.node_id"  # the Ray node a trial ran on
 
 METRIC_VAL = "val_score"
 METRIC_TEST = "test_score"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import ray
 import torch
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -52,7 +53,6 @@ class StudyContext:
     teacher_run_id: str
     teacher_hash: str
     data_root: str | None
-    checkpoint_every: int = 10
 
     def to_json(self) -> str:
         """Everything but the parsed spec, as JSON (the spec is its text and source)."""
@@ -145,6 +145,7 @@ def _find_or_start_run(
         tr.TAG_TEACHER_RUN: ctx.teacher_run_id,
         tr.TAG_DEVICE: device,
         tr.TAG_STUDENT_ARCH: plan.student.arch,
+        tr.TAG_NODE: ray.get_runtime_context().get_node_id(),
     }
     run = client.create_run(ctx.experiment_id, run_name=trial_name, tags=tags)
     run_id = run.info.run_id
@@ -203,7 +204,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext) -> None:
             )
             best["val"] = max(best["val"], record.get("epoch_val_score", -float("inf")))
             report = {"epoch": epoch, tr.METRIC_VAL: best["val"], **record}
-            if (epoch + 1) % ctx.checkpoint_every == 0:
+            if (epoch + 1) % spec.fault_tolerance.checkpoint_every == 0:
                 with tempfile.TemporaryDirectory() as tmp:
                     torch.save(snapshot(), Path(tmp) / SNAPSHOT_FILE)
                     tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -19,8 +19,9 @@ TINY_PPI_LABELS = 121
 
 
 def shared_data_dir() -> Path | None:
-    """The read-only offline data (``shared/data``), if this checkout has it."""
+    """The offline data: ``$GDS_DATA_ROOT`` (as CI sets it), else ``shared/data`` by the repo."""
     candidates = [
+        os.environ.get("GDS_DATA_ROOT"),
         os.environ.get("GDS_SHARED_DATA"),
         REPO.parent / "shared" / "data",
         REPO / "shared" / "data",
@@ -31,18 +32,33 @@ def shared_data_dir() -> Path | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keep teacher checkpoints and processed data of the tests out of the user's cache."""
+    cache = tmp_path_factory.mktemp("gds_cache")
+    previous = os.environ.get("GDS_CACHE_DIR")
+    os.environ["GDS_CACHE_DIR"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("GDS_CACHE_DIR", None)
+    else:
+        os.environ["GDS_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def gds_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A writable copy of all of ``shared/data`` (PyG writes ``processed/`` beside ``raw/``).
+    """A writable copy of the offline data (PyG writes ``processed/`` beside ``raw/``).
 
-    Copied once per session; pass it as ``root=`` to the loaders. Skips when the checkout has no
-    ``shared/data`` (set ``GDS_SHARED_DATA`` to point at one elsewhere).
+    Copied once per session from ``$GDS_DATA_ROOT`` (else ``shared/data`` beside the checkout);
+    pass it as ``root=`` to the loaders. Fails, naming what to set, when there is none.
     """
     src = shared_data_dir()
     if src is None:
-        pytest.skip("no shared/data with the offline datasets in this checkout")
+        pytest.fail(
+            "no offline data: set GDS_DATA_ROOT to a copy of shared/data (with planetoid/Cora/raw)"
+        )
     dst = tmp_path_factory.mktemp("gds_data") / "data"
-    shutil.copytree(src, dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("processed"))
     # copytree keeps the source's read-only modes; the loaders would then (rightly) leave the
     # copy alone and process into the user cache, so make the copy writable.
     for path in [dst, *dst.rglob("*")]:

@@ -20,8 +20,14 @@ from study.models.dgcnn import (
     dgcnn_modelnet_teacher,
 )
 from study.models.gat import GAT, build_gat, gat_ppi_student, gat_ppi_teacher
+from study.models.gcn import GCN
+from study.models.mlp import MLP
+from study.models.sage import GraphSAGE
 
-ARCHITECTURES = ("dgcnn", "gat")
+ARCHITECTURES = ("dgcnn", "gat", "gcn", "mlp", "sage")
+
+# Plain stacks built from the free form only (their spec holds the same keys).
+_STACKS: dict[str, type[nn.Module]] = {"gcn": GCN, "sage": GraphSAGE, "mlp": MLP}
 
 # preset name -> (builder(in_channels, out_channels, **overrides), overridable keywords)
 _PRESETS: dict[str, dict[str, tuple[Callable[..., nn.Module], set[str]]]] = {
@@ -47,6 +53,7 @@ _GAT_FULL = {"hidden", "heads", "dropout", "residual", "concat_last"}
 _GAT_FREE = {"width", "depth", "heads", "dropout", "residual"}
 _DGCNN_FULL = {"edge_channels", "emb_dims", "mlp", "k", "dropout"}
 _DGCNN_FREE = {"width", "depth", "k", "emb_dims", "mlp", "dropout"}
+_STACK_FREE = {"width", "depth", "dropout"}
 
 
 def build_model(
@@ -57,28 +64,35 @@ def build_model(
     preset: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a GAT or DGCNN, from a paper preset or from explicit sizes.
+    """Build a model by name, from a paper preset or from explicit sizes.
 
     Args:
-        arch: ``"gat"`` or ``"dgcnn"``.
-        in_channels: input width per node (GAT) or per point (DGCNN, 3 for xyz).
-        out_channels: logits per node (GAT) or classes (DGCNN).
+        arch: ``"gat"``, ``"gcn"``, ``"sage"``, ``"mlp"`` (node classification) or ``"dgcnn"``
+            (point clouds).
+        in_channels: input width per node (node models) or per point (DGCNN, 3 for xyz).
+        out_channels: logits per node (node models) or classes (DGCNN).
         preset: ``ppi_teacher``/``ppi_student`` (GAT) or ``modelnet_teacher``/
             ``modelnet_student`` (DGCNN); ``kwargs`` may then override only ``dropout``
-            (and ``residual`` for GAT).
+            (and ``residual`` for GAT). GCN, GraphSAGE and MLP have no presets.
         **kwargs: without a preset, either the constructor's sizes (GAT: ``hidden, heads``;
             DGCNN: ``edge_channels, emb_dims, mlp, k``) or free sizes (GAT: ``width, depth,
-            heads``; DGCNN: ``width, depth, k, emb_dims, mlp``), plus ``dropout`` etc.
+            heads``; DGCNN: ``width, depth, k, emb_dims, mlp``; GCN, GraphSAGE, MLP: ``width,
+            depth``), plus ``dropout`` etc.
 
     Returns:
         The model, with ``model.spec`` set.
     """
     choose("architecture", arch, ARCHITECTURES)
     if preset is not None:
+        if arch not in _PRESETS:
+            raise UserInputError(f"unknown {arch} preset {preset!r} ({arch} has no presets)")
         choose(f"{arch} preset", preset, _PRESETS[arch])
         builder, allowed = _PRESETS[arch][preset]
         _check_keys(f"{arch} preset {preset}", kwargs, allowed)
         return builder(in_channels, out_channels, **kwargs)
+    if arch in _STACKS:
+        _check_keys(arch, kwargs, _STACK_FREE, required=("width", "depth"))
+        return _STACKS[arch](in_channels, out_channels, **kwargs)
     if arch == "gat":
         return _build_gat(in_channels, out_channels, kwargs)
     return _build_dgcnn(in_channels, out_channels, kwargs)

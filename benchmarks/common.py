@@ -1,0 +1,422 @@
+"""What every benchmark script shares: arguments, machine info, timing, memory probes, output.
+
+Timing rules (one place, so every figure in ``benchmarks/results`` is read the same way):
+
+- **Interleaved.** Variants compared against each other (LSP step vs plain step) are timed in
+  rounds, one call of each per round, the order reversed every other round. On a shared machine
+  the background load drifts; interleaving makes both variants see the same drift, so their
+  ratio is far steadier than that of two back-to-back blocks.
+- **Warm-ups** (untimed rounds) first, then ``repeats`` timed rounds; every call is timed on its
+  own with ``time.perf_counter_ns``, CUDA synchronised after it.
+- **Statistics.** ``median_ms`` is the headline; ``p10``/``p90``/``min``/``mean``/``std`` beside
+  it. Ratios are given three ways: of the medians (the headline a target is checked on), the
+  median of the per-round ratios (paired), and of the minima (least disturbed by other load).
+
+Memory rules: see :func:`measure_step_memory` and :func:`run_memory_probes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # runnable as `python3 benchmarks/x.py` without PYTHONPATH
+    sys.path.insert(0, str(REPO))
+
+from study.latency import device_name  # noqa: E402
+
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+#: glibc serves allocations at least this large by mmap in memory probes (see run_memory_probes).
+PROBE_MMAP_THRESHOLD = 1 << 20
+
+
+# ---------------------------------------------------------------- arguments and set-up
+
+
+def make_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The arguments every script takes: ``--device``, ``--quick``, ``--out``, ``--threads``,
+    ``--repeats``, ``--warmup``, ``--seed`` (and the hidden ``--memory-probe``)."""
+    parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes: finishes in seconds (smoke test)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR / f"{name}.json", help="JSON output path"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's own)"
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up rounds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads`` and ``--seed``; check that the device exists; return it."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available here (valid: cpu)")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads {args.threads}: must be at least 1")
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return torch.device(args.device)
+
+
+def pick(args: argparse.Namespace, name: str, quick: int, full: int) -> int:
+    """``args.<name>`` if given, else the quick or full default."""
+    value = getattr(args, name)
+    return int(value) if value is not None else (quick if args.quick else full)
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Where and with what the figures were taken (stored beside every figure)."""
+    import torch_geometric
+
+    info: dict[str, Any] = {
+        "cpu_model": device_name("cpu"),
+        "cpu_count": os.cpu_count(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch_version": torch.__version__,
+        "torch_geometric_version": torch_geometric.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "mkl": torch.backends.mkl.is_available(),
+        "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if hasattr(os, "getloadavg"):
+        # Other work on the machine moves every timing; the load says how much there was.
+        info["load_average_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
+    if device.type == "cuda":
+        info["cuda_version"] = torch.version.cuda
+    return info
+
+
+def sync_for(device: torch.device) -> Callable[[], None]:
+    """A function that waits for the device's queued work (a no-op on CPU)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+# ---------------------------------------------------------------- inputs
+
+#: The PPI-shaped graph of the issue: one PPI graph's size, features and labels.
+PPI_SHAPE = {"num_nodes": 2372, "num_edges": 33000, "num_features": 50, "num_labels": 121}
+#: Its --quick stand-in.
+PPI_SHAPE_QUICK = {"num_nodes": 200, "num_edges": 2000, "num_features": 50, "num_labels": 121}
+
+
+def ppi_shaped_graph(
+    num_nodes: int, num_edges: int, num_features: int, num_labels: int, seed: int = 0
+) -> Any:
+    """A random undirected graph of PPI's size: Gaussian features, random 0/1 labels.
+
+    ``num_edges / 2`` node pairs drawn uniformly (no self-loops), both directions stored,
+    duplicates removed: the edge count comes out a little under ``num_edges``. Timing depends
+    on the sizes, not on the values, so random data stands in for PPI (not available offline).
+
+    Returns:
+        A PyG ``Data`` with ``x [N, F]``, ``edge_index [2, E]``, ``y [N, L]`` float,
+        ``mask [N]`` all true and ``graph_id = 0`` (what ``study.train`` reads).
+    """
+    from torch_geometric.data import Data
+    from torch_geometric.utils import to_undirected
+
+    g = torch.Generator().manual_seed(seed)
+    pairs = torch.randint(0, num_nodes, (2, num_edges // 2), generator=g)
+    pairs = pairs[:, pairs[0] != pairs[1]]
+    edge_index = to_undirected(pairs, num_nodes=num_nodes)
+    x = torch.randn(num_nodes, num_features, generator=g)
+    y = (torch.rand(num_nodes, num_labels, generator=g) < 0.3).float()
+    mask = torch.ones(num_nodes, dtype=torch.bool)
+    return Data(x=x, edge_index=edge_index, y=y, mask=mask, graph_id=0, num_nodes=num_nodes)
+
+
+def point_cloud_batch(batch: int, points: int, num_classes: int = 40, seed: int = 0) -> Any:
+    """``batch`` procedural clouds (``study.data.synthetic_shapes``) of ``points`` points.
+
+    Returns:
+        ``(points [B, P, 3] float32, labels [B] long in [0, num_classes))``.
+    """
+    from study.data.synthetic import synthetic_shapes
+
+    per_class = max(1, -(-batch // 5))
+    task = synthetic_shapes(num_per_class=per_class, num_classes=5, num_points=points, seed=seed)
+    clouds = task.train.points[:batch].contiguous()
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, (batch,), generator=g)
+    return clouds, labels
+
+
+# ---------------------------------------------------------------- timing
+
+
+def summarize(times_ms: Sequence[float]) -> dict[str, float]:
+    """Median, p10, p90, min, mean, std (sample) of a list of times in ms."""
+    ordered = sorted(times_ms)
+    q = statistics.quantiles(ordered, n=10, method="inclusive") if len(ordered) > 1 else None
+    return {
+        "median_ms": statistics.median(ordered),
+        "p10_ms": q[0] if q else ordered[0],
+        "p90_ms": q[-1] if q else ordered[0],
+        "min_ms": ordered[0],
+        "mean_ms": statistics.fmean(ordered),
+        "std_ms": statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
+        "repeats": len(ordered),
+    }
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    warmup: int,
+    repeats: int,
+    sync: Callable[[], None],
+) -> dict[str, list[float]]:
+    """Time each function once per round, in alternating order (see the module docstring).
+
+    Args:
+        fns: name -> zero-argument function (e.g. one training step).
+        warmup: untimed rounds first.
+        repeats: timed rounds.
+        sync: waits for the device after each call.
+
+    Returns:
+        name -> list of ``repeats`` times in ms, round by round.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+            sync()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            sync()
+            start = time.perf_counter_ns()
+            fns[name]()
+            sync()
+            times[name].append((time.perf_counter_ns() - start) / 1e6)
+    return times
+
+
+def ratios(slow: Sequence[float], fast: Sequence[float]) -> dict[str, float]:
+    """``slow / fast`` three ways: of medians (headline), paired per round (median), of minima."""
+    return {
+        "ratio_of_medians": statistics.median(slow) / statistics.median(fast),
+        "paired_median_ratio": statistics.median(a / b for a, b in zip(slow, fast, strict=True)),
+        "ratio_of_minima": min(slow) / min(fast),
+    }
+
+
+# ---------------------------------------------------------------- memory
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark to the current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_step_memory(
+    step: Callable[[], Any], device: torch.device, *, warmup: int = 1, steps: int = 2
+) -> dict[str, Any]:
+    """Peak memory of ``steps`` calls of ``step`` above what is held before them.
+
+    ``warmup`` calls run first, so one-off state (Adam's moments, caches) counts as held.
+    CUDA: ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` before (tensors only,
+    the caching allocator's slack excluded). CPU: the process's RSS high-water mark (``VmHWM``,
+    reset through ``/proc/self/clear_refs`` just before) minus its RSS then (``VmRSS``). RSS
+    counts every page the process touches, tensors and allocator alike; see
+    :func:`run_memory_probes` for how the probe keeps freed tensors from hiding in it.
+    """
+    for _ in range(warmup):
+        step()
+    gc.collect()
+    mib = 1024.0 * 1024.0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return {
+            "method": "torch.cuda.max_memory_allocated - memory_allocated before the steps",
+            "held_before_mib": base / mib,
+            "peak_mib": peak / mib,
+            "step_peak_mib": (peak - base) / mib,
+        }
+    reset = _reset_peak_rss()
+    base_kb = _proc_status_kb("VmRSS")
+    if base_kb is None:  # not Linux: ru_maxrss cannot be reset, so setup is inside the peak
+        import resource
+
+        for _ in range(steps):
+            step()
+        peak_b = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_b *= 1 if sys.platform == "darwin" else 1024
+        return {
+            "method": "ru_maxrss of a fresh process (includes setup; no reset available)",
+            "held_before_mib": float("nan"),
+            "peak_mib": peak_b / mib,
+            "step_peak_mib": peak_b / mib,
+        }
+    for _ in range(steps):
+        step()
+    peak_kb = _proc_status_kb("VmHWM") or 0
+    return {
+        "method": (
+            "VmHWM - VmRSS (peak RSS reset via /proc/self/clear_refs before the steps)"
+            if reset
+            else "VmHWM - VmRSS (peak could not be reset: includes set-up)"
+        ),
+        "held_before_mib": base_kb / 1024.0,
+        "peak_mib": peak_kb / 1024.0,
+        "step_peak_mib": (peak_kb - base_kb) / 1024.0,
+    }
+
+
+def probe_argv(args: argparse.Namespace, variant: str) -> list[str]:
+    """The command line that re-runs this script as a memory probe of one variant."""
+    argv = [a for a in sys.argv[1:] if not a.startswith("--memory-probe")]
+    return [sys.executable, sys.argv[0], *argv, "--memory-probe", variant]
+
+
+def run_memory_probes(
+    args: argparse.Namespace, variants: Sequence[str], *, parallel: bool
+) -> dict[str, dict[str, Any]]:
+    """Measure each variant's step memory in a fresh process of its own.
+
+    A fresh process per variant, so that neither sees memory the other's allocator kept. In the
+    probe, ``MALLOC_MMAP_THRESHOLD_`` (glibc) makes every allocation of 1 MiB or more its own
+    mapping, returned to the system when freed: RSS then follows the live tensors, rather than
+    staying at whatever the heap once grew to. The probe prints one JSON line (last on stdout).
+
+    Args:
+        args: the parsed arguments of this run (passed on to the probes).
+        variants: the names the script's ``--memory-probe`` understands.
+        parallel: run the probes at once (quick mode: seconds matter more than CPU contention,
+            which does not change memory figures).
+    """
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(PROBE_MMAP_THRESHOLD)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+
+    def start(variant: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            probe_argv(args, variant), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    results: dict[str, dict[str, Any]] = {}
+    procs = {v: start(v) for v in variants} if parallel else {}
+    for variant in variants:
+        proc = procs.get(variant) or start(variant)
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory probe {variant!r} failed ({proc.returncode}):\n{err}")
+        results[variant] = json.loads(out.strip().splitlines()[-1])
+    return results
+
+
+def emit_probe(result: dict[str, Any]) -> None:
+    """Print a memory probe's result as the last line of stdout (read by run_memory_probes)."""
+    print(json.dumps(result))
+
+
+# ---------------------------------------------------------------- output
+
+
+def check_finite(payload: Any, path: str = "") -> None:
+    """Raise ``ValueError`` naming the first NaN/inf number in a nested JSON-like payload."""
+    if isinstance(payload, float) and not math.isfinite(payload):
+        raise ValueError(f"non-finite number at {path or '<root>'}: {payload}")
+    if isinstance(payload, dict):
+        for key, value in payload.items():
+            check_finite(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(payload, (list, tuple)):
+        for i, value in enumerate(payload):
+            check_finite(value, f"{path}[{i}]")
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (checked finite) as indented JSON, creating the folder."""
+    check_finite(payload)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    print(f"wrote {path}")
+
+
+def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Print ``rows`` as a fixed-width table of ``columns`` (floats to 2 decimals)."""
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, float):
+            return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+        return str(value)
+
+    cells = [[fmt(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print(f"\n{title}")
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    print()
+
+
+def target(
+    value: float, limit: float, *, aim: float | None = None, at_least: bool = False
+) -> dict[str, Any]:
+    """A target check for the JSON: ``value <= limit`` (or ``>=`` with ``at_least``), and the
+    stretch ``aim`` the same way."""
+
+    def ok(bound: float) -> bool:
+        return bool(value >= bound if at_least else value <= bound)
+
+    out: dict[str, Any] = {"value": value, "limit": limit,
+                           "rule": ">=" if at_least else "<=", "met": ok(limit)}
+    if aim is not None:
+        out["aim"] = aim
+        out["aim_met"] = ok(aim)
+    return out
