@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     device = common.setup(args)
     if args.memory_probe:
-        built = build(args, device, (args.memory_probe,))
-        common.emit_probe(common.measure_step_memory(built["steps"][args.memory_probe], device,
-                                                     steps=1))
+        common.memory_probe_main(
+            args.memory_probe, lambda v: build(args, device, (v,))["steps"][v], device, steps=1
+        )
         return {}
 
     warmup, repeats = common.pick(args, "warmup", 1, 2), common.pick(args, "repeats", 3, 7)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stats = {name: common.summarize(t) for name, t in times.items()}
     ratio = common.ratios(times["lsp_step"], times["plain_step"])
     parts = breakdown(built, device, repeats)
-    memory = common.run_memory_probes(args, VARIANTS, parallel=args.quick)
+    memory = common.run_memory_probes(VARIANTS, shared=args.quick)
     result = {
         "benchmark": NAME,
         "description": "DGCNN student training step: with union-edge LSP (RBF, lambda 100, "
@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             **memory,
             "step_peak_ratio": (memory["lsp_step"]["step_peak_mib"]
                                 / max(memory["plain_step"]["step_peak_mib"], 1e-9)),
-            "note": "each variant in a fresh process; see benchmarks/README.md",
+            "note": "peak RSS / CUDA memory above what is held before the step; "
+            "see benchmarks/README.md",
         },
         "targets": {"step_ratio": common.target(ratio["ratio_of_medians"], TARGET)},
         "paper": {"step_ratio": PAPER},

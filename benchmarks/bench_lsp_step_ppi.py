@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     device = common.setup(args)
     if args.memory_probe:
-        built = build(args, device, (args.memory_probe,))
-        common.emit_probe(common.measure_step_memory(built["steps"][args.memory_probe], device))
+        common.memory_probe_main(
+            args.memory_probe, lambda v: build(args, device, (v,))["steps"][v], device
+        )
         return {}
 
     warmup, repeats = common.pick(args, "warmup", 1, 3), common.pick(args, "repeats", 3, 15)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stats = {name: common.summarize(t) for name, t in times.items()}
     stats["lsp_term_fwd_bwd"] = time_lsp_term(built, device, max(repeats, 5))
     ratio = common.ratios(times["lsp_step"], times["plain_step"])
-    memory = common.run_memory_probes(args, VARIANTS, parallel=args.quick)
+    memory = common.run_memory_probes(VARIANTS, shared=args.quick)
     graph, shape = built["graph"], built["shape"]
     result = {
         "benchmark": NAME,
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             **memory,
             "step_peak_ratio": _safe_ratio(memory["lsp_step"]["step_peak_mib"],
                                            memory["plain_step"]["step_peak_mib"]),
-            "note": "each variant in a fresh process; see benchmarks/README.md",
+            "note": "peak RSS / CUDA memory above what is held before the step; "
+            "see benchmarks/README.md",
         },
         "targets": {"step_ratio": common.target(ratio["ratio_of_medians"], TARGET, aim=AIM)},
         "paper": {"step_ratio": PAPER},

@@ -314,51 +314,62 @@ def measure_step_memory(
     }
 
 
-def probe_argv(args: argparse.Namespace, variant: str) -> list[str]:
-    """The command line that re-runs this script as a memory probe of one variant."""
+def probe_argv(variants: Sequence[str]) -> list[str]:
+    """The command line that re-runs this script as a memory probe of ``variants``."""
     argv = [a for a in sys.argv[1:] if not a.startswith("--memory-probe")]
-    return [sys.executable, sys.argv[0], *argv, "--memory-probe", variant]
+    return [sys.executable, sys.argv[0], *argv, "--memory-probe", ",".join(variants)]
 
 
-def run_memory_probes(
-    args: argparse.Namespace, variants: Sequence[str], *, parallel: bool
-) -> dict[str, dict[str, Any]]:
-    """Measure each variant's step memory in a fresh process of its own.
+def run_memory_probes(variants: Sequence[str], *, shared: bool) -> dict[str, dict[str, Any]]:
+    """Measure each variant's step memory in a fresh process.
 
-    A fresh process per variant, so that neither sees memory the other's allocator kept. In the
-    probe, ``MALLOC_MMAP_THRESHOLD_`` (glibc) makes every allocation of 1 MiB or more its own
-    mapping, returned to the system when freed: RSS then follows the live tensors, rather than
-    staying at whatever the heap once grew to. The probe prints one JSON line (last on stdout).
+    A fresh process per variant (``shared=False``), so that neither sees memory the other's
+    allocator kept; ``shared=True`` (quick mode, where interpreter start-up dominates) measures
+    the variants one after the other in a single probe process, and says so in ``process``.
+    In the probe, ``MALLOC_MMAP_THRESHOLD_`` (glibc) makes every allocation of 1 MiB or more its
+    own mapping, returned to the system when freed: RSS then follows the live tensors rather
+    than staying at whatever the heap once grew to. A probe prints one JSON line, last on stdout.
 
     Args:
-        args: the parsed arguments of this run (passed on to the probes).
         variants: the names the script's ``--memory-probe`` understands.
-        parallel: run the probes at once (quick mode: seconds matter more than CPU contention,
-            which does not change memory figures).
+        shared: one probe process for all variants.
+
+    Returns:
+        variant -> the :func:`measure_step_memory` result plus ``process``.
     """
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(PROBE_MMAP_THRESHOLD)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-
-    def start(variant: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            probe_argv(args, variant), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
-        )
-
+    groups = [list(variants)] if shared else [[v] for v in variants]
     results: dict[str, dict[str, Any]] = {}
-    procs = {v: start(v) for v in variants} if parallel else {}
-    for variant in variants:
-        proc = procs.get(variant) or start(variant)
-        out, err = proc.communicate()
+    for group in groups:
+        proc = subprocess.run(probe_argv(group), env=env, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"memory probe {variant!r} failed ({proc.returncode}):\n{err}")
-        results[variant] = json.loads(out.strip().splitlines()[-1])
+            raise RuntimeError(f"memory probe {group} failed ({proc.returncode}):\n{proc.stderr}")
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+        process = "one probe process, variants in turn" if shared else "fresh process per variant"
+        for variant in group:
+            results[variant] = {**found[variant], "process": process}
     return results
 
 
-def emit_probe(result: dict[str, Any]) -> None:
-    """Print a memory probe's result as the last line of stdout (read by run_memory_probes)."""
-    print(json.dumps(result))
+def memory_probe_main(
+    spec: str, build_step: Callable[[str], Callable[[], Any]], device: torch.device, **kwargs: Any
+) -> None:
+    """The ``--memory-probe`` mode of a script: measure each named variant, print JSON.
+
+    Args:
+        spec: comma-separated variant names.
+        build_step: variant name -> its step function (built fresh, nothing else kept).
+        device: where the steps run.
+        **kwargs: passed to :func:`measure_step_memory`.
+    """
+    found = {}
+    for variant in spec.split(","):
+        step = build_step(variant)
+        found[variant] = measure_step_memory(step, device, **kwargs)
+        del step
+        gc.collect()
+    print(json.dumps(found))
 
 
 # ---------------------------------------------------------------- output

@@ -41,7 +41,7 @@ def _add_model_args(
     p: argparse.ArgumentParser, who: str, width: int, depth: int, heads: int
 ) -> None:
     g = p.add_argument_group(f"{who} model")
-    g.add_argument("--arch", default="gat", help="gat or dgcnn")
+    g.add_argument("--arch", default="gat", help="gat, gcn, sage, mlp (node tasks) or dgcnn (point clouds)")
     g.add_argument(
         "--preset",
         default=None,
@@ -199,13 +199,10 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "mlp": [max(emb // 4, 16)],
             "dropout": args.dropout,
         }
-    return {
-        "arch": args.arch,
-        "width": args.width,
-        "depth": args.depth,
-        "heads": args.heads,
-        "dropout": args.dropout,
-    }
+    kwargs = {"arch": args.arch, "width": args.width, "depth": args.depth, "dropout": args.dropout}
+    if args.arch == "gat":
+        kwargs["heads"] = args.heads  # only GAT has attention heads
+    return kwargs
 
 
 def _train_config(args: argparse.Namespace):  # noqa: ANN202 - TrainConfig imported lazily
@@ -240,7 +237,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     from study.latency import count_parameters
     from study.models import build_model
     from study.teachers import save_checkpoint
-    from study.train import train_teacher
+    from study.train import seed_everything, train_teacher
     from study.trial import _data_shape
 
     out = Path(args.out)
@@ -248,6 +245,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
         raise UserInputError(f"--out: {out} already exists (pass --force to overwrite it)")
     cfg = _train_config(args)
     task = load_task(args.dataset, root=args.data_root, **_options(args.data_option))
+    seed_everything(cfg.seed)  # --seed fixes the initial weights too, not only the training
     model = build_model(**_model_kwargs(args), **_data_shape(task))
     result = train_teacher(model, task, cfg, progress=not args.no_progress)
     metrics = {
@@ -289,7 +287,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from study.latency import count_parameters
     from study.models import build_model
     from study.teachers import load_teacher
-    from study.train import distill_student
+    from study.train import distill_student, seed_everything
     from study.trial import _data_shape
 
     distill = distill_config_from_args(args)
@@ -300,6 +298,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         dataset=args.dataset,
     )
     task = load_task(args.dataset, root=args.data_root, **_options(args.data_option))
+    seed_everything(cfg.seed)  # --seed fixes the initial weights too, not only the training
     student = build_model(**_model_kwargs(args), **_data_shape(task))
     result = distill_student(student, teacher, task, cfg, distill, progress=not args.no_progress)
     metrics = {

@@ -337,7 +337,8 @@ def fit(
     Args:
         model: a model returning :class:`ModelOutput` (GAT on graphs, DGCNN on ``[B, P, 3]``).
         task: a :class:`NodeTask` or :class:`PointCloudTask`.
-        cfg: optimisation settings; ``cfg.seed`` seeds weights, shuffling and augmentation.
+        cfg: optimisation settings; ``cfg.seed`` seeds dropout, shuffling, augmentation and
+            FitNet adapters, not ``model``'s initial weights (seed before building it).
         teacher: the frozen teacher, required by every method but ``none``.
         distill: the method and its hyperparameters (default: the student alone).
         progress: show a progress bar over epochs.
