@@ -96,7 +96,7 @@ def time_lsp_term(built: dict[str, Any], device: torch.device, repeats: int) -> 
 
     times = common.time_interleaved({"lsp_term": term}, warmup=3, repeats=repeats,
                                     sync=common.sync_for(device))
-    return common.summarize(times["lsp_term"])
+    return times.summary()["lsp_term"]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -109,13 +109,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         return {}
 
-    warmup, repeats = common.pick(args, "warmup", 1, 3), common.pick(args, "repeats", 3, 15)
+    warmup, repeats = common.pick(args, "warmup", 1, 3), common.pick(args, "repeats", 3, 30)
     built = build(args, device, VARIANTS)
     times = common.time_interleaved(built["steps"], warmup=warmup, repeats=repeats,
                                     sync=common.sync_for(device))
-    stats = {name: common.summarize(t) for name, t in times.items()}
+    stats = times.summary()
     stats["lsp_term_fwd_bwd"] = time_lsp_term(built, device, max(repeats, 5))
-    ratio = common.ratios(times["lsp_step"], times["plain_step"])
+    ratio = common.ratios(times, "lsp_step", "plain_step")
     memory = common.run_memory_probes(VARIANTS, shared=args.quick)
     graph, shape = built["graph"], built["shape"]
     result = {
@@ -169,15 +169,18 @@ def _print(result: dict[str, Any]) -> None:
     mem = result["memory"]
     rows: list[dict[str, Any]] = [
         {"variant": name, **{k: t[name][k] for k in ("median_ms", "p10_ms", "p90_ms", "min_ms")},
+         "cpu_median_ms": t[name]["cpu"]["median_ms"],
          "step_peak_mib": mem[name]["step_peak_mib"] if name in mem else ""}
         for name in (*VARIANTS, "lsp_term_fwd_bwd")
     ]
-    cols = ("variant", "median_ms", "p10_ms", "p90_ms", "min_ms", "step_peak_mib")
+    cols = ("variant", "median_ms", "p10_ms", "p90_ms", "min_ms", "cpu_median_ms",
+            "step_peak_mib")
     common.print_table(f"{NAME} ({result['machine']['device_name']}, "
                        f"{result['machine']['threads']} threads)", rows, cols)
     tgt = result["targets"]["step_ratio"]
     print(f"LSP step / plain step: {r['ratio_of_medians']:.3f}x (medians), "
-          f"{r['paired_median_ratio']:.3f}x (paired), {r['ratio_of_minima']:.3f}x (minima); "
+          f"{r['paired_median_ratio']:.3f}x (paired), {r['ratio_of_minima']:.3f}x (minima), "
+          f"{r['cpu_ratio_of_medians']:.3f}x (CPU time); "
           f"target <= {tgt['limit']}: {'met' if tgt['met'] else 'NOT met'}; aim {tgt['aim']}: "
           f"{'met' if tgt['aim_met'] else 'not met'}; paper {result['paper']['step_ratio']}x")
 

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -189,13 +190,32 @@ def summarize(times_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
+@dataclass
+class Timed:
+    """Per-call times in ms of each timed function, round by round.
+
+    ``wall``: elapsed time (what a user waits for). ``cpu``: the process's CPU time over the
+    call (``time.process_time``), all its threads together: unlike wall time it does not grow
+    while other processes hold the cores, so on a shared machine it shows the work done, not
+    the queueing. With several threads it also counts OpenMP threads spinning at barriers.
+    """
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """name -> wall-time :func:`summarize` plus ``cpu`` (the same over CPU time)."""
+        return {name: {**summarize(self.wall[name]), "cpu": summarize(self.cpu[name])}
+                for name in self.wall}
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], Any]],
     *,
     warmup: int,
     repeats: int,
     sync: Callable[[], None],
-) -> dict[str, list[float]]:
+) -> Timed:
     """Time each function once per round, in alternating order (see the module docstring).
 
     Args:
@@ -205,30 +225,36 @@ def time_interleaved(
         sync: waits for the device after each call.
 
     Returns:
-        name -> list of ``repeats`` times in ms, round by round.
+        Wall and CPU times of every call.
     """
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             fns[name]()
             sync()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names if r % 2 == 0 else reversed(names):
             sync()
-            start = time.perf_counter_ns()
+            start, start_cpu = time.perf_counter_ns(), time.process_time_ns()
             fns[name]()
             sync()
-            times[name].append((time.perf_counter_ns() - start) / 1e6)
-    return times
+            wall[name].append((time.perf_counter_ns() - start) / 1e6)
+            cpu[name].append((time.process_time_ns() - start_cpu) / 1e6)
+    return Timed(wall, cpu)
 
 
-def ratios(slow: Sequence[float], fast: Sequence[float]) -> dict[str, float]:
-    """``slow / fast`` three ways: of medians (headline), paired per round (median), of minima."""
+def ratios(timed: Timed, slow: str, fast: str) -> dict[str, float]:
+    """``slow / fast``: of the wall-time medians (the headline), paired per round (median of
+    the per-round ratios), of the wall-time minima, and of the CPU-time medians."""
+    a, b = timed.wall[slow], timed.wall[fast]
     return {
-        "ratio_of_medians": statistics.median(slow) / statistics.median(fast),
-        "paired_median_ratio": statistics.median(a / b for a, b in zip(slow, fast, strict=True)),
-        "ratio_of_minima": min(slow) / min(fast),
+        "ratio_of_medians": statistics.median(a) / statistics.median(b),
+        "paired_median_ratio": statistics.median(x / y for x, y in zip(a, b, strict=True)),
+        "ratio_of_minima": min(a) / min(b),
+        "cpu_ratio_of_medians": (statistics.median(timed.cpu[slow])
+                                 / statistics.median(timed.cpu[fast])),
     }
 
 

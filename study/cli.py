@@ -41,7 +41,9 @@ def _add_model_args(
     p: argparse.ArgumentParser, who: str, width: int, depth: int, heads: int
 ) -> None:
     g = p.add_argument_group(f"{who} model")
-    g.add_argument("--arch", default="gat", help="gat, gcn, sage, mlp (node tasks) or dgcnn (point clouds)")
+    g.add_argument(
+        "--arch", default="gat", help="gat, gcn, sage, mlp (node tasks) or dgcnn (point clouds)"
+    )
     g.add_argument(
         "--preset",
         default=None,
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="lambda_",
         type=float,
         default=None,
-        help="weight of the distillation term (default: lsp 100, fitnet 1, at 1)",
+        help="weight of the distillation term (default: lsp 100, fitnet 1, at 1000, as in study/config.py)",
     )
     m.add_argument("--kernel", default="rbf", help="LSP kernel: linear, poly, rbf, l2, l1_official")
     m.add_argument("--sigma", type=float, default=1.0, help="rbf bandwidth")
@@ -205,6 +207,17 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def check_arch(flag: str, arch: str, task_kind: str, dataset: str) -> None:
+    """Refuse an architecture that cannot run on the dataset's kind (graph nodes, point clouds)."""
+    from study.config import ARCH_KINDS
+
+    valid = sorted(a for a, kind in ARCH_KINDS.items() if kind == task_kind)
+    if arch not in valid:
+        raise UserInputError(
+            f"{flag}: architecture {arch!r} cannot run on dataset {dataset!r} (valid: {', '.join(valid)})"
+        )
+
+
 def _train_config(args: argparse.Namespace):  # noqa: ANN202 - TrainConfig imported lazily
     from study.train import TrainConfig
 
@@ -234,19 +247,20 @@ def _print_metrics(metrics: dict[str, Any], as_json: bool) -> None:
 
 def cmd_teacher(args: argparse.Namespace) -> int:
     from study.data import load_task
+    from study.data.base import io_channels
     from study.latency import count_parameters
     from study.models import build_model
     from study.teachers import save_checkpoint
     from study.train import seed_everything, train_teacher
-    from study.trial import _data_shape
 
     out = Path(args.out)
     if out.exists() and not args.force:
         raise UserInputError(f"--out: {out} already exists (pass --force to overwrite it)")
     cfg = _train_config(args)
     task = load_task(args.dataset, root=args.data_root, **_options(args.data_option))
+    check_arch("--arch", args.arch, task.kind, args.dataset)
     seed_everything(cfg.seed)  # --seed fixes the initial weights too, not only the training
-    model = build_model(**_model_kwargs(args), **_data_shape(task))
+    model = build_model(**_model_kwargs(args), **io_channels(task))
     result = train_teacher(model, task, cfg, progress=not args.no_progress)
     metrics = {
         "val_score": result.val_score,
@@ -262,13 +276,14 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 def distill_config_from_args(args: argparse.Namespace):  # noqa: ANN201
     """The :class:`DistillConfig` the ``distill`` flags describe (names checked)."""
+    from study.config import BUILTIN_METHOD_DEFAULTS
     from study.distill import check_direction, check_kernel, check_method
     from study.train import DistillConfig
 
     method = check_method(args.method)
     kernel = check_kernel(args.kernel)
     direction = check_direction(args.direction)
-    default_lambda = {"lsp": 100.0}.get(method, 1.0)
+    default_lambda = BUILTIN_METHOD_DEFAULTS.get(method, {}).get("lambda", 1.0)
     return DistillConfig(
         method=method,
         lambda_=default_lambda if args.lambda_ is None else args.lambda_,
@@ -284,22 +299,20 @@ def distill_config_from_args(args: argparse.Namespace):  # noqa: ANN201
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from study.data import load_task
+    from study.data.base import io_channels
     from study.latency import count_parameters
     from study.models import build_model
     from study.teachers import load_teacher
     from study.train import distill_student, seed_everything
-    from study.trial import _data_shape
 
     distill = distill_config_from_args(args)
     cfg = _train_config(args)
-    teacher, meta = load_teacher(
-        args.teacher,
-        **_data_shape(load_task(args.dataset, root=args.data_root, **_options(args.data_option))),
-        dataset=args.dataset,
-    )
     task = load_task(args.dataset, root=args.data_root, **_options(args.data_option))
+    check_arch("--arch", args.arch, task.kind, args.dataset)
+    teacher, meta = load_teacher(args.teacher, **io_channels(task), dataset=args.dataset)
+    check_arch(f"--teacher {args.teacher}", meta["arch"], task.kind, args.dataset)
     seed_everything(cfg.seed)  # --seed fixes the initial weights too, not only the training
-    student = build_model(**_model_kwargs(args), **_data_shape(task))
+    student = build_model(**_model_kwargs(args), **io_channels(task))
     result = distill_student(student, teacher, task, cfg, distill, progress=not args.no_progress)
     metrics = {
         "method": distill.method,

@@ -44,7 +44,7 @@ The schema (``search_spaces/quickstart.yaml`` is a commented example; defaults i
             direction: student_teacher, lsp_until_epoch: null, layer_map: [[-1, -1]]}
       kd: {temperature: 4.0, alpha: 0.9}
       fitnet: {lambda: 1.0, layer_map: [[-1, -1]]}
-      at: {lambda: 1.0, p: 1.0, layer_map: [[-1, -1]]}
+      at: {lambda: 1000.0, p: 1.0, layer_map: [[-1, -1]]}
     search:                   # [{}] one dimension a line, each exactly one of
       lsp.lambda: {loguniform: [1.0, 1000.0]}   # {choice: [...]} {uniform: [lo, hi]}
       lsp.kernel: {choice: [rbf, linear]}       # {loguniform: [lo, hi]} {int: [lo, hi]}
@@ -59,7 +59,7 @@ The schema (``search_spaces/quickstart.yaml`` is a commented example; defaults i
 
 Built-in method defaults follow the paper: LSP lambda 100, the RBF kernel with sigma 1, poly
 degree 2 and c 0, the direction KL(LS^s || LS^t), LSP in every epoch; KD temperature 4, alpha 0.9;
-FitNet lambda 1; AT lambda 1, p 1. ``layer_map`` (fitnet, at, lsp; fixed only) pairs
+FitNet lambda 1; AT lambda 1000 (beta of the AT code), p 1. ``layer_map`` (fitnet, at, lsp; fixed only) pairs
 ``[student layer, teacher layer]`` indices into the models' hidden features; the default (also
 for null), ``[[-1, -1]]``, matches the last hidden layer of each.
 
@@ -201,7 +201,8 @@ BUILTIN_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {},
     "kd": {"temperature": 4.0, "alpha": 0.9},
     "fitnet": {"lambda": 1.0, "layer_map": DEFAULT_LAYER_MAP},
-    "at": {"lambda": 1.0, "p": 1.0, "layer_map": DEFAULT_LAYER_MAP},
+    # AT: beta = 1000 on the mean squared map difference, as Zagoruyko & Komodakis' code has it.
+    "at": {"lambda": 1000.0, "p": 1.0, "layer_map": DEFAULT_LAYER_MAP},
     "lsp": {
         "lambda": 100.0,
         "kernel": "rbf",

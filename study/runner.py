@@ -25,16 +25,15 @@ from ray import tune
 
 from study import tracking as tr
 from study.config import StudySpec, parse_study_spec, read_study_mapping, teacher_hash
-from study.data.base import Task
+from study.data.base import Task, io_channels
 from study.errors import UserInputError
 from study.latency import count_parameters, measure_latency
 from study.models import build_model
 from study.search import make_search
 from study.teachers import load_teacher, save_checkpoint
-from study.train import evaluate, train_teacher, with_device
+from study.train import evaluate, seed_everything, train_teacher, with_device
 from study.trial import (
     StudyContext,
-    _data_shape,
     latency_input,
     load_study_task,
     run_trial,
@@ -94,7 +93,9 @@ def check_new_study(
 def store_exists(tracking_uri: str) -> bool:
     """False for a sqlite store whose file is not there yet (asking MLflow would create it)."""
     if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri.removeprefix("sqlite:///")).exists() or tracking_uri.endswith(":memory:")
+        return Path(tracking_uri.removeprefix("sqlite:///")).exists() or tracking_uri.endswith(
+            ":memory:"
+        )
     return True
 
 
@@ -107,7 +108,7 @@ def _study_runs(client: MlflowClient, experiment_id: str) -> list[Any]:
 def check_teacher_checkpoint(spec: StudySpec, task: Task) -> None:
     """A given teacher checkpoint must fit the study's data and architecture."""
     if spec.teacher.checkpoint:
-        load_teacher(spec.teacher.checkpoint, arch=spec.teacher.model.arch, **_data_shape(task))
+        load_teacher(spec.teacher.checkpoint, arch=spec.teacher.model.arch, **io_channels(task))
 
 
 # ---------------------------------------------------------------- Ray, MLflow, teacher
@@ -239,8 +240,9 @@ def _train_teacher_task(
     """Train the study's teacher (in a Ray task, on the trial resources) and log it as a run."""
     device = trial_device(spec.resources.gpu)
     task = load_study_task(spec, data_root)
+    seed_everything(spec.teacher.train.seed)  # the seed fixes the initial weights too
     model = build_model(
-        spec.teacher.model.arch, **spec.teacher.model.build_kwargs(), **_data_shape(task)
+        spec.teacher.model.arch, **spec.teacher.model.build_kwargs(), **io_channels(task)
     )
     result = train_teacher(model, task, with_device(spec.teacher.train, device), progress=True)
     metrics = {
@@ -274,7 +276,7 @@ def ensure_teacher(
         print(f"[gds] reusing teacher run {found} (spec hash {thash})")
         return found, thash
     if spec.teacher.checkpoint:
-        model, _ = load_teacher(spec.teacher.checkpoint, **_data_shape(task))
+        model, _ = load_teacher(spec.teacher.checkpoint, **io_channels(task))
         metrics = {
             tr.METRIC_VAL: evaluate(model, task, "val")["score"],
             tr.METRIC_TEST: evaluate(model, task, "test")["score"],

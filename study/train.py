@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -224,7 +225,7 @@ class TeacherCache:
         """Teacher ``ModelOutput`` and per-pair LSP log-structures for a batch of graphs."""
         parts = []
         for g in graphs:
-            key = int(getattr(g, "graph_id", 0))
+            key = int(g.graph_id) if "graph_id" in g else id(g.x)  # no id: one graph per object
             if key not in self._outputs:
                 self._outputs[key] = self._compute(g.to(device))
             parts.append(self._outputs[key])
@@ -415,6 +416,8 @@ def fit(
         leave=False,
         initial=start_epoch,
         total=cfg.epochs,
+        # Off a terminal (Ray workers, CI logs) every refresh is a new line: refresh rarely there.
+        mininterval=0.5 if sys.stderr.isatty() else 15.0,
     )
     for epoch in bar:
         t0 = time.perf_counter()

@@ -28,11 +28,11 @@ from torch import nn
 from study import tracking as tr
 from study.config import StudySpec, TrialPlan, parse_study_text, resolve_trial
 from study.data import load_task
-from study.data.base import PointCloudTask, Task
+from study.data.base import PointCloudTask, Task, io_channels
 from study.latency import count_parameters, measure_latency
 from study.models import build_model
 from study.teachers import load_teacher, teacher_cache_path
-from study.train import distill_student, with_device
+from study.train import distill_student, seed_everything, with_device
 
 SNAPSHOT_FILE = "trial_state.pt"
 
@@ -91,14 +91,8 @@ def fetch_teacher(ctx: StudyContext, task: Task) -> nn.Module:
                 tracking_uri=ctx.tracking_uri,
             )
             os.replace(local, path)
-    model, _ = load_teacher(path, **_data_shape(task))
+    model, _ = load_teacher(path, **io_channels(task))
     return model
-
-
-def _data_shape(task: Task) -> dict[str, Any]:
-    if isinstance(task, PointCloudTask):
-        return {"in_channels": 3, "out_channels": task.num_classes}
-    return {"in_channels": task.num_features, "out_channels": task.num_classes}
 
 
 def latency_input(task: Task) -> tuple[Any, ...]:
@@ -194,7 +188,8 @@ def run_trial(config: dict[str, Any], ctx: StudyContext) -> None:
 
     status = "FAILED"
     try:
-        student = build_model(plan.student.arch, **plan.student.build_kwargs(), **_data_shape(task))
+        seed_everything(plan.seed)  # the seed fixes the initial weights too
+        student = build_model(plan.student.arch, **plan.student.build_kwargs(), **io_channels(task))
         best = {"val": -float("inf") if resume is None else resume["best_val"]}
 
         def on_epoch(epoch: int, record: dict[str, float], snapshot: Any) -> None:

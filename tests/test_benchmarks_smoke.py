@@ -22,29 +22,52 @@ MACHINE_KEYS = ("cpu_model", "torch_version", "threads", "device", "device_name"
 #: Per script: dotted paths that must exist in its JSON.
 EXPECTED: dict[str, tuple[str, ...]] = {
     "bench_lsp_step_ppi": (
-        "timings.plain_step.median_ms", "timings.lsp_step.median_ms",
-        "timings.lsp_term_fwd_bwd.median_ms", "ratios.ratio_of_medians",
-        "ratios.paired_median_ratio", "ratios.ratio_of_minima", "teacher_precompute_ms",
-        "memory.plain_step.step_peak_mib", "memory.lsp_step.step_peak_mib",
-        "memory.lsp_step.method", "targets.step_ratio.met", "targets.step_ratio.aim_met",
-        "config.num_edges_actual", "config.teacher_hidden_width",
+        "timings.plain_step.median_ms",
+        "timings.lsp_step.median_ms",
+        "timings.lsp_term_fwd_bwd.median_ms",
+        "ratios.ratio_of_medians",
+        "ratios.paired_median_ratio",
+        "ratios.ratio_of_minima",
+        "teacher_precompute_ms",
+        "memory.plain_step.step_peak_mib",
+        "memory.lsp_step.step_peak_mib",
+        "memory.lsp_step.method",
+        "targets.step_ratio.met",
+        "targets.step_ratio.aim_met",
+        "config.num_edges_actual",
+        "config.teacher_hidden_width",
     ),
     "bench_lsp_step_dgcnn": (
-        "timings.plain_step.median_ms", "timings.lsp_step.median_ms", "ratios.ratio_of_medians",
+        "timings.plain_step.median_ms",
+        "timings.lsp_step.median_ms",
+        "ratios.ratio_of_medians",
         "breakdown.timings.teacher_forward_no_grad.median_ms",
-        "breakdown.timings.union_edges.median_ms", "breakdown.timings.lsp_term_fwd_bwd.median_ms",
-        "breakdown.edges.union", "memory.plain_step.step_peak_mib",
-        "memory.lsp_step.step_peak_mib", "targets.step_ratio.met", "config.batch",
+        "breakdown.timings.union_edges.median_ms",
+        "breakdown.timings.lsp_term_fwd_bwd.median_ms",
+        "breakdown.edges.union",
+        "memory.plain_step.step_peak_mib",
+        "memory.lsp_step.step_peak_mib",
+        "targets.step_ratio.met",
+        "config.batch",
         "config.points",
     ),
     "bench_lsp_vs_naive": (
-        "agreement", "timings.fast_forward.median_ms", "timings.naive_forward.median_ms",
-        "timings.fast_forward_backward.median_ms", "timings.naive_forward_backward.median_ms",
-        "speedup.forward", "speedup.forward_backward", "targets.speedup_forward.met",
+        "agreement",
+        "timings.fast_forward.median_ms",
+        "timings.naive_forward.median_ms",
+        "timings.fast_forward_backward.median_ms",
+        "timings.naive_forward_backward.median_ms",
+        "speedup.forward",
+        "speedup.forward_backward",
+        "targets.speedup_forward.met",
         "targets.speedup_forward_backward.met",
     ),
-    "bench_latency": ("results", "teacher_over_student_p50.gat_ppi",
-                      "teacher_over_student_p50.dgcnn_b1", "config.repeats"),
+    "bench_latency": (
+        "results",
+        "teacher_over_student_p50.gat_ppi",
+        "teacher_over_student_p50.dgcnn_b1",
+        "config.repeats",
+    ),
 }
 
 
@@ -74,9 +97,18 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
     out_dir = tmp_path_factory.mktemp("bench")
     procs = {
         name: subprocess.Popen(
-            [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--threads", "1",
-             "--out", str(out_dir / f"{name}.json")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                str(BENCHMARKS / f"{name}.py"),
+                "--quick",
+                "--threads",
+                "1",
+                "--out",
+                str(out_dir / f"{name}.json"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name in EXPECTED
     }
@@ -122,6 +154,10 @@ def test_naive_comparison_agrees_and_latency_covers_both_presets(outputs) -> Non
     assert all(a["allclose"] and a["loss_naive"] > 0 for a in agreement)
     rows = outputs["bench_latency"]["results"]
     settings = {(r["setting"], r["role"]) for r in rows}
-    assert {("gat_ppi", "student"), ("gat_ppi", "teacher"), ("dgcnn_b1", "student"),
-            ("dgcnn_b1", "teacher")} <= settings
+    assert {
+        ("gat_ppi", "student"),
+        ("gat_ppi", "teacher"),
+        ("dgcnn_b1", "student"),
+        ("dgcnn_b1", "teacher"),
+    } <= settings
     assert all(r["p90_ms"] >= r["p50_ms"] > 0 for r in rows)

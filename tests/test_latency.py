@@ -167,7 +167,12 @@ def test_warmup_stops_when_stable(monkeypatch: pytest.MonkeyPatch) -> None:
         "latency_ms_per_sample_p50": res.per_sample_p50_ms,
     }
     assert set(res.as_metrics(prefix="lat")) == {
-        "lat_p50", "lat_p90", "lat_mean", "lat_std", "lat_min", "lat_per_sample_p50"
+        "lat_p50",
+        "lat_p90",
+        "lat_mean",
+        "lat_std",
+        "lat_min",
+        "lat_per_sample_p50",
     }
 
 

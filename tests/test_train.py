@@ -184,6 +184,32 @@ def test_teacher_runs_once_per_training_graph_on_ppi(tiny_ppi_root: Path) -> Non
     assert all(r["distill_loss"] > 0 for r in result.history)
 
 
+def test_graphs_without_graph_id_are_not_confused(sbm: NodeTask) -> None:
+    """A hand-built task whose graphs carry no ``graph_id``: each graph still gets its own teacher
+    outputs (two graphs of equal size, so a mix-up would not even fail on shapes)."""
+    g = torch.Generator().manual_seed(0)
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 0]])
+    graphs = [
+        Data(
+            x=torch.randn(6, 4, generator=g),
+            edge_index=edge_index,
+            y=torch.tensor([0, 1, 0, 1, 0, 1]),
+            mask=torch.ones(6, dtype=torch.bool),
+        )
+        for _ in range(2)
+    ]
+    task = NodeTask("two", 4, 2, False, train=graphs, val=graphs[:1], test=graphs[:1])
+    teacher = CountingTeacher(_gat(task, seed=3, width=4, heads=1))
+    distill_student(
+        _gat(task, seed=1, width=2, heads=1),
+        teacher,
+        task,
+        TrainConfig(epochs=2, batch_size=1),
+        DistillConfig(method="kd"),
+    )
+    assert teacher.calls == 2
+
+
 def test_cached_teacher_outputs_match_a_batch_of_graphs(tiny_ppi_root: Path) -> None:
     """With batches of 2 graphs the cached per-graph outputs must line up with the batch: the
     loss the loop records equals LSP computed from scratch on the same collated batch."""

@@ -64,3 +64,10 @@ class PointCloudTask:
 
 
 Task = NodeTask | PointCloudTask
+
+
+def io_channels(task: Task) -> dict[str, int]:
+    """``{"in_channels", "out_channels"}`` a model needs for ``task`` (3 coordinates per point)."""
+    if isinstance(task, PointCloudTask):
+        return {"in_channels": 3, "out_channels": task.num_classes}
+    return {"in_channels": task.num_features, "out_channels": task.num_classes}

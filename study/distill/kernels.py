@@ -13,8 +13,8 @@ gathered rows to autograd. Autograd's own backward of ``z[i] - z[j]`` scatters t
 gradients back with ``index_put_(accumulate=True)``, a serial row-by-row loop on CPU that cost
 more than the rest of the LSP step together. The fused functions below keep the forward exact
 (the difference is taken feature by feature, never through ``||a||^2 + ||b||^2 - 2 a.b``) and
-write the backward as one sparse-times-dense product: the gradient of every node is a signed,
-weighted sum of the rows of its edges, i.e. an ``[N, E]`` incidence matrix in CSR form times the
+write the backward as sparse-times-dense products: the gradient of every node is a signed,
+weighted sum of the rows of its edges, i.e. ``[N, E]`` incidence matrices in CSR form times the
 saved ``[E, F]`` differences (squared distances), or an ``[N, N]`` weighted adjacency times ``z``
 (dot products). The products are the same ``w_e * x_ef`` as in the scatter; only the order of the
 additions differs.
@@ -254,20 +254,27 @@ def edge_dot(z: Tensor, target: Tensor, source: Tensor) -> Tensor:
 _SPARSE_DTYPES = (torch.float32, torch.float64)
 
 
-def _sparse_rows_times(
-    rows: Tensor, cols: Tensor, values: Tensor, num_rows: int, dense: Tensor
+def _rows_times(
+    rows: Tensor, cols: Tensor | None, values: Tensor, num_rows: int, dense: Tensor
 ) -> Tensor:
-    """``A @ dense`` for the ``[num_rows, dense.size(0)]`` matrix with entries ``(rows, cols,
-    values)``; duplicate entries are summed.
+    """``A @ dense`` for the ``[num_rows, dense.size(0)]`` matrix with entries ``(rows[e],
+    cols[e], values[e])`` (``cols=None``: ``cols[e] = e``); duplicate entries are summed.
 
-    Built as CSR (a stable sort by row, so the sum order and hence the result is deterministic)
-    and multiplied by MKL / cuSPARSE. For dtypes CSR products do not cover (half precision) it
-    falls back to ``index_add_`` of the scaled rows.
+    Built as CSR and multiplied by MKL / cuSPARSE. Rows that are already sorted (edges sorted by
+    target or by source, as PyG's ``coalesce`` leaves them) need no sort; otherwise a stable
+    sort, on 32-bit keys (twice as fast as 64-bit on CPU), so the summation order is
+    deterministic. Dtypes CSR products do not cover (half precision) fall back to ``index_add_``.
     """
     if dense.dtype not in _SPARSE_DTYPES:
-        scaled = dense.index_select(0, cols) * values.unsqueeze(-1).to(dense.dtype)
+        picked = dense if cols is None else dense.index_select(0, cols)
+        scaled = picked * values.unsqueeze(-1).to(dense.dtype)
         return dense.new_zeros(num_rows, dense.size(1)).index_add_(0, rows, scaled)
-    order = torch.argsort(rows, stable=True)
+    if cols is None:
+        cols = torch.arange(rows.numel(), device=rows.device)
+    if rows.numel() > 1 and not bool((rows[1:] >= rows[:-1]).all()):
+        keys = rows.to(torch.int32) if num_rows < 2**31 else rows
+        order = torch.argsort(keys, stable=True)
+        cols, values = cols[order], values[order]
     crow = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
     torch.cumsum(torch.bincount(rows, minlength=num_rows), 0, out=crow[1:])
     with warnings.catch_warnings():
@@ -275,8 +282,8 @@ def _sparse_rows_times(
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         matrix = torch.sparse_csr_tensor(
             crow,
-            cols[order],
-            values[order].to(dense.dtype),
+            cols,
+            values.to(dense.dtype),
             (num_rows, dense.size(0)),
             check_invariants=False,  # valid by construction; checking costs a pass over E
         )
@@ -284,10 +291,13 @@ def _sparse_rows_times(
 
 
 class _EdgeSquaredDistance(torch.autograd.Function):
-    """Forward: one ``[E, F]`` difference (kept for the backward), reduced by ``einsum``.
+    """Forward: one ``[E, F]`` difference (kept for the backward), reduced by ``vector_norm``.
 
-    Backward: ``dz = D @ diff`` with ``D[i, e] = +2 g_e`` at ``i = target_e`` and ``-2 g_e`` at
-    ``i = source_e`` (a self-loop's two entries meet a zero difference).
+    ``vector_norm(diff) ** 2`` rather than ``einsum``: a third of the time on CPU, and its
+    blocked accumulation is no less accurate (1-ulp level; the backward does not use it).
+    Backward: ``dz = D_t @ (2 g diff) - D_s @ (2 g diff)``, ``D_t[i, e] = 1`` at
+    ``i = target_e`` and ``D_s`` likewise at the sources, as two CSR products weighted by
+    ``2 g`` (a self-loop's two entries meet a zero difference).
     """
 
     @staticmethod
@@ -297,29 +307,23 @@ class _EdgeSquaredDistance(torch.autograd.Function):
         ctx.num_nodes = z.size(0)  # type: ignore[attr-defined]
         if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
             ctx.save_for_backward(diff, target, source)
-        return _dot(diff, diff)
+        return torch.linalg.vector_norm(diff, dim=-1).square_()
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
         diff, target, source = ctx.saved_tensors
         weight = 2.0 * grad
-        edges = torch.arange(diff.size(0), device=diff.device)
-        grad_z = _sparse_rows_times(
-            torch.cat([target, source]),
-            torch.cat([edges, edges]),
-            torch.cat([weight, -weight]),
-            ctx.num_nodes,
-            diff,
-        )
+        grad_z = _rows_times(target, None, weight, ctx.num_nodes, diff)
+        grad_z -= _rows_times(source, None, weight, ctx.num_nodes, diff)
         return grad_z, None, None
 
 
 class _EdgeDot(torch.autograd.Function):
     """Forward: two gathers reduced by ``einsum``; nothing ``[E, F]`` is kept.
 
-    Backward: ``dz = (G + G^T) @ z`` with ``G[target_e, source_e] = g_e`` (duplicates summed,
-    so a self-loop ``z_i . z_i`` gets its ``2 g z_i``).
+    Backward: ``dz = G @ z + G^T @ z`` with ``G[target_e, source_e] = g_e`` (duplicates
+    summed, so a self-loop ``z_i . z_i`` gets its ``2 g z_i``).
     """
 
     @staticmethod
@@ -332,11 +336,6 @@ class _EdgeDot(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
         z, target, source = ctx.saved_tensors
-        grad_z = _sparse_rows_times(
-            torch.cat([target, source]),
-            torch.cat([source, target]),
-            torch.cat([grad, grad]),
-            z.size(0),
-            z,
-        )
+        grad_z = _rows_times(target, source, grad, z.size(0), z)
+        grad_z += _rows_times(source, target, grad, z.size(0), z)
         return grad_z, None, None
