@@ -168,6 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="report folder (refused if it exists, unless --overwrite)"
     )
     rep.add_argument("--overwrite", action="store_true")
+
+    sel = sub.add_parser(
+        "select",
+        help="export and register the best configuration within a latency budget",
+    )
+    sel.add_argument("study")
+    sel.add_argument(
+        "--max-latency-ms",
+        type=float,
+        required=True,
+        help="budget on the configuration's mean latency p50 (ms)",
+    )
+    sel.add_argument("--tracking-uri", default=None)
+    sel.add_argument(
+        "--out", required=True, help="export folder to create (refused unless missing or empty)"
+    )
+    sel.add_argument(
+        "--model-name", default=None, help="registered model name (default: <study>-student)"
+    )
     return parser
 
 
@@ -442,6 +461,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    from study.select import NoConfigWithinBudget, describe_selection, select_and_export
+
+    try:
+        result = select_and_export(
+            args.study,
+            args.max_latency_ms,
+            args.out,
+            tracking_uri=args.tracking_uri,
+            model_name=args.model_name,
+        )
+    except NoConfigWithinBudget as exc:
+        print(f"distill-study select: {exc}", file=sys.stderr)
+        return 1
+    print(describe_selection(result))
+    return 0
+
+
 COMMANDS = {
     "teacher": cmd_teacher,
     "distill": cmd_distill,
@@ -450,6 +487,7 @@ COMMANDS = {
     "resume": cmd_resume,
     "list": cmd_list,
     "report": cmd_report,
+    "select": cmd_select,
 }
 
 

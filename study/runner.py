@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from study import tracking as tr
+from study.calibration import calibrate_latency
 from study.config import StudySpec, parse_study_spec, read_study_mapping, teacher_hash
 from study.data.base import Task, io_channels
 from study.errors import UserInputError
@@ -200,7 +201,7 @@ def _log_teacher_run(
     try:
         lat = measure_latency(
             model,
-            latency_input(task),
+            latency_input(task, device),
             repeats=spec.latency.repeats,
             warmup=spec.latency.warmup,
             threads=spec.latency.threads,
@@ -467,6 +468,11 @@ def _fit_and_close(
             errors,
         )
         status = "FINISHED" if outcome.complete else "FAILED" if errors else "KILLED"
+        if any(r.get(tr.METRIC_TEST) is not None for r in rows):
+            print(
+                "[gds] re-measuring student and teacher latency on an idle device (see study.calibration)"
+            )
+            calibrate_latency(spec, rows, client, ctx.teacher_run_id, ctx.data_root)
         return outcome
     finally:
         client.set_terminated(ctx.parent_run_id, status=status)

@@ -51,6 +51,8 @@ FINAL_METRICS = (
 EPOCH_METRICS = ("train_loss", "distill_loss", "epoch_val_score")
 
 TEACHER_CHECKPOINT_ARTIFACT = "teacher/teacher.pt"
+# Each trial's trained student, as written by study.export (weights, config, TorchScript).
+STUDENT_ARTIFACT_DIR = "student"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:

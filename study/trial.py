@@ -29,6 +29,7 @@ from study import tracking as tr
 from study.config import StudySpec, TrialPlan, parse_study_text, resolve_trial
 from study.data import load_task
 from study.data.base import PointCloudTask, Task, io_channels
+from study.export import export_student
 from study.latency import count_parameters, measure_latency
 from study.models import build_model
 from study.teachers import load_teacher, teacher_cache_path
@@ -95,12 +96,12 @@ def fetch_teacher(ctx: StudyContext, task: Task) -> nn.Module:
     return model
 
 
-def latency_input(task: Task) -> tuple[Any, ...]:
-    """One inference input: the first test graph (node tasks) or one test cloud."""
+def latency_input(task: Task, device: str = "cpu") -> tuple[Any, ...]:
+    """One inference input on ``device``: the first test graph (node tasks) or one test cloud."""
     if isinstance(task, PointCloudTask):
-        return (task.test.points[:1],)
+        return (task.test.points[:1].to(device),)
     graph = task.test[0]
-    return (graph.x, graph.edge_index)
+    return (graph.x.to(device), graph.edge_index.to(device))
 
 
 def trial_device(gpus: float) -> str:
@@ -217,7 +218,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext) -> None:
         )
         lat = measure_latency(
             result.model,
-            latency_input(task),
+            latency_input(task, device),
             repeats=spec.latency.repeats,
             warmup=spec.latency.warmup,
             threads=spec.latency.threads,
@@ -238,6 +239,22 @@ def run_trial(config: dict[str, Any], ctx: StudyContext) -> None:
             metrics=[Metric(k, float(v), now, result.epochs_run) for k, v in final.items()],
             tags=[RunTag(k, str(v)) for k, v in lat.as_tags().items()],
         )
+        with tempfile.TemporaryDirectory() as tmp:
+            metadata = {
+                "study": spec.name,
+                "dataset": spec.dataset.name,
+                "config_id": plan.config_id,
+                "params": plan.params,
+                "val_score": result.val_score,
+                "test_score": result.test_score,
+            }
+            folder = export_student(
+                result.model,
+                Path(tmp) / "student",
+                metadata=metadata,
+                example_inputs=latency_input(task),
+            )
+            client.log_artifacts(run_id, str(folder), artifact_path=tr.STUDENT_ARTIFACT_DIR)
         status = "FINISHED"
         tune.report(
             {

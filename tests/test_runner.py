@@ -74,6 +74,19 @@ def test_study_leaves_the_mlflow_layout(tmp_path: Path, local_ray: None) -> None
         history = client.get_metric_history(run.info.run_id, "epoch_val_score")
         assert sorted(m.step for m in history) == list(range(spec.student.train.epochs))
 
+    # Every trial keeps its trained student, in study.export's layout.
+    for run in trials:
+        files = {a.path for a in client.list_artifacts(run.info.run_id, tr.STUDENT_ARTIFACT_DIR)}
+        assert {"student/weights.pt", "student/config.json"} <= files
+
+    # Latency was re-measured after the trials on an idle device: one figure per architecture.
+    assert {r.data.tags.get("gds.latency") for r in trials} == {"calibrated"}
+    assert (
+        len({r.data.metrics[tr.METRIC_LATENCY_P50] for r in trials}) == 1
+    )  # one student architecture
+    assert all("latency_ms_p50_in_trial" in r.data.metrics for r in trials)
+    assert client.get_run(teacher.info.run_id).data.tags.get("gds.latency") == "calibrated"
+
     # Seeds repeat a configuration: each config_id appears once per seed, with both seeds.
     by_config: dict[str, set[str]] = {}
     for run in trials:

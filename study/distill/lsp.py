@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.autograd.function import once_differentiable
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch_geometric.utils import coalesce, scatter
 
 from study.distill.kernels import KERNEL_PARAM_DEFAULTS, edge_kernel

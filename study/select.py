@@ -1,0 +1,442 @@
+"""From a study to a deployable student: pick a configuration within a latency budget, export
+its student, register it in the MLflow Model Registry.
+
+``distill-study select STUDY --max-latency-ms X --out DIR`` calls :func:`select_and_export`:
+
+1. The study's finished trials (:func:`analysis.runs.load_runs`) are summarised per
+   configuration, means over seeds (:func:`analysis.ablation.config_summary`).
+2. :func:`choose_config` keeps the configurations whose mean ``latency_ms_p50`` is at most X
+   and takes the best mean **test** score (as the issue asks: the study is over, this is a
+   deployment choice among its results, not model selection inside it); ties go to the lower
+   mean latency, then the smaller ``config_id``. When none fits, :class:`NoConfigWithinBudget`
+   names the fastest configuration and nothing is written or registered.
+3. The configuration's seeds are separate models: the one exported is the seed run with the best
+   ``val_score`` (ties: the smaller seed, then run id), so validation, not test, picks the
+   weights. Its ``student/`` artifacts (written by :func:`study.export.export_student` in the
+   trial: weights, config, TorchScript where the model allows) are downloaded into a hidden
+   folder beside DIR, checked (:func:`study.export.load` rebuilds the model from them) and
+   renamed to DIR, which must be missing or empty: an export is never overwritten.
+4. A new MLflow run in the study's experiment (tag ``gds.role=selection``; params
+   ``max_latency_ms``, ``config_id``, ...) logs DIR as artifacts under ``model/``, and a new
+   version of the registered model (default ``<study>-student``) is created from that run's
+   ``model/`` artifact URI, with tags ``study``, ``config_id``, ``teacher_run_id``, ``method``,
+   ``student_arch``, ``latency_ms_p50`` and ``test_score``.
+
+The loss against the teacher is the teacher run's ``test_score`` minus the configuration's mean
+test score, in points (percentage points for scores logged as fractions).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from study import tracking as tr
+from study.errors import UserInputError
+
+__all__ = [
+    "ROLE_SELECTION",
+    "MODEL_ARTIFACT_DIR",
+    "NoConfigWithinBudget",
+    "SelectionResult",
+    "choose_config",
+    "pick_seed_run",
+    "default_model_name",
+    "select_and_export",
+    "describe_selection",
+]
+
+ROLE_SELECTION = "selection"
+MODEL_ARTIFACT_DIR = "model"
+_P50 = f"{tr.METRIC_LATENCY_P50}_mean"
+_TEST = f"{tr.METRIC_TEST}_mean"
+
+
+class NoConfigWithinBudget(Exception):  # noqa: N818 - it is an outcome, not a failure
+    """No configuration's mean p50 latency is within the budget (the CLI exits with code 1).
+
+    Attributes:
+        max_latency_ms: the budget.
+        fastest: the summary row of the fastest configuration.
+    """
+
+    def __init__(self, max_latency_ms: float, fastest: pd.Series) -> None:
+        self.max_latency_ms = max_latency_ms
+        self.fastest = fastest
+        super().__init__(
+            f"no configuration has a mean latency p50 within {max_latency_ms:g} ms; the fastest "
+            f"is {fastest['config_id']} ({_describe(fastest)}) at {fastest[_P50]:.3f} ms, "
+            f"test score {_score_text(fastest[_TEST])}"
+        )
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """What :func:`select_and_export` chose, wrote and registered.
+
+    Scores are as logged (fractions for the shipped datasets); ``loss_points`` is in points.
+    """
+
+    study: str
+    config_id: str
+    method: str
+    student_arch: str
+    hyperparameters: dict[str, Any]
+    n_seeds: int
+    test_score: float
+    val_score: float
+    latency_ms_p50: float
+    latency_ms_p90: float
+    num_params: float
+    teacher_run_id: str
+    teacher_test_score: float
+    loss_points: float
+    source_run_id: str
+    out_dir: Path
+    selection_run_id: str
+    model_name: str
+    model_version: str
+    torchscript: bool = False
+    candidates: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing
+# --------------------------------------------------------------------------------------------
+def check_budget(max_latency_ms: float) -> float:
+    """``max_latency_ms`` as a float, refused unless finite and positive."""
+    try:
+        value = float(max_latency_ms)
+    except (TypeError, ValueError):
+        raise UserInputError(
+            f"--max-latency-ms: expected a positive number of milliseconds, got {max_latency_ms!r}"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise UserInputError(
+            f"--max-latency-ms: expected a positive number of milliseconds, got {max_latency_ms!r}"
+        )
+    return value
+
+
+def choose_config(summary: pd.DataFrame, max_latency_ms: float) -> pd.Series:
+    """The configuration with the best mean test score among those within the latency budget.
+
+    Args:
+        summary: one row per configuration, as :func:`analysis.ablation.config_summary` gives:
+            ``config_id``, ``test_score_mean``, ``latency_ms_p50_mean`` (more columns are kept).
+        max_latency_ms: the budget on the mean p50 latency (inclusive).
+
+    Returns:
+        The chosen row. Ties on the score go to the lower mean latency, then the smaller
+        ``config_id``. Rows without a score or a latency never compete.
+
+    Raises:
+        UserInputError: a budget that is not a positive number, or a summary without rows
+            that have both a score and a latency.
+        NoConfigWithinBudget: no row within the budget (it carries the fastest row).
+    """
+    budget = check_budget(max_latency_ms)
+    for col in ("config_id", _TEST, _P50):
+        if col not in summary.columns:
+            raise UserInputError(f"summary has no column {col!r} (columns: {list(summary.columns)})")
+    lat = pd.to_numeric(summary[_P50], errors="coerce")
+    score = pd.to_numeric(summary[_TEST], errors="coerce")
+    data = summary.assign(_lat=lat, _score=score).loc[lat.notna() & score.notna()]
+    if data.empty:
+        raise UserInputError("no configuration has both a test score and a latency p50")
+    within = data.loc[data["_lat"] <= budget]
+    if within.empty:
+        fastest = data.sort_values(
+            ["_lat", "_score", "config_id"], ascending=[True, False, True], kind="stable"
+        ).iloc[0]
+        raise NoConfigWithinBudget(budget, fastest.drop(["_lat", "_score"]))
+    best = within.sort_values(
+        ["_score", "_lat", "config_id"], ascending=[False, True, True], kind="stable"
+    ).iloc[0]
+    return best.drop(["_lat", "_score"])
+
+
+def pick_seed_run(trials: pd.DataFrame, config_id: str) -> pd.Series:
+    """The finished trial of ``config_id`` whose student is exported: the best ``val_score``
+    (ties: the smaller seed, then the smaller run id); a run without ``val_score`` comes last."""
+    runs = trials.loc[trials["config_id"] == config_id]
+    if runs.empty:
+        raise UserInputError(f"no finished trial of configuration {config_id!r}")
+    val = pd.to_numeric(runs[tr.METRIC_VAL], errors="coerce").fillna(-math.inf)
+    seed = pd.to_numeric(runs["seed"], errors="coerce").fillna(math.inf)
+    ranked = runs.assign(_val=val, _seed=seed).sort_values(
+        ["_val", "_seed", "run_id"], ascending=[False, True, True], kind="stable"
+    )
+    return ranked.iloc[0].drop(["_val", "_seed"])
+
+
+def default_model_name(study: str) -> str:
+    """The registered model name a study's selections go to: ``<study>-student``."""
+    return f"{study}-student"
+
+
+def _check_model_name(name: str) -> str:
+    # MLflow's own rule (mlflow.utils.validation._validate_model_name), checked before anything
+    # is written so that a bad name cannot leave an unregistered export behind.
+    if not name or not name.strip() or any(c in name for c in "/:") or ".." in name:
+        raise UserInputError(
+            f"--model-name: {name!r} is not a registered-model name (non-empty, no '/', ':' or '..')"
+        )
+    return name
+
+
+# --------------------------------------------------------------------------------------------
+# Exporting and registering
+# --------------------------------------------------------------------------------------------
+def _check_out_dir(out: Path) -> None:
+    if out.is_dir():
+        if any(out.iterdir()):
+            raise UserInputError(f"--out: {out} exists and is not empty; not overwriting it")
+    elif out.exists():
+        raise UserInputError(f"--out: {out} exists and is not a folder; not overwriting it")
+
+
+def _copy_student(client: Any, run_id: str, out: Path) -> dict[str, Any]:
+    """Download ``run_id``'s ``student/`` artifacts, check they rebuild a model, rename them to
+    ``out``; returns the export's config. ``out`` never holds a partial folder."""
+    from study import export
+
+    names = [a.path for a in client.list_artifacts(run_id, tr.STUDENT_ARTIFACT_DIR)]
+    if not any(n.endswith(export.WEIGHTS_FILE) for n in names):
+        raise UserInputError(
+            f"trial run {run_id} has no {tr.STUDENT_ARTIFACT_DIR}/ artifacts to export (it was run "
+            "before trials logged their students; run the study again)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A hidden sibling on the same file system, so the final rename is atomic.
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        local = Path(client.download_artifacts(run_id, tr.STUDENT_ARTIFACT_DIR, str(tmp)))
+        config = export.read_config(local)
+        export.load(local)  # the weights must fit the spec: refuse a broken export here
+        _check_out_dir(out)  # again: something may have been written there meanwhile
+        if out.is_dir():
+            out.rmdir()  # empty (just checked); rmdir refuses if that changed since
+        os.rename(local, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return config
+
+
+def _ensure_registered_model(client: Any, name: str, study: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    try:
+        client.create_registered_model(
+            name,
+            tags={"study": study},
+            description=f"Students selected from study {study!r} by `distill-study select`.",
+        )
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":  # another select got there first
+            raise
+
+
+def _teacher_test_score(client: Any, teacher_run_id: str | None) -> float:
+    from mlflow.exceptions import MlflowException
+
+    if not teacher_run_id:
+        return math.nan
+    try:
+        run = client.get_run(teacher_run_id)
+    except MlflowException:
+        return math.nan
+    return float(run.data.metrics.get(tr.METRIC_TEST, math.nan))
+
+
+def _hyperparameters(client: Any, run_id: str) -> dict[str, Any]:
+    from analysis.runs import type_param_column
+
+    params = client.get_run(run_id).data.params
+    return {
+        k: type_param_column([v]).iloc[0] for k, v in sorted(params.items()) if k != tr.TAG_SEED
+    }
+
+
+def _float(row: pd.Series, col: str) -> float:
+    value = pd.to_numeric(pd.Series([row.get(col)]), errors="coerce").iloc[0]
+    return float(value)
+
+
+def select_and_export(
+    study: str,
+    max_latency_ms: float,
+    out_dir: str | os.PathLike,
+    *,
+    tracking_uri: str | None = None,
+    model_name: str | None = None,
+) -> SelectionResult:
+    """Choose the best configuration of ``study`` within the latency budget, export its student
+    to ``out_dir`` and register it as a new model version (see the module docstring).
+
+    Args:
+        study: the study name (= MLflow experiment).
+        max_latency_ms: budget on the configuration's mean ``latency_ms_p50`` (inclusive).
+        out_dir: the export folder to create; it may exist only if empty.
+        tracking_uri: MLflow tracking URI (default: :func:`study.tracking.resolve_tracking_uri`).
+        model_name: registered model name (default ``<study>-student``).
+
+    Returns:
+        The :class:`SelectionResult`.
+
+    Raises:
+        UserInputError: an unknown study, a study without finished trials, a bad budget or
+            model name, a non-empty ``out_dir``, or a trial run without student artifacts.
+        NoConfigWithinBudget: nothing fits the budget; nothing was written or registered.
+    """
+    from analysis.ablation import config_summary, score_scale
+    from analysis.runs import finished_trials, load_runs
+    from mlflow.tracking import MlflowClient
+
+    budget = check_budget(max_latency_ms)
+    name = _check_model_name(model_name if model_name is not None else default_model_name(study))
+    out = Path(os.path.abspath(out_dir))
+    _check_out_dir(out)
+    uri = tr.resolve_tracking_uri(tracking_uri)
+    runs = load_runs(study, tracking_uri=uri)  # UserInputError for an unknown study
+    done = finished_trials(runs)
+    if done.empty:
+        raise UserInputError(
+            f"study {study!r} has no finished trials ({len(runs)} trial runs in the store)"
+        )
+    summary = config_summary(runs)
+    row = choose_config(summary, budget)
+    within = int((pd.to_numeric(summary[_P50], errors="coerce") <= budget).sum())
+    seed_run = pick_seed_run(done, row["config_id"])
+    source_run_id = str(seed_run["run_id"])
+
+    client = MlflowClient(tracking_uri=uri)  # load_runs has checked that the store exists
+    teacher_run_id = str(seed_run.get("teacher_run_id") or "")
+    teacher_score = _teacher_test_score(client, teacher_run_id)
+    test = _float(row, _TEST)
+    scale = score_scale(pd.concat([done[tr.METRIC_TEST], pd.Series([teacher_score])]))
+    hyper = _hyperparameters(client, source_run_id)
+
+    config = _copy_student(client, source_run_id, out)
+
+    exp = client.get_experiment_by_name(study)
+    method, arch = str(row.get("method")), str(row.get("student_arch"))
+    version_tags = {
+        "study": study,
+        "config_id": str(row["config_id"]),
+        "teacher_run_id": teacher_run_id,
+        "method": method,
+        "student_arch": arch,
+        tr.METRIC_LATENCY_P50: f"{_float(row, _P50):.6g}",
+        tr.METRIC_TEST: f"{test:.6g}",
+    }
+    sel = client.create_run(
+        exp.experiment_id,
+        run_name=f"select-{row['config_id']}-{budget:g}ms",
+        tags={
+            tr.TAG_ROLE: ROLE_SELECTION,
+            tr.TAG_STUDY: study,
+            tr.TAG_CONFIG_ID: str(row["config_id"]),
+            tr.TAG_TEACHER_RUN: teacher_run_id,
+            tr.TAG_METHOD: method,
+            tr.TAG_STUDENT_ARCH: arch,
+            "source_run_id": source_run_id,
+        },
+    )
+    sel_id = sel.info.run_id
+    status = "FAILED"
+    try:
+        client.log_param(sel_id, "max_latency_ms", f"{budget:g}")
+        client.log_param(sel_id, "config_id", str(row["config_id"]))
+        client.log_param(sel_id, "source_run_id", source_run_id)
+        client.log_param(sel_id, "model_name", name)
+        for key, col in (
+            (tr.METRIC_TEST, _TEST),
+            (tr.METRIC_LATENCY_P50, _P50),
+            (tr.METRIC_LATENCY_P90, f"{tr.METRIC_LATENCY_P90}_mean"),
+            (tr.METRIC_PARAMS, f"{tr.METRIC_PARAMS}_mean"),
+        ):
+            if math.isfinite(_float(row, col)):
+                client.log_metric(sel_id, key, _float(row, col))
+        client.log_artifacts(sel_id, str(out), artifact_path=MODEL_ARTIFACT_DIR)
+        _ensure_registered_model(client, name, study)
+        source = client.get_run(sel_id).info.artifact_uri.rstrip("/") + f"/{MODEL_ARTIFACT_DIR}"
+        version = client.create_model_version(name, source=source, run_id=sel_id, tags=version_tags)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(sel_id, status=status)
+
+    return SelectionResult(
+        study=study,
+        config_id=str(row["config_id"]),
+        method=method,
+        student_arch=arch,
+        hyperparameters=hyper,
+        n_seeds=int(row.get("n", 1)),
+        test_score=test,
+        val_score=_float(row, f"{tr.METRIC_VAL}_mean"),
+        latency_ms_p50=_float(row, _P50),
+        latency_ms_p90=_float(row, f"{tr.METRIC_LATENCY_P90}_mean"),
+        num_params=_float(row, f"{tr.METRIC_PARAMS}_mean"),
+        teacher_run_id=teacher_run_id,
+        teacher_test_score=teacher_score,
+        loss_points=(teacher_score - test) * scale,
+        source_run_id=source_run_id,
+        out_dir=out,
+        selection_run_id=sel_id,
+        model_name=name,
+        model_version=str(version.version),
+        torchscript=bool(config.get("torchscript", {}).get("available")),
+        candidates=within,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------
+def _score_text(value: Any) -> str:
+    v = float(value)
+    if not math.isfinite(v):
+        return "n/a"
+    return f"{100 * v:.2f}%" if 0.0 <= v <= 1.0 else f"{v:.2f}"
+
+
+def _describe(row: pd.Series) -> str:
+    return f"{row.get('student_arch')} student, method {row.get('method')}"
+
+
+def describe_selection(result: SelectionResult) -> str:
+    """The lines ``distill-study select`` prints about a selection."""
+    hyper = ", ".join(f"{k}={v}" for k, v in result.hyperparameters.items())
+    loss = "n/a" if not math.isfinite(result.loss_points) else f"{result.loss_points:+.2f} points"
+    lines = [
+        f"chosen configuration {result.config_id} of study {result.study!r} "
+        f"({result.candidates} configuration(s) within the budget)",
+        f"  method:          {result.method}",
+        f"  student arch:    {result.student_arch}",
+        f"  hyperparameters: {hyper}",
+        f"  test score:      {_score_text(result.test_score)} (mean over {result.n_seeds} seed(s))",
+        f"  latency:         p50 {result.latency_ms_p50:.3f} ms, p90 {result.latency_ms_p90:.3f} ms",
+        f"  parameters:      {result.num_params:,.0f}",
+        f"  vs teacher:      teacher {_score_text(result.teacher_test_score)}, loss {loss} "
+        f"(teacher run {result.teacher_run_id})",
+        f"exported the student of run {result.source_run_id} (best val_score of the seeds) to "
+        f"{result.out_dir} (TorchScript: {'yes' if result.torchscript else 'no'})",
+        f"registered model {result.model_name!r} version {result.model_version} "
+        f"(selection run {result.selection_run_id})",
+    ]
+    return "\n".join(lines)
