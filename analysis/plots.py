@@ -20,7 +20,17 @@ from matplotlib.ticker import MaxNLocator
 from analysis.ablation import METHOD_LABELS, score_scale
 from study.errors import choose
 
-__all__ = ["score_axis_label", "plot_pareto", "plot_hyperparameter", "plot_training_curves"]
+__all__ = [
+    "ARCH_LEGEND_TITLE",
+    "score_axis_label",
+    "plot_pareto",
+    "plot_hyperparameter",
+    "plot_training_curves",
+]
+
+ARCH_COLUMN = "student_arch"
+#: The legend section that names the marker of each student architecture in :func:`plot_pareto`.
+ARCH_LEGEND_TITLE = "student arch"
 
 
 def score_axis_label(dataset: str | Sequence[str] | None = None, score: str = "test_score") -> str:
@@ -60,8 +70,10 @@ def plot_pareto(
         score: Score metric (y axis, percent).
         latency: Latency metric (x axis, ms).
 
-    Points are coloured by method and sized by parameter count; error bars are the std over
-    seeds (none where n=1). The step line shows the best score reachable within each latency.
+    Points are coloured by method and sized by parameter count; when ``summary`` holds more
+    than one student architecture (``student_arch``), each has its own marker and the legend has
+    a "student arch" section. Error bars are the std over seeds (none where n=1). The step line
+    shows the best score reachable within each latency.
     """
     y_mean, y_std = f"{score}_mean", f"{score}_std"
     x_mean, x_std = f"{latency}_mean", f"{latency}_std"
@@ -72,6 +84,12 @@ def plot_pareto(
     methods = data["method"] if "method" in data.columns else pd.Series("all", index=data.index)
     data["method"] = methods.map(lambda m: METHOD_LABELS.get(m, m)).astype(str)
     has_size = "num_params_mean" in data.columns and data["num_params_mean"].notna().any()
+    # Only a mix of architectures gets markers: one arch would add a legend section of one entry.
+    archs = data[ARCH_COLUMN].dropna().unique() if ARCH_COLUMN in data.columns else []
+    style = ARCH_LEGEND_TITLE if len(archs) > 1 else None
+    if style is not None:
+        # The column name is the legend's section title; a missing arch gets a marker of its own.
+        data[style] = data[ARCH_COLUMN].where(data[ARCH_COLUMN].notna(), "unknown").astype(str)
     if has_size:
         data["params"] = pd.to_numeric(data["num_params_mean"], errors="coerce")
     if len(data):
@@ -92,6 +110,8 @@ def plot_pareto(
             y="y",
             hue="method",
             size="params" if has_size else None,
+            style=style,
+            style_order=sorted(data[style].unique()) if style else None,
             sizes=(30, 220),
             ax=ax,
             zorder=3,

@@ -157,11 +157,17 @@ def _plan(study: str, uri: str, runs: pd.DataFrame, teachers: pd.DataFrame, bar:
             ablation.to_percent(f_ds, ablation.score_scale(s_ds[f"{METRIC_TEST}_mean"])),
             ["dataset", "method"],
         )
+        archs = s_ds["student_arch"].dropna().unique() if "student_arch" in s_ds.columns else []
+        markers = (
+            f" Colour: method; marker: student architecture ({', '.join(sorted(map(str, archs)))})."
+            if len(archs) > 1
+            else ""
+        )
         rep.section(
             f"Accuracy against latency: {ds}",
             f"{len(f_ds)} of {len(s_ds)} configurations are on the Pareto front (none is at "
             "least as good in test score and latency p50 and better in one); "
-            "[pareto.csv](pareto.csv) lists them.",
+            f"[pareto.csv](pareto.csv) lists them.{markers}",
         )
         rep.figure(
             f"pareto_{_slug(ds)}",

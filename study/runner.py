@@ -25,8 +25,8 @@ from ray import tune
 
 from study import tracking as tr
 from study.calibration import calibrate_latency
-from study.config import StudySpec, parse_study_spec, read_study_mapping, teacher_hash
-from study.data.base import Task, io_channels
+from study.config import StudySpec, parse_study_spec, read_study_mapping, stable_hash, teacher_hash
+from study.data.base import Task, data_fingerprint, io_channels
 from study.errors import UserInputError
 from study.latency import count_parameters, measure_latency
 from study.models import build_model
@@ -265,13 +265,13 @@ def ensure_teacher(
     data_root: str | None,
 ) -> tuple[str, str]:
     """``(teacher_run_id, teacher_hash)``: reuse a finished teacher run of the same spec, else make one."""
-    if spec.teacher.checkpoint:
-        digest = hashlib.sha256(Path(spec.teacher.checkpoint).read_bytes()).hexdigest()
-        thash = hashlib.sha256(
-            f"{digest}:{spec.dataset.name}:{sorted(spec.dataset.options.items())}".encode()
-        ).hexdigest()[:16]
-    else:
-        thash = teacher_hash(spec)
+    # The spec and the data itself: another copy or split of "the same" dataset gets its own teacher.
+    source = (
+        hashlib.sha256(Path(spec.teacher.checkpoint).read_bytes()).hexdigest()
+        if spec.teacher.checkpoint
+        else teacher_hash(spec)
+    )
+    thash = stable_hash({"teacher": source, "data": data_fingerprint(task)}, length=16)
     found = find_teacher_run(client, thash)
     if found is not None:
         print(f"[gds] reusing teacher run {found} (spec hash {thash})")

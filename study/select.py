@@ -145,7 +145,9 @@ def choose_config(summary: pd.DataFrame, max_latency_ms: float) -> pd.Series:
     budget = check_budget(max_latency_ms)
     for col in ("config_id", _TEST, _P50):
         if col not in summary.columns:
-            raise UserInputError(f"summary has no column {col!r} (columns: {list(summary.columns)})")
+            raise UserInputError(
+                f"summary has no column {col!r} (columns: {', '.join(map(str, summary.columns))})"
+            )
     lat = pd.to_numeric(summary[_P50], errors="coerce")
     score = pd.to_numeric(summary[_TEST], errors="coerce")
     data = summary.assign(_lat=lat, _score=score).loc[lat.notna() & score.notna()]
@@ -187,7 +189,8 @@ def _check_model_name(name: str) -> str:
     # is written so that a bad name cannot leave an unregistered export behind.
     if not name or not name.strip() or any(c in name for c in "/:") or ".." in name:
         raise UserInputError(
-            f"--model-name: {name!r} is not a registered-model name (non-empty, no '/', ':' or '..')"
+            f"--model-name: {name!r} is not a valid registered-model name "
+            "(expected non-empty, without '/', ':' or '..')"
         )
     return name
 
@@ -303,9 +306,10 @@ def select_and_export(
             model name, a non-empty ``out_dir``, or a trial run without student artifacts.
         NoConfigWithinBudget: nothing fits the budget; nothing was written or registered.
     """
+    from mlflow.tracking import MlflowClient
+
     from analysis.ablation import config_summary, score_scale
     from analysis.runs import finished_trials, load_runs
-    from mlflow.tracking import MlflowClient
 
     budget = check_budget(max_latency_ms)
     name = _check_model_name(model_name if model_name is not None else default_model_name(study))
@@ -430,7 +434,8 @@ def describe_selection(result: SelectionResult) -> str:
         f"  student arch:    {result.student_arch}",
         f"  hyperparameters: {hyper}",
         f"  test score:      {_score_text(result.test_score)} (mean over {result.n_seeds} seed(s))",
-        f"  latency:         p50 {result.latency_ms_p50:.3f} ms, p90 {result.latency_ms_p90:.3f} ms",
+        f"  latency:         p50 {result.latency_ms_p50:.3f} ms, "
+        f"p90 {result.latency_ms_p90:.3f} ms",
         f"  parameters:      {result.num_params:,.0f}",
         f"  vs teacher:      teacher {_score_text(result.teacher_test_score)}, loss {loss} "
         f"(teacher run {result.teacher_run_id})",

@@ -34,6 +34,7 @@ from study.distill import (
     lsp_loss,
     union_edges,
 )
+from study.metrics import binary_auroc, macro_auroc
 from study.models.base import ModelOutput
 from study.train_config import DistillConfig, TrainConfig
 
@@ -140,8 +141,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Score ``model`` on one split of ``task``.
 
-    Returns ``{"score": headline, ...}``: accuracy (single-label nodes), micro-F1 (multi-label,
-    logits thresholded at 0), or overall accuracy plus ``mean_class_accuracy`` (point clouds).
+    Returns ``{"score": headline, ...}``: accuracy (single-label nodes; plus ``auroc`` when
+    binary), micro-F1 (multi-label, logits thresholded at 0; plus macro ``auroc`` over labels), or
+    overall accuracy plus ``mean_class_accuracy`` (point clouds).
     All fractions in [0, 1].
     """
     was_training = model.training
@@ -158,22 +160,24 @@ def evaluate(
 def _evaluate_nodes(
     model: nn.Module, graphs: list[Data], multilabel: bool, dev: torch.device
 ) -> dict[str, float]:
-    preds, targets = [], []
+    all_logits, targets = [], []
     for graph in graphs:
         data = graph.to(dev)
-        logits = forward(model, data).logits[data.mask]
-        preds.append((logits > 0) if multilabel else logits.argmax(-1))
-        targets.append(data.y[data.mask])
-    pred, y = torch.cat(preds), torch.cat(targets)
+        all_logits.append(forward(model, data).logits[data.mask].cpu())
+        targets.append(data.y[data.mask].cpu())
+    logits, y = torch.cat(all_logits), torch.cat(targets)
     if multilabel:
-        y = y.bool()
+        pred, y = logits > 0, y.bool()
         tp = (pred & y).sum().item()
         fp = (pred & ~y).sum().item()
         fn = (~pred & y).sum().item()
         f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-        return {"score": f1, "micro_f1": f1}
-    acc = (pred == y).float().mean().item() if len(y) else float("nan")
-    return {"score": acc, "accuracy": acc}
+        return {"score": f1, "micro_f1": f1, "auroc": macro_auroc(logits, y)}
+    acc = (logits.argmax(-1) == y).float().mean().item() if len(y) else float("nan")
+    metrics = {"score": acc, "accuracy": acc}
+    if logits.shape[-1] == 2:  # binary: AUROC of the positive class's margin
+        metrics["auroc"] = binary_auroc(logits[:, 1] - logits[:, 0], y == 1)
+    return metrics
 
 
 def _evaluate_clouds(

@@ -174,6 +174,48 @@ def test_plot_pareto_draws_the_front(uri):
     assert {"LSP", "KD", "student alone", "FitNet", "AT", "Pareto front"} <= set(labels)
 
 
+def _arch_summary(archs: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "config_id": list("abcdef"),
+            "dataset": "cora",
+            "method": ["none", "kd"] * 3,
+            "student_arch": archs,
+            "test_score_mean": [0.70, 0.75, 0.72, 0.74, 0.50, 0.55],
+            "test_score_std": np.nan,
+            "latency_ms_p50_mean": [3.0, 3.1, 1.0, 1.1, 0.5, 0.6],
+            "latency_ms_p50_std": np.nan,
+            "num_params_mean": [1000.0, 1000.0, 500.0, 500.0, 400.0, 400.0],
+        }
+    )
+
+
+def test_plot_pareto_marks_student_architectures_apart():
+    from matplotlib.collections import PathCollection
+
+    summary = _arch_summary(["gat", "gat", "gcn", "gcn", "mlp", "mlp"])
+    ax = Figure().add_subplot()
+    plot_pareto(summary, pareto_front(summary), ax)
+    legend = ax.get_legend()
+    labels = [t.get_text() for t in legend.texts]
+    # The legend names the marker section and each architecture under it.
+    start = labels.index("student arch")
+    assert labels[start + 1 : start + 4] == ["gat", "gcn", "mlp"]
+    markers = [str(legend.legend_handles[i].get_marker()) for i in range(start + 1, start + 4)]
+    assert len(set(markers)) == 3
+    # Each point's marker follows its architecture: same arch, same path; other arch, other path.
+    (points,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+    paths = [p.vertices.tobytes() for p in points.get_paths()]
+    assert len(paths) == 6
+    assert paths[0] == paths[1] and paths[2] == paths[3] and paths[4] == paths[5]
+    assert len({paths[0], paths[2], paths[4]}) == 3
+
+    # One architecture: no marker section (it would say nothing).
+    ax = Figure().add_subplot()
+    plot_pareto(_arch_summary(["gat"] * 6), pareto_front(summary), ax)
+    assert "student arch" not in [t.get_text() for t in ax.get_legend().texts]
+
+
 def test_plot_hyperparameter_and_curves():
     table = pd.DataFrame(
         {

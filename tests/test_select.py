@@ -52,7 +52,8 @@ def _summary() -> pd.DataFrame:
 def test_choose_config_best_score_within_budget(budget: float, chosen: str) -> None:
     row = choose_config(_summary(), budget)
     assert row["config_id"] == chosen
-    assert "_lat" not in row.index and row["method"] == _summary().set_index("config_id").loc[chosen, "method"]
+    assert "_lat" not in row.index
+    assert row["method"] == _summary().set_index("config_id").loc[chosen, "method"]
 
 
 def test_choose_config_nothing_within_budget_names_the_fastest() -> None:
@@ -146,6 +147,11 @@ def _configs(client: MlflowClient) -> dict[str, dict]:
     return out
 
 
+def _select(uri: str, budget: float, out: Path, study: str = STUDY) -> int:
+    args = ["select", study, "--max-latency-ms", str(budget), "--tracking-uri", uri]
+    return main([*args, "--out", str(out)])
+
+
 def _versions(client: MlflowClient) -> list:
     return list(client.search_model_versions(f"name='{MODEL}'"))
 
@@ -175,9 +181,7 @@ def test_select_exports_and_registers_the_best_within_budget(
     )
 
     out = tmp_path / "export"
-    code = main(
-        ["select", STUDY, "--max-latency-ms", str(budget), "--tracking-uri", ran.uri, "--out", str(out)]
-    )
+    code = _select(ran.uri, budget, out)
     printed = capsys.readouterr().out
     assert code == 0
     assert expected in printed and "p90" in printed and "vs teacher" in printed
@@ -190,7 +194,7 @@ def test_select_exports_and_registers_the_best_within_budget(
     assert cfg["metadata"]["config_id"] == expected
     assert trial_run.data.tags[tr.TAG_STUDENT_ARCH] in printed
     assert cfg["spec"]["arch"] == trial_run.data.tags[tr.TAG_STUDENT_ARCH]
-    own = Path(client.download_artifacts(trial_run.info.run_id, tr.STUDENT_ARTIFACT_DIR, str(tmp_path)))
+    own = client.download_artifacts(trial_run.info.run_id, tr.STUDENT_ARTIFACT_DIR, str(tmp_path))
     got = _logits(export.load(out), ran.data_root)
     want = _logits(export.load(own), ran.data_root)
     assert torch.equal(got, want)
@@ -220,7 +224,7 @@ def test_select_exports_and_registers_the_best_within_budget(
     assert f"{(teacher_test - chosen['test']) * 100:+.2f} points" in printed
 
     # An existing, non-empty --out is refused (exit 2) and nothing new is registered.
-    assert main(["select", STUDY, "--max-latency-ms", str(budget), "--tracking-uri", ran.uri, "--out", str(out)]) == 2
+    assert _select(ran.uri, budget, out) == 2
     assert "not empty" in capsys.readouterr().err
     assert len(_versions(client)) == 1
 
@@ -237,9 +241,7 @@ def test_select_below_the_fastest_writes_nothing(
     n_runs = len(client.search_runs([exp.experiment_id]))
     out = tmp_path / "export"
     budget = configs[fastest]["lat"] / 2
-    code = main(
-        ["select", STUDY, "--max-latency-ms", str(budget), "--tracking-uri", ran.uri, "--out", str(out)]
-    )
+    code = _select(ran.uri, budget, out)
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert len(err.splitlines()) == 1 and fastest in err
@@ -253,7 +255,7 @@ def test_select_unknown_study_is_a_user_error(
     ran: Ran, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "export"
-    code = main(["select", "nope", "--max-latency-ms", "5", "--tracking-uri", ran.uri, "--out", str(out)])
+    code = _select(ran.uri, 5.0, out, study="nope")
     err = capsys.readouterr().err.strip()
     assert code == 2 and "'nope'" in err and STUDY in err
     assert not out.exists()

@@ -520,6 +520,37 @@ def test_gat_student_on_tiny_ppi(tiny_ppi_root: Path, method: str) -> None:
     )
     for r in result.history:
         assert np.isfinite(r["train_loss"]) and r["distill_loss"] > 0
-    assert set(result.test_metrics) == {"score", "micro_f1"}
+    assert set(result.test_metrics) == {"score", "micro_f1", "auroc"}
+    assert 0.0 <= result.test_metrics["auroc"] <= 1.0
     assert 0.0 <= result.test_score <= 1.0
     assert result.test_score == result.test_metrics["micro_f1"]
+
+
+def test_dgcnn_teacher_and_k10_student_with_lsp_on_real_modelnet40(gds_data_root: Path) -> None:
+    """The paper's dynamic-graph setting on the real ModelNet40 subset: K=20 teacher, K=10 student."""
+    task = load_task("modelnet40", root=gds_data_root, num_points=256, max_shapes=48)
+    assert task.num_classes == 40 and task.train.points.shape[1:] == (256, 3)
+    teacher = build_model(
+        "dgcnn", in_channels=3, out_channels=40, width=8, depth=4, k=20, emb_dims=64, mlp=[32]
+    )
+    cfg = TrainConfig(epochs=1, batch_size=8, optimizer="sgd", lr=0.05)
+    train_teacher(teacher, task, cfg)
+    student = build_model(
+        "dgcnn", in_channels=3, out_channels=40, width=4, depth=4, k=10, emb_dims=32, mlp=[16]
+    )
+    result = distill_student(
+        student,
+        teacher,
+        task,
+        TrainConfig(epochs=2, batch_size=8, optimizer="sgd", lr=0.05),
+        DistillConfig(method="lsp", kernel="rbf", lambda_=100.0),
+    )
+    assert [r["distill_loss"] > 0 for r in result.history] == [True, True]
+    assert all(np.isfinite(r["train_loss"]) for r in result.history)
+    with torch.no_grad():
+        s_out, t_out = student.eval()(task.test.points[:2]), teacher.eval()(task.test.points[:2])
+    # K=10 and K=20 graphs differ, and LSP compares them on their union.
+    assert (
+        s_out.edge_indices[-1].shape[1] == 2 * 256 * 10
+        and t_out.edge_indices[-1].shape[1] == 2 * 256 * 20
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -71,3 +72,22 @@ def io_channels(task: Task) -> dict[str, int]:
     if isinstance(task, PointCloudTask):
         return {"in_channels": 3, "out_channels": task.num_classes}
     return {"in_channels": task.num_features, "out_channels": task.num_classes}
+
+
+def data_fingerprint(task: Task) -> str:
+    """A short hash of the data itself (features, edges, labels, masks, split sizes).
+
+    Two copies of the same dataset agree; a changed file, split or preprocessing does not, so a
+    teacher cached by spec is never reused on other data.
+    """
+    digest = hashlib.sha256(f"{task.kind}:{task.name}:{task.num_classes}".encode())
+    for split in ("train", "val", "test"):
+        part = getattr(task, split)
+        if isinstance(part, PointCloudSet):
+            tensors = [part.points, part.labels]
+        else:
+            tensors = [t for g in part for t in (g.x, g.edge_index, g.y, g.mask)]
+        for tensor in tensors:
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

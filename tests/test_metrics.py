@@ -1,0 +1,82 @@
+"""AUROC against the pairwise definition: P(score_pos > score_neg) + P(tie) / 2."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch_geometric.data import Data
+
+from study.data.base import NodeTask
+from study.metrics import binary_auroc, macro_auroc
+from study.models.base import ModelOutput
+from study.train import evaluate
+
+
+def pairwise_auroc(scores: list[float], labels: list[int]) -> float:
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def test_binary_auroc_matches_the_pairwise_definition_with_ties() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        scores = torch.randint(0, 5, (30,), generator=gen).float()  # many ties
+        labels = torch.randint(0, 2, (30,), generator=gen)
+        if labels.sum() in (0, 30):
+            continue
+        assert math.isclose(
+            binary_auroc(scores, labels), pairwise_auroc(scores.tolist(), labels.tolist())
+        )
+
+
+def test_auroc_extremes_and_one_class() -> None:
+    assert binary_auroc(torch.tensor([0.1, 0.2, 0.8, 0.9]), torch.tensor([0, 0, 1, 1])) == 1.0
+    assert binary_auroc(torch.tensor([0.9, 0.8, 0.2, 0.1]), torch.tensor([0, 0, 1, 1])) == 0.0
+    assert math.isnan(binary_auroc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1])))
+
+
+def test_macro_auroc_skips_labels_with_one_class() -> None:
+    scores = torch.tensor([[0.1, 0.5, 0.3], [0.9, 0.4, 0.2], [0.2, 0.6, 0.8]])
+    labels = torch.tensor([[0, 1, 0], [1, 1, 1], [0, 1, 0]])  # column 1 is all positive
+    expected = (
+        pairwise_auroc([0.1, 0.9, 0.2], [0, 1, 0]) + pairwise_auroc([0.3, 0.2, 0.8], [0, 1, 0])
+    ) / 2
+    assert math.isclose(macro_auroc(scores, labels), expected)
+
+
+class FixedLogits(torch.nn.Module):
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> ModelOutput:
+        return ModelOutput(logits=self.logits, hidden=[self.logits])
+
+
+def test_evaluate_reports_auroc_for_binary_and_multilabel_nodes() -> None:
+    edge_index = torch.zeros(2, 0, dtype=torch.long)
+    binary_logits = torch.tensor([[0.0, 2.0], [0.0, -1.0], [0.0, 0.5], [0.0, -3.0]])
+    y = torch.tensor([1, 0, 0, 0])
+    graph = Data(
+        x=torch.zeros(4, 1), edge_index=edge_index, y=y, mask=torch.ones(4, dtype=torch.bool)
+    )
+    task = NodeTask("b", 1, 2, False, [graph], [graph], [graph])
+    metrics = evaluate(FixedLogits(binary_logits), task, "test")
+    assert metrics["auroc"] == pairwise_auroc([2.0, -1.0, 0.5, -3.0], [1, 0, 0, 0]) == 1.0
+    assert metrics["accuracy"] == 0.75
+
+    multi_logits = torch.tensor([[1.0, -1.0], [-2.0, 0.5], [0.3, 2.0]])
+    y2 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    g2 = Data(
+        x=torch.zeros(3, 1), edge_index=edge_index, y=y2, mask=torch.ones(3, dtype=torch.bool)
+    )
+    task2 = NodeTask("m", 1, 2, True, [g2], [g2], [g2], metric="micro_f1")
+    m2 = evaluate(FixedLogits(multi_logits), task2, "test")
+    expected = (
+        pairwise_auroc([1.0, -2.0, 0.3], [1, 0, 0]) + pairwise_auroc([-1.0, 0.5, 2.0], [0, 1, 0])
+    ) / 2
+    assert math.isclose(m2["auroc"], expected)
