@@ -23,9 +23,8 @@ from mlflow.tracking import MlflowClient
 from study import tracking as tr
 from study.config import StudySpec, resolve_trial
 from study.data.base import io_channels
-from study.latency import measure_latency
 from study.models import build_model
-from study.trial import latency_input, load_study_task, trial_device, trial_params
+from study.trial import load_study_task, study_latency, trial_device, trial_params
 
 TAG_LATENCY = "gds.latency"
 
@@ -42,7 +41,6 @@ def _measure_all(
     """In a Ray task: time each architecture in turn (random weights; timing ignores them)."""
     device = trial_device(spec.resources.gpu)
     task = load_study_task(spec, data_root)
-    inputs = latency_input(task, device)
     out: dict[str, dict[str, float]] = {}
     models = {key: json.loads(key) for key in keys}
     if teacher_spec is not None:
@@ -53,14 +51,7 @@ def _measure_all(
         for k in ("in_channels", "out_channels"):
             kwargs.pop(k, None)
         model = build_model(arch, **kwargs, **io_channels(task)).to(device)
-        lat = measure_latency(
-            model,
-            inputs,
-            repeats=spec.latency.repeats,
-            warmup=spec.latency.warmup,
-            threads=spec.latency.threads,
-            device=device,
-        )
+        lat = study_latency(model, task, spec, device)
         out[key] = {**lat.as_metrics(), "device": lat.device_name, "threads": lat.threads}
     return out
 

@@ -28,16 +28,16 @@ from study.calibration import calibrate_latency
 from study.config import StudySpec, parse_study_spec, read_study_mapping, stable_hash, teacher_hash
 from study.data.base import Task, data_fingerprint, io_channels
 from study.errors import UserInputError
-from study.latency import count_parameters, measure_latency
+from study.latency import count_parameters
 from study.models import build_model
 from study.search import make_search
 from study.teachers import load_teacher, save_checkpoint
 from study.train import evaluate, seed_everything, train_teacher, with_device
 from study.trial import (
     StudyContext,
-    latency_input,
     load_study_task,
     run_trial,
+    study_latency,
     trial_device,
 )
 
@@ -199,14 +199,7 @@ def _log_teacher_run(
     )
     run_id = run.info.run_id
     try:
-        lat = measure_latency(
-            model,
-            latency_input(task, device),
-            repeats=spec.latency.repeats,
-            warmup=spec.latency.warmup,
-            threads=spec.latency.threads,
-            device=device,
-        )
+        lat = study_latency(model, task, spec, device)
         metrics = {
             **metrics,
             tr.METRIC_LATENCY_P50: lat.p50_ms,

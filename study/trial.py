@@ -30,7 +30,7 @@ from study.config import StudySpec, TrialPlan, parse_study_text, resolve_trial
 from study.data import load_task
 from study.data.base import PointCloudTask, Task, io_channels
 from study.export import export_student
-from study.latency import count_parameters, measure_latency
+from study.latency import LatencyResult, count_parameters, measure_latency
 from study.models import build_model
 from study.teachers import load_teacher, teacher_cache_path
 from study.train import distill_student, seed_everything, with_device
@@ -102,6 +102,18 @@ def latency_input(task: Task, device: str = "cpu") -> tuple[Any, ...]:
         return (task.test.points[:1].to(device),)
     graph = task.test[0]
     return (graph.x.to(device), graph.edge_index.to(device))
+
+
+def study_latency(model: nn.Module, task: Task, spec: StudySpec, device: str) -> LatencyResult:
+    """Time ``model`` on the task's one-graph (or one-cloud) input with the study's settings."""
+    return measure_latency(
+        model,
+        latency_input(task, device),
+        repeats=spec.latency.repeats,
+        warmup=spec.latency.warmup,
+        threads=spec.latency.threads,
+        device=device,
+    )
 
 
 def trial_device(gpus: float) -> str:
@@ -216,14 +228,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext) -> None:
             on_epoch=on_epoch,
             resume=resume,
         )
-        lat = measure_latency(
-            result.model,
-            latency_input(task, device),
-            repeats=spec.latency.repeats,
-            warmup=spec.latency.warmup,
-            threads=spec.latency.threads,
-            device=device,
-        )
+        lat = study_latency(result.model, task, spec, device)
         final = {
             tr.METRIC_VAL: result.val_score,
             tr.METRIC_TEST: result.test_score,
