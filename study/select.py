@@ -28,10 +28,12 @@ test score, in points (percentage points for scores logged as fractions).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ ROLE_SELECTION = "selection"
 MODEL_ARTIFACT_DIR = "model"
 _P50 = f"{tr.METRIC_LATENCY_P50}_mean"
 _TEST = f"{tr.METRIC_TEST}_mean"
+_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class NoConfigWithinBudget(Exception):  # noqa: N818 - it is an outcome, not a failure
@@ -222,7 +225,9 @@ def _copy_student(client: Any, run_id: str, out: Path) -> dict[str, Any]:
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        local = Path(client.download_artifacts(run_id, tr.STUDENT_ARTIFACT_DIR, str(tmp)))
+        # No progress bar: the command prints one report, not MLflow's download meter.
+        with _env(_PROGRESS_ENV, "false"):
+            local = Path(client.download_artifacts(run_id, tr.STUDENT_ARTIFACT_DIR, str(tmp)))
         config = export.read_config(local)
         export.load(local)  # the weights must fit the spec: refuse a broken export here
         _check_out_dir(out)  # again: something may have been written there meanwhile
@@ -232,6 +237,19 @@ def _copy_student(client: Any, run_id: str, out: Path) -> dict[str, Any]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return config
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def _ensure_registered_model(client: Any, name: str, study: str) -> None:
@@ -426,7 +444,7 @@ def _describe(row: pd.Series) -> str:
 def describe_selection(result: SelectionResult) -> str:
     """The lines ``distill-study select`` prints about a selection."""
     hyper = ", ".join(f"{k}={v}" for k, v in result.hyperparameters.items())
-    loss = "n/a" if not math.isfinite(result.loss_points) else f"{result.loss_points:+.2f} points"
+    loss = "n/a" if not math.isfinite(result.loss_points) else f"{result.loss_points:.2f} points"
     lines = [
         f"chosen configuration {result.config_id} of study {result.study!r} "
         f"({result.candidates} configuration(s) within the budget)",

@@ -221,7 +221,7 @@ def test_select_exports_and_registers_the_best_within_budget(
 
     # The loss against the teacher, in points.
     teacher_test = client.get_run(teacher_id).data.metrics[tr.METRIC_TEST]
-    assert f"{(teacher_test - chosen['test']) * 100:+.2f} points" in printed
+    assert f"{(teacher_test - chosen['test']) * 100:.2f} points" in printed
 
     # An existing, non-empty --out is refused (exit 2) and nothing new is registered.
     assert _select(ran.uri, budget, out) == 2
