@@ -38,26 +38,46 @@ def settings(args: Any, device: torch.device) -> list[dict[str, Any]]:
     clouds, _ = common.point_cloud_batch(big_batch, num_points, seed=args.seed)
     clouds = clouds.to(device)
     torch.manual_seed(args.seed)
-    gat = {"student": gat_ppi_student(shape["num_features"], shape["num_labels"]),
-           "teacher": gat_ppi_teacher(shape["num_features"], shape["num_labels"])}
+    gat = {
+        "student": gat_ppi_student(shape["num_features"], shape["num_labels"]),
+        "teacher": gat_ppi_teacher(shape["num_features"], shape["num_labels"]),
+    }
     dgcnn = {"student": dgcnn_modelnet_student(), "teacher": dgcnn_modelnet_teacher()}
     out = []
     for role in ("student", "teacher"):
-        out.append({"setting": "gat_ppi", "role": role, "model": gat[role].to(device),
-                    "inputs": (graph.x, graph.edge_index), "samples": 1,
-                    "input": f"{graph.num_nodes} nodes, {graph.edge_index.size(1)} edges"})
+        out.append(
+            {
+                "setting": "gat_ppi",
+                "role": role,
+                "model": gat[role].to(device),
+                "inputs": (graph.x, graph.edge_index),
+                "samples": 1,
+                "input": f"{graph.num_nodes} nodes, {graph.edge_index.size(1)} edges",
+            }
+        )
     for batch in (1, big_batch):
         for role in ("student", "teacher"):
-            out.append({"setting": f"dgcnn_b{batch}", "role": role,
-                        "model": dgcnn[role].to(device), "inputs": (clouds[:batch],),
-                        "samples": batch, "input": f"{batch} x {num_points} points"})
+            out.append(
+                {
+                    "setting": f"dgcnn_b{batch}",
+                    "role": role,
+                    "model": dgcnn[role].to(device),
+                    "inputs": (clouds[:batch],),
+                    "samples": batch,
+                    "input": f"{batch} x {num_points} points",
+                }
+            )
     return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = common.make_parser(NAME, __doc__.splitlines()[0])
-    parser.add_argument("--max-warmup", type=int, default=None,
-                        help="cap on warm-up calls while waiting for stable times")
+    parser.add_argument(
+        "--max-warmup",
+        type=int,
+        default=None,
+        help="cap on warm-up calls while waiting for stable times",
+    )
     args = parser.parse_args(argv)
     device = common.setup(args)
     repeats = common.pick(args, "repeats", 3, 30)
@@ -67,27 +87,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     records = []
     for entry in settings(args, device):
-        res = measure_latency(entry["model"], entry["inputs"], warmup=warmup, repeats=repeats,
-                              max_warmup=max_warmup, threads=threads, device=device,
-                              samples_per_call=entry["samples"])
-        records.append({
-            "setting": entry["setting"],
-            "role": entry["role"],
-            "input": entry["input"],
-            "samples_per_call": entry["samples"],
-            "params": count_parameters(entry["model"]),
-            "p50_ms": res.p50_ms,
-            "p90_ms": res.p90_ms,
-            "mean_ms": res.mean_ms,
-            "std_ms": res.std_ms,
-            "min_ms": res.min_ms,
-            "per_sample_p50_ms": res.per_sample_p50_ms,
-            "per_sample_p90_ms": res.p90_ms / entry["samples"],
-            "repeats": res.repeats,
-            "warmup_used": res.warmup_used,
-            "device_name": res.device_name,
-            "threads": res.threads,
-        })
+        res = measure_latency(
+            entry["model"],
+            entry["inputs"],
+            warmup=warmup,
+            repeats=repeats,
+            max_warmup=max_warmup,
+            threads=threads,
+            device=device,
+            samples_per_call=entry["samples"],
+        )
+        records.append(
+            {
+                "setting": entry["setting"],
+                "role": entry["role"],
+                "input": entry["input"],
+                "samples_per_call": entry["samples"],
+                "params": count_parameters(entry["model"]),
+                "p50_ms": res.p50_ms,
+                "p90_ms": res.p90_ms,
+                "mean_ms": res.mean_ms,
+                "std_ms": res.std_ms,
+                "min_ms": res.min_ms,
+                "per_sample_p50_ms": res.per_sample_p50_ms,
+                "per_sample_p90_ms": res.p90_ms / entry["samples"],
+                "repeats": res.repeats,
+                "warmup_used": res.warmup_used,
+                "device_name": res.device_name,
+                "threads": res.threads,
+            }
+        )
 
     speedups = {}
     for setting in dict.fromkeys(r["setting"] for r in records):
@@ -98,24 +127,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "description": "inference latency, student vs teacher, via study.latency.measure_latency",
         "quick": args.quick,
         "machine": common.machine_info(device),
-        "config": {"repeats": repeats, "warmup": warmup, "max_warmup": max_warmup,
-                   "threads": threads,
-                   "timed_call": "model(*inputs) in eval + inference_mode (DGCNN kNN included)"},
+        "config": {
+            "repeats": repeats,
+            "warmup": warmup,
+            "max_warmup": max_warmup,
+            "threads": threads,
+            "timed_call": "model(*inputs) in eval + inference_mode (DGCNN kNN included)",
+        },
         "results": records,
         "teacher_over_student_p50": speedups,
-        "paper": {"dgcnn_per_sample_ms": PAPER_DGCNN_MS,
-                  "teacher_over_student": PAPER_DGCNN_MS["teacher"] / PAPER_DGCNN_MS["student"]},
+        "paper": {
+            "dgcnn_per_sample_ms": PAPER_DGCNN_MS,
+            "teacher_over_student": PAPER_DGCNN_MS["teacher"] / PAPER_DGCNN_MS["student"],
+        },
     }
     common.print_table(
         f"{NAME} ({result['machine']['device_name']}, {threads} threads)",
         records,
-        ("setting", "role", "input", "p50_ms", "p90_ms", "per_sample_p50_ms", "params",
-         "warmup_used"),
+        (
+            "setting",
+            "role",
+            "input",
+            "p50_ms",
+            "p90_ms",
+            "per_sample_p50_ms",
+            "params",
+            "warmup_used",
+        ),
     )
-    print("teacher / student (p50): "
-          + ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items())
-          + f"; paper DGCNN {result['paper']['teacher_over_student']:.2f}x "
-          f"({PAPER_DGCNN_MS['device']})")
+    print(
+        "teacher / student (p50): "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items())
+        + f"; paper DGCNN {result['paper']['teacher_over_student']:.2f}x "
+        f"({PAPER_DGCNN_MS['device']})"
+    )
     common.write_json(args.out, result)
     return result
 

@@ -50,8 +50,7 @@ def build(args: Any, device: torch.device, variants: tuple[str, ...]) -> dict[st
     student = dgcnn_modelnet_student().to(device)
     teacher = dgcnn_modelnet_teacher().to(device).eval().requires_grad_(False)
     distill = DistillConfig(method="lsp", lambda_=LAMBDA, kernel=KERNEL)
-    built: dict[str, Any] = {"points": points, "student": student, "teacher": teacher,
-                             "steps": {}}
+    built: dict[str, Any] = {"points": points, "student": student, "teacher": teacher, "steps": {}}
 
     def make_step(model: torch.nn.Module, with_lsp: bool):
         optimizer = make_optimizer(list(model.parameters()), OPTIMIZER)
@@ -63,9 +62,16 @@ def build(args: Any, device: torch.device, variants: tuple[str, ...]) -> dict[st
             if with_lsp:
                 with torch.no_grad():
                     t_out = teacher(points)
-                term = distillation_term(distill, out, t_out, edge_index=None,
-                                         teacher_log_ls=None, adapters=None, multilabel=False,
-                                         epoch=0)
+                term = distillation_term(
+                    distill,
+                    out,
+                    t_out,
+                    edge_index=None,
+                    teacher_log_ls=None,
+                    adapters=None,
+                    multilabel=False,
+                    epoch=0,
+                )
                 loss = loss + LAMBDA * term
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -101,8 +107,11 @@ def breakdown(built: dict[str, Any], device: torch.device, repeats: int) -> dict
         lsp_loss(z_s, z_t, edges, kernel=KERNEL, num_nodes=n).backward()
         z_s.grad = None
 
-    fns = {"teacher_forward_no_grad": teacher_forward, "union_edges": edge_union,
-           "lsp_term_fwd_bwd": lsp_term}
+    fns = {
+        "teacher_forward_no_grad": teacher_forward,
+        "union_edges": edge_union,
+        "lsp_term_fwd_bwd": lsp_term,
+    }
     times = common.time_interleaved(fns, warmup=1, repeats=repeats, sync=sync)
     return {
         "timings": times.summary(),
@@ -134,8 +143,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warmup, repeats = common.pick(args, "warmup", 1, 2), common.pick(args, "repeats", 3, 7)
     batch, num_points = sizes(args)
     built = build(args, device, VARIANTS)
-    times = common.time_interleaved(built["steps"], warmup=warmup, repeats=repeats,
-                                    sync=common.sync_for(device))
+    times = common.time_interleaved(
+        built["steps"], warmup=warmup, repeats=repeats, sync=common.sync_for(device)
+    )
     stats = times.summary()
     ratio = common.ratios(times, "lsp_step", "plain_step")
     parts = breakdown(built, device, repeats)
@@ -159,8 +169,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "teacher_params": count_parameters(built["teacher"]),
             "student_hidden_width": parts.pop("student_hidden_width"),
             "teacher_hidden_width": parts.pop("teacher_hidden_width"),
-            "lsp": {"kernel": KERNEL, "lambda": LAMBDA, "direction": "student_teacher",
-                    "layer_map": [[-1, -1]], "edges": "union of student and teacher kNN graphs"},
+            "lsp": {
+                "kernel": KERNEL,
+                "lambda": LAMBDA,
+                "direction": "student_teacher",
+                "layer_map": [[-1, -1]],
+                "edges": "union of student and teacher kNN graphs",
+            },
             "optimizer": f"SGD lr {OPTIMIZER.lr}, momentum {OPTIMIZER.momentum}, "
             f"weight decay {OPTIMIZER.weight_decay}",
             "warmup_rounds": warmup,
@@ -173,8 +188,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "breakdown": parts,
         "memory": {
             **memory,
-            "step_peak_ratio": (memory["lsp_step"]["step_peak_mib"]
-                                / max(memory["plain_step"]["step_peak_mib"], 1e-9)),
+            "step_peak_ratio": (
+                memory["lsp_step"]["step_peak_mib"]
+                / max(memory["plain_step"]["step_peak_mib"], 1e-9)
+            ),
             "note": "peak RSS / CUDA memory above what is held before the step; "
             "see benchmarks/README.md",
         },
@@ -189,13 +206,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _print(result: dict[str, Any]) -> None:
     t, r, mem = result["timings"], result["ratios"], result["memory"]
     rows: list[dict[str, Any]] = [
-        {"part": name, **{k: t[name][k] for k in ("median_ms", "p10_ms", "p90_ms", "min_ms")},
-         "cpu_median_ms": t[name]["cpu"]["median_ms"], "step_peak_mib": mem[name]["step_peak_mib"]}
+        {
+            "part": name,
+            **{k: t[name][k] for k in ("median_ms", "p10_ms", "p90_ms", "min_ms")},
+            "cpu_median_ms": t[name]["cpu"]["median_ms"],
+            "step_peak_mib": mem[name]["step_peak_mib"],
+        }
         for name in VARIANTS
     ]
     rows += [
-        {"part": f"  {name}", **{k: v[k] for k in ("median_ms", "p10_ms", "p90_ms", "min_ms")},
-         "cpu_median_ms": v["cpu"]["median_ms"]}
+        {
+            "part": f"  {name}",
+            **{k: v[k] for k in ("median_ms", "p10_ms", "p90_ms", "min_ms")},
+            "cpu_median_ms": v["cpu"]["median_ms"],
+        }
         for name, v in result["breakdown"]["timings"].items()
     ]
     cfg = result["config"]
@@ -203,14 +227,17 @@ def _print(result: dict[str, Any]) -> None:
         f"{NAME}: {cfg['batch']} x {cfg['points']} points ({result['machine']['device_name']}, "
         f"{result['machine']['threads']} threads); union edges "
         f"{result['breakdown']['edges']['union']}",
-        rows, ("part", "median_ms", "p10_ms", "p90_ms", "min_ms", "cpu_median_ms", "step_peak_mib"),
+        rows,
+        ("part", "median_ms", "p10_ms", "p90_ms", "min_ms", "cpu_median_ms", "step_peak_mib"),
     )
     tgt = result["targets"]["step_ratio"]
-    print(f"LSP step / plain step: {r['ratio_of_medians']:.3f}x (medians), "
-          f"{r['paired_median_ratio']:.3f}x (paired), {r['ratio_of_minima']:.3f}x (minima), "
-          f"{r['cpu_ratio_of_medians']:.3f}x (CPU time); "
-          f"target <= {tgt['limit']}: {'met' if tgt['met'] else 'NOT met'}; "
-          f"paper {result['paper']['step_ratio']}x")
+    print(
+        f"LSP step / plain step: {r['ratio_of_medians']:.3f}x (medians), "
+        f"{r['paired_median_ratio']:.3f}x (paired), {r['ratio_of_minima']:.3f}x (minima), "
+        f"{r['cpu_ratio_of_medians']:.3f}x (CPU time); "
+        f"target <= {tgt['limit']}: {'met' if tgt['met'] else 'NOT met'}; "
+        f"paper {result['paper']['step_ratio']}x"
+    )
 
 
 if __name__ == "__main__":

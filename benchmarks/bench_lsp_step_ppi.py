@@ -55,8 +55,14 @@ def build(args: Any, device: torch.device, variants: tuple[str, ...]) -> dict[st
                 assert cache is not None
                 t_out, log_ls = cache.outputs([graph], device)  # a dict lookup after the first
                 term = distillation_term(
-                    distill, out, t_out, edge_index=graph.edge_index, teacher_log_ls=log_ls,
-                    adapters=None, multilabel=True, epoch=0,
+                    distill,
+                    out,
+                    t_out,
+                    edge_index=graph.edge_index,
+                    teacher_log_ls=log_ls,
+                    adapters=None,
+                    multilabel=True,
+                    epoch=0,
                 )
                 loss = loss + LAMBDA * term
             optimizer.zero_grad(set_to_none=True)
@@ -89,13 +95,20 @@ def time_lsp_term(built: dict[str, Any], device: torch.device, repeats: int) -> 
     log_t = built["teacher_log_ls"][0]
 
     def term() -> None:
-        loss = lsp_loss(z, None, graph.edge_index, kernel=KERNEL, teacher_log_ls=log_t,
-                        num_nodes=graph.num_nodes)
+        loss = lsp_loss(
+            z,
+            None,
+            graph.edge_index,
+            kernel=KERNEL,
+            teacher_log_ls=log_t,
+            num_nodes=graph.num_nodes,
+        )
         loss.backward()
         z.grad = None
 
-    times = common.time_interleaved({"lsp_term": term}, warmup=3, repeats=repeats,
-                                    sync=common.sync_for(device))
+    times = common.time_interleaved(
+        {"lsp_term": term}, warmup=3, repeats=repeats, sync=common.sync_for(device)
+    )
     return times.summary()["lsp_term"]
 
 
@@ -111,8 +124,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     warmup, repeats = common.pick(args, "warmup", 1, 3), common.pick(args, "repeats", 3, 30)
     built = build(args, device, VARIANTS)
-    times = common.time_interleaved(built["steps"], warmup=warmup, repeats=repeats,
-                                    sync=common.sync_for(device))
+    times = common.time_interleaved(
+        built["steps"], warmup=warmup, repeats=repeats, sync=common.sync_for(device)
+    )
     stats = times.summary()
     stats["lsp_term_fwd_bwd"] = time_lsp_term(built, device, max(repeats, 5))
     ratio = common.ratios(times, "lsp_step", "plain_step")
@@ -134,8 +148,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "teacher_params": count_parameters(built["teacher"]),
             "student_hidden_width": built["student_hidden_width"],
             "teacher_hidden_width": int(built["teacher_out"].hidden[-1].shape[1]),
-            "lsp": {"kernel": KERNEL, "lambda": LAMBDA, "direction": "student_teacher",
-                    "layer_map": [[-1, -1]], "teacher_log_ls": "precomputed once (TeacherCache)"},
+            "lsp": {
+                "kernel": KERNEL,
+                "lambda": LAMBDA,
+                "direction": "student_teacher",
+                "layer_map": [[-1, -1]],
+                "teacher_log_ls": "precomputed once (TeacherCache)",
+            },
             "optimizer": f"Adam lr {LR}, weight decay 0",
             "warmup_rounds": warmup,
             "repeats": repeats,
@@ -147,8 +166,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "lsp_overhead_ms": stats["lsp_step"]["median_ms"] - stats["plain_step"]["median_ms"],
         "memory": {
             **memory,
-            "step_peak_ratio": _safe_ratio(memory["lsp_step"]["step_peak_mib"],
-                                           memory["plain_step"]["step_peak_mib"]),
+            "step_peak_ratio": _safe_ratio(
+                memory["lsp_step"]["step_peak_mib"], memory["plain_step"]["step_peak_mib"]
+            ),
             "note": "peak RSS / CUDA memory above what is held before the step; "
             "see benchmarks/README.md",
         },
@@ -168,21 +188,28 @@ def _print(result: dict[str, Any]) -> None:
     t, r = result["timings"], result["ratios"]
     mem = result["memory"]
     rows: list[dict[str, Any]] = [
-        {"variant": name, **{k: t[name][k] for k in ("median_ms", "p10_ms", "p90_ms", "min_ms")},
-         "cpu_median_ms": t[name]["cpu"]["median_ms"],
-         "step_peak_mib": mem[name]["step_peak_mib"] if name in mem else ""}
+        {
+            "variant": name,
+            **{k: t[name][k] for k in ("median_ms", "p10_ms", "p90_ms", "min_ms")},
+            "cpu_median_ms": t[name]["cpu"]["median_ms"],
+            "step_peak_mib": mem[name]["step_peak_mib"] if name in mem else "",
+        }
         for name in (*VARIANTS, "lsp_term_fwd_bwd")
     ]
-    cols = ("variant", "median_ms", "p10_ms", "p90_ms", "min_ms", "cpu_median_ms",
-            "step_peak_mib")
-    common.print_table(f"{NAME} ({result['machine']['device_name']}, "
-                       f"{result['machine']['threads']} threads)", rows, cols)
+    cols = ("variant", "median_ms", "p10_ms", "p90_ms", "min_ms", "cpu_median_ms", "step_peak_mib")
+    common.print_table(
+        f"{NAME} ({result['machine']['device_name']}, {result['machine']['threads']} threads)",
+        rows,
+        cols,
+    )
     tgt = result["targets"]["step_ratio"]
-    print(f"LSP step / plain step: {r['ratio_of_medians']:.3f}x (medians), "
-          f"{r['paired_median_ratio']:.3f}x (paired), {r['ratio_of_minima']:.3f}x (minima), "
-          f"{r['cpu_ratio_of_medians']:.3f}x (CPU time); "
-          f"target <= {tgt['limit']}: {'met' if tgt['met'] else 'NOT met'}; aim {tgt['aim']}: "
-          f"{'met' if tgt['aim_met'] else 'not met'}; paper {result['paper']['step_ratio']}x")
+    print(
+        f"LSP step / plain step: {r['ratio_of_medians']:.3f}x (medians), "
+        f"{r['paired_median_ratio']:.3f}x (paired), {r['ratio_of_minima']:.3f}x (minima), "
+        f"{r['cpu_ratio_of_medians']:.3f}x (CPU time); "
+        f"target <= {tgt['limit']}: {'met' if tgt['met'] else 'NOT met'}; aim {tgt['aim']}: "
+        f"{'met' if tgt['aim_met'] else 'not met'}; paper {result['paper']['step_ratio']}x"
+    )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,14 @@ def features(n: int, dtype: torch.dtype, device: torch.device, seed: int) -> tup
     return z_s.to(device), z_t.to(device)
 
 
-def compare(edge_index: Tensor, dtype: torch.dtype, device: torch.device, seed: int,
-            rtol: float, atol: float) -> dict[str, Any]:
+def compare(
+    edge_index: Tensor,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
+    rtol: float,
+    atol: float,
+) -> dict[str, Any]:
     """Loss and student-gradient agreement of the two implementations in one dtype."""
     z_s, z_t = features(int(edge_index.max()) + 1, dtype, device, seed)
     a = z_s.clone().requires_grad_()
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else:
                 with torch.no_grad():
                     fn(z_s, z_t, ei)
+
         return call
 
     repeats_fast = common.pick(args, "repeats", 5, 30)
@@ -116,10 +123,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warmup = common.pick(args, "warmup", 1, 3)
     stats: dict[str, dict[str, float]] = {}
     for mode, backward in (("forward", False), ("forward_backward", True)):
-        fast = common.time_interleaved({"fast": run(fast_lsp, backward)}, warmup=warmup,
-                                       repeats=repeats_fast, sync=sync)
-        naive = common.time_interleaved({"naive": run(naive_lsp, backward)}, warmup=1,
-                                        repeats=repeats_naive, sync=sync)
+        fast = common.time_interleaved(
+            {"fast": run(fast_lsp, backward)}, warmup=warmup, repeats=repeats_fast, sync=sync
+        )
+        naive = common.time_interleaved(
+            {"naive": run(naive_lsp, backward)}, warmup=1, repeats=repeats_naive, sync=sync
+        )
         stats[f"fast_{mode}"] = fast.summary()["fast"]
         stats[f"naive_{mode}"] = naive.summary()["naive"]
     speedup = {
@@ -154,21 +163,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
     }
     rows = [
-        {"impl": impl, "mode": mode, **{k: stats[f"{impl}_{mode}"][k]
-                                        for k in ("median_ms", "p10_ms", "p90_ms", "min_ms")},
-         "cpu_median_ms": stats[f"{impl}_{mode}"]["cpu"]["median_ms"]}
-        for mode in ("forward", "forward_backward") for impl in ("naive", "fast")
+        {
+            "impl": impl,
+            "mode": mode,
+            **{k: stats[f"{impl}_{mode}"][k] for k in ("median_ms", "p10_ms", "p90_ms", "min_ms")},
+            "cpu_median_ms": stats[f"{impl}_{mode}"]["cpu"]["median_ms"],
+        }
+        for mode in ("forward", "forward_backward")
+        for impl in ("naive", "fast")
     ]
-    common.print_table(f"{NAME} ({result['machine']['device_name']}, "
-                       f"{result['machine']['threads']} threads, E={ei.size(1)})", rows,
-                       ("impl", "mode", "median_ms", "p10_ms", "p90_ms", "min_ms",
-                        "cpu_median_ms"))
+    common.print_table(
+        f"{NAME} ({result['machine']['device_name']}, "
+        f"{result['machine']['threads']} threads, E={ei.size(1)})",
+        rows,
+        ("impl", "mode", "median_ms", "p10_ms", "p90_ms", "min_ms", "cpu_median_ms"),
+    )
     for c in checks:
-        print(f"{c['dtype']}: loss |diff| {c['loss_max_abs_diff']:.3e}, "
-              f"grad max |diff| {c['grad_max_abs_diff']:.3e} (allclose rtol {c['rtol']})")
-    print("speedup: " + ", ".join(f"{m} {v:.1f}x" for m, v in speedup.items())
-          + f" (target >= {TARGET}x: "
-          + ("met" if all(t["met"] for t in result["targets"].values()) else "NOT met") + ")")
+        print(
+            f"{c['dtype']}: loss |diff| {c['loss_max_abs_diff']:.3e}, "
+            f"grad max |diff| {c['grad_max_abs_diff']:.3e} (allclose rtol {c['rtol']})"
+        )
+    print(
+        "speedup: "
+        + ", ".join(f"{m} {v:.1f}x" for m, v in speedup.items())
+        + f" (target >= {TARGET}x: "
+        + ("met" if all(t["met"] for t in result["targets"].values()) else "NOT met")
+        + ")"
+    )
     common.write_json(args.out, result)
     return result
 

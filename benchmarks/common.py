@@ -205,8 +205,10 @@ class Timed:
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """name -> wall-time :func:`summarize` plus ``cpu`` (the same over CPU time)."""
-        return {name: {**summarize(self.wall[name]), "cpu": summarize(self.cpu[name])}
-                for name in self.wall}
+        return {
+            name: {**summarize(self.wall[name]), "cpu": summarize(self.cpu[name])}
+            for name in self.wall
+        }
 
 
 def time_interleaved(
@@ -253,8 +255,9 @@ def ratios(timed: Timed, slow: str, fast: str) -> dict[str, float]:
         "ratio_of_medians": statistics.median(a) / statistics.median(b),
         "paired_median_ratio": statistics.median(x / y for x, y in zip(a, b, strict=True)),
         "ratio_of_minima": min(a) / min(b),
-        "cpu_ratio_of_medians": (statistics.median(timed.cpu[slow])
-                                 / statistics.median(timed.cpu[fast])),
+        "cpu_ratio_of_medians": (
+            statistics.median(timed.cpu[slow]) / statistics.median(timed.cpu[fast])
+        ),
     }
 
 
@@ -451,8 +454,12 @@ def target(
     def ok(bound: float) -> bool:
         return bool(value >= bound if at_least else value <= bound)
 
-    out: dict[str, Any] = {"value": value, "limit": limit,
-                           "rule": ">=" if at_least else "<=", "met": ok(limit)}
+    out: dict[str, Any] = {
+        "value": value,
+        "limit": limit,
+        "rule": ">=" if at_least else "<=",
+        "met": ok(limit),
+    }
     if aim is not None:
         out["aim"] = aim
         out["aim_met"] = ok(aim)

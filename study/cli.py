@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="lambda_",
         type=float,
         default=None,
-        help="weight of the distillation term (default: lsp 100, fitnet 1, at 1000, as in study/config.py)",
+        help="weight of the distillation term (default: lsp 100, fitnet 1, at 1000)",
     )
     m.add_argument("--kernel", default="rbf", help="LSP kernel: linear, poly, rbf, l2, l1_official")
     m.add_argument("--sigma", type=float, default=1.0, help="rbf bandwidth")
@@ -233,7 +233,8 @@ def check_arch(flag: str, arch: str, task_kind: str, dataset: str) -> None:
     valid = sorted(a for a, kind in ARCH_KINDS.items() if kind == task_kind)
     if arch not in valid:
         raise UserInputError(
-            f"{flag}: architecture {arch!r} cannot run on dataset {dataset!r} (valid: {', '.join(valid)})"
+            f"{flag}: architecture {arch!r} cannot run on dataset {dataset!r} "
+            f"(valid: {', '.join(valid)})"
         )
 
 
@@ -243,7 +244,8 @@ def _train_config(args: argparse.Namespace):  # noqa: ANN202 - TrainConfig impor
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise UserInputError(
-                f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}"
+                f"--{name.replace('_', '-')}: expected a positive integer, "
+                f"got {getattr(args, name)}"
             )
     return TrainConfig(
         epochs=args.epochs,
@@ -361,7 +363,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_outcome(outcome)
     print(f"\nMLflow UI: {mlflow_ui_hint(outcome.tracking_uri)}")
     print(
-        f"Report:    distill-study report {outcome.name} --tracking-uri {outcome.tracking_uri} --out reports/{outcome.name}"
+        f"Report:    distill-study report {outcome.name} --tracking-uri {outcome.tracking_uri} "
+        f"--out reports/{outcome.name}"
     )
     return 0 if outcome.complete else 1
 
@@ -371,7 +374,8 @@ def _print_outcome(outcome: Any) -> None:
 
     rows = [t for t in outcome.trials if t.get("test_score") is not None]
     print(
-        f"\nStudy {outcome.name!r}: {len(rows)}/{len(outcome.trials)} trials finished, {outcome.errors} errored"
+        f"\nStudy {outcome.name!r}: {len(rows)}/{len(outcome.trials)} trials finished, "
+        f"{outcome.errors} errored"
     )
     if not rows:
         return
@@ -446,7 +450,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     )
     for s in studies:
         print(
-            f"{s['study']:<28} {s['status']:<10} {s['finished']:>8} {s['running']:>8} {s['failed']:>7} {s['planned']:>8}"
+            f"{s['study']:<28} {s['status']:<10} {s['finished']:>8} {s['running']:>8} "
+            f"{s['failed']:>7} {s['planned']:>8}"
         )
     return 0
 

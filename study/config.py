@@ -59,7 +59,8 @@ The schema (``search_spaces/quickstart.yaml`` is a commented example; defaults i
 
 Built-in method defaults follow the paper: LSP lambda 100, the RBF kernel with sigma 1, poly
 degree 2 and c 0, the direction KL(LS^s || LS^t), LSP in every epoch; KD temperature 4, alpha 0.9;
-FitNet lambda 1; AT lambda 1000 (beta of the AT code), p 1. ``layer_map`` (fitnet, at, lsp; fixed only) pairs
+FitNet lambda 1; AT lambda 1000 (beta of the AT code), p 1. ``layer_map`` (fitnet, at, lsp;
+fixed only) pairs
 ``[student layer, teacher layer]`` indices into the models' hidden features; the default (also
 for null), ``[[-1, -1]]``, matches the last hidden layer of each.
 

@@ -79,7 +79,8 @@ def check_new_study(
     if folder.exists() and any(folder.iterdir()):
         raise UserInputError(
             f"{spec.source}: name: a study {spec.name!r} already exists in {folder}; "
-            f"continue it with `distill-study resume {spec.name} --storage {storage}` or choose another name"
+            f"continue it with `distill-study resume {spec.name} --storage {storage}` "
+            "or choose another name"
         )
     if not store_exists(tracking_uri):
         return
@@ -168,7 +169,9 @@ def find_teacher_run(client: MlflowClient, thash: str) -> str | None:
         return None
     runs = client.search_runs(
         experiments,
-        filter_string=f"tags.`{tr.TAG_TEACHER_HASH}` = '{thash}' and attributes.status = 'FINISHED'",
+        filter_string=(
+            f"tags.`{tr.TAG_TEACHER_HASH}` = '{thash}' and attributes.status = 'FINISHED'"
+        ),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -257,8 +260,9 @@ def ensure_teacher(
     experiment_id: str,
     data_root: str | None,
 ) -> tuple[str, str]:
-    """``(teacher_run_id, teacher_hash)``: reuse a finished teacher run of the same spec, else make one."""
-    # The spec and the data itself: another copy or split of "the same" dataset gets its own teacher.
+    """``(teacher_run_id, teacher_hash)``: reuse a finished teacher run of the same spec and
+    data, else train (or, with ``teacher.checkpoint``, log) one."""
+    # The spec and the data itself: another copy or split of a dataset gets its own teacher.
     source = (
         hashlib.sha256(Path(spec.teacher.checkpoint).read_bytes()).hexdigest()
         if spec.teacher.checkpoint
@@ -425,7 +429,8 @@ def resume_study(
     tracking_uri: str | None = None,
     address: str | None = None,
 ) -> StudyOutcome:
-    """Continue an interrupted study: finished trials stay, interrupted ones go on from checkpoints."""
+    """Continue an interrupted study: finished trials stay, interrupted ones go on from their
+    checkpoints, and every trial keeps its one MLflow run."""
     ctx, folder = read_context(name, storage)
     if tracking_uri and tracking_uri != ctx.tracking_uri:
         raise UserInputError(
@@ -463,7 +468,8 @@ def _fit_and_close(
         status = "FINISHED" if outcome.complete else "FAILED" if errors else "KILLED"
         if any(r.get(tr.METRIC_TEST) is not None for r in rows):
             print(
-                "[gds] re-measuring student and teacher latency on an idle device (see study.calibration)"
+                "[gds] re-measuring student and teacher latency on an idle device "
+                "(see study.calibration)"
             )
             calibrate_latency(spec, rows, client, ctx.teacher_run_id, ctx.data_root)
         return outcome

@@ -69,7 +69,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise UserInputError(f"{path}: not a loadable teacher checkpoint ({first})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserInputError(
-            f"{path}: not a graph-distill-study teacher checkpoint (expected format {CHECKPOINT_FORMAT!r}; "
+            f"{path}: not a graph-distill-study teacher checkpoint "
+            f"(expected format {CHECKPOINT_FORMAT!r}; "
             "write one with `distill-study teacher`)"
         )
     return payload
@@ -102,7 +103,8 @@ def load_teacher(
         )
     if dataset is not None and payload["dataset"] != dataset:
         raise UserInputError(
-            f"{path}: checkpoint was trained on {payload['dataset']!r}, expected dataset {dataset!r}"
+            f"{path}: checkpoint was trained on {payload['dataset']!r}, "
+            f"expected dataset {dataset!r}"
         )
     for key, want in (("in_channels", in_channels), ("out_channels", out_channels)):
         if want is not None and spec.get(key) != want:

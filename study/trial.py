@@ -132,7 +132,8 @@ def _find_or_start_run(
     found = client.search_runs(
         [ctx.experiment_id],
         filter_string=(
-            f"tags.`{tr.TAG_TRIAL_ID}` = '{trial_id}' and tags.`{tr.TAG_PARENT}` = '{ctx.parent_run_id}'"
+            f"tags.`{tr.TAG_TRIAL_ID}` = '{trial_id}' "
+            f"and tags.`{tr.TAG_PARENT}` = '{ctx.parent_run_id}'"
         ),
         max_results=1,
     )

@@ -212,5 +212,5 @@ def test_killed_driver_resumes_without_duplicate_or_running_runs(tmp_path: Path)
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch_val_score")]
         if tid in finished_before:
             assert run.info.end_time == finished_before[tid]  # finished trials were not run again
-        # Epoch 0 was trained once: interrupted trials continued from a checkpoint, not from scratch.
+        # Epoch 0 was trained once: interrupted trials went on from a checkpoint, not from scratch.
         assert steps.count(0) == 1 and max(steps) == 59

@@ -527,7 +527,8 @@ def test_gat_student_on_tiny_ppi(tiny_ppi_root: Path, method: str) -> None:
 
 
 def test_dgcnn_teacher_and_k10_student_with_lsp_on_real_modelnet40(gds_data_root: Path) -> None:
-    """The paper's dynamic-graph setting on the real ModelNet40 subset: K=20 teacher, K=10 student."""
+    """The paper's dynamic-graph setting on the real ModelNet40 subset: K=20 teacher, K=10
+    student."""
     task = load_task("modelnet40", root=gds_data_root, num_points=256, max_shapes=48)
     assert task.num_classes == 40 and task.train.points.shape[1:] == (256, 3)
     teacher = build_model(

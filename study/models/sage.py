@@ -17,7 +17,7 @@ def _mean_sage(in_channels: int, out_channels: int) -> nn.Module:
 
 
 class GraphSAGE(ConvStack):
-    """A stack of mean-aggregating ``SAGEConv`` layers with ReLU between them (see :class:`ConvStack`)."""
+    """Mean-aggregating ``SAGEConv`` layers with ReLU between them (see :class:`ConvStack`)."""
 
     arch = "sage"
     make_conv = staticmethod(_mean_sage)
