@@ -27,7 +27,7 @@ import pandas as pd
 from analysis.paper import KERNEL_ROWS, METHOD_ROWS, OUR_SOURCE, PAPER_SOURCE, paper_frame
 from analysis.runs import FINISHED, TRIAL_COLUMNS, finished_trials
 from study.errors import choose
-from study.tracking import FINAL_METRICS, METRIC_TEST, METRIC_VAL
+from study.tracking import EXTRA_METRICS, FINAL_METRICS, METRIC_TEST, METRIC_VAL
 
 __all__ = [
     "summarize",
@@ -79,7 +79,7 @@ def summarize(
         df: Trial runs as from :func:`analysis.runs.load_runs`.
         by: Grouping columns; NA is a group of its own (a KD run has no ``lsp.kernel``).
         metrics: Metric columns to summarise; default the final metrics
-            (:data:`study.tracking.FINAL_METRICS`) that ``df`` has.
+            (:data:`study.tracking.FINAL_METRICS` and ``EXTRA_METRICS``) that ``df`` has.
         finished_only: Keep only FINISHED runs with a test score (the runs that count).
 
     Returns:
@@ -94,7 +94,7 @@ def summarize(
     for col in by:
         choose("column", col, list(df.columns))
     if metrics is None:
-        metrics = [m for m in FINAL_METRICS if m in df.columns]
+        metrics = [m for m in (*FINAL_METRICS, *EXTRA_METRICS) if m in df.columns]
     for m in metrics:
         choose("metric", m, list(df.columns))
     data = finished_trials(df) if finished_only else df
@@ -322,7 +322,9 @@ def factor_table(
         UserInputError: an unknown factor or ``select``.
     """
     factors = [factor] if isinstance(factor, str) else list(factor)
-    valid = [c for c in df.columns if c not in _PER_RUN and c not in FINAL_METRICS]
+    valid = [
+        c for c in df.columns if c not in _PER_RUN and c not in (*FINAL_METRICS, *EXTRA_METRICS)
+    ]
     for f in factors:
         choose("factor", f, valid)
     choose("selection", select, ("all", "best"))
