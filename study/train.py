@@ -450,7 +450,7 @@ def fit(
                 best_val, best_epoch = val, epoch
                 best_state = copy.deepcopy(model.state_dict())
         history.append(record)
-        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{best_val:.3f}")
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{best_val:.3f}", refresh=False)
         if on_epoch is not None:
             on_epoch(epoch, record, lambda e=epoch: snapshot(e))
     bar.close()
