@@ -55,7 +55,7 @@ The schema (``search_spaces/quickstart.yaml`` is a commented example; defaults i
     scheduler: null           # or {type: asha, grace_period: 10, reduction_factor: 3, max_t: null}
     resources: {cpu: 1, gpu: 0}               # per trial
     latency: {repeats: 30, warmup: 5, threads: 1}
-    fault_tolerance: {checkpoint_every: 20, max_failures: 0}   # epochs between trial checkpoints
+    fault_tolerance: {checkpoint_every: 20, checkpoint_min_seconds: 30, max_failures: 0}
 
 Built-in method defaults follow the paper: LSP lambda 100, the RBF kernel with sigma 1, poly
 degree 2 and c 0, the direction KL(LS^s || LS^t), LSP in every epoch; KD temperature 4, alpha 0.9;
@@ -87,9 +87,9 @@ Objectives: one or several of ``val_score`` (mode [max]), ``latency_ms_p50``,
 leaks it into model selection. A scheduler (``asha``) needs exactly one objective, ``val_score``,
 since Ray Tune schedulers take one metric and compare it as trials report it epoch by epoch.
 Resources: ``cpu`` > 0 [1], ``gpu`` >= 0 [0], fractional below 1 (trials share a GPU).
-Fault tolerance: a trial checkpoints every ``checkpoint_every`` [20] epochs (what ``resume``
-continues from; more often costs time, see Ray's checkpoint-frequency warning) and is restarted
-from its last checkpoint up to ``max_failures`` [0] times when it fails.
+Fault tolerance: a trial checkpoints every ``checkpoint_every`` [20] epochs, but at most once in
+``checkpoint_min_seconds`` [30] (what ``resume`` continues from; more often costs time, see Ray's
+snapshot warning), and is restarted from its last checkpoint up to ``max_failures`` [0] times.
 
 A trial receives a flat dict such as ``{"method": "lsp", "lsp.lambda": 12.3,
 "student.width": 16, "seed": 1}``; :func:`resolve_trial` validates it against the spec and returns
@@ -369,10 +369,13 @@ class LatencySpec:
 
 @dataclass(frozen=True)
 class FaultToleranceSpec:
-    """How a trial survives interruption: a checkpoint every ``checkpoint_every`` epochs (what
-    ``resume`` continues from) and ``max_failures`` automatic restarts of a failing trial."""
+    """How a trial survives interruption: a checkpoint every ``checkpoint_every`` epochs but not
+    within ``checkpoint_min_seconds`` of the last one (what ``resume`` continues from; Tune
+    snapshots the experiment at each, so fast epochs must not checkpoint every few seconds), and
+    ``max_failures`` automatic restarts of a failing trial."""
 
     checkpoint_every: int = 20
+    checkpoint_min_seconds: float = 30.0
     max_failures: int = 0
 
 
@@ -1333,10 +1336,15 @@ def _parse_latency(chk: _Check, raw: Any) -> LatencySpec:
 
 
 def _parse_fault_tolerance(chk: _Check, raw: Any) -> FaultToleranceSpec:
-    d = chk.mapping(raw, "fault_tolerance", ("checkpoint_every", "max_failures"))
-    lows = {"checkpoint_every": 1, "max_failures": 0}
     path = "fault_tolerance"
-    values = {k: chk.integer(v, f"{path}.{k}", low=lows[k]) for k, v in d.items() if v is not None}
+    d = chk.mapping(raw, path, ("checkpoint_every", "checkpoint_min_seconds", "max_failures"))
+    values: dict[str, Any] = {}
+    for key, low in (("checkpoint_every", 1), ("max_failures", 0)):
+        if d.get(key) is not None:
+            values[key] = chk.integer(d[key], f"{path}.{key}", low=low)
+    if d.get("checkpoint_min_seconds") is not None:
+        key = "checkpoint_min_seconds"
+        values[key] = chk.number(d[key], f"{path}.{key}", low=0.0)
     return FaultToleranceSpec(**values)
 
 

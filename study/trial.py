@@ -205,6 +205,8 @@ def run_trial(config: dict[str, Any], ctx: StudyContext) -> None:
         seed_everything(plan.seed)  # the seed fixes the initial weights too
         student = build_model(plan.student.arch, **plan.student.build_kwargs(), **io_channels(task))
         best = {"val": -float("inf") if resume is None else resume["best_val"]}
+        last_checkpoint = [time.monotonic()]
+        policy = spec.fault_tolerance
 
         def on_epoch(epoch: int, record: dict[str, float], snapshot: Any) -> None:
             now = int(time.time() * 1000)
@@ -213,7 +215,9 @@ def run_trial(config: dict[str, Any], ctx: StudyContext) -> None:
             )
             best["val"] = max(best["val"], record.get("epoch_val_score", -float("inf")))
             report = {"epoch": epoch, tr.METRIC_VAL: best["val"], **record}
-            if (epoch + 1) % spec.fault_tolerance.checkpoint_every == 0:
+            due = (epoch + 1) % policy.checkpoint_every == 0
+            if due and time.monotonic() - last_checkpoint[0] >= policy.checkpoint_min_seconds:
+                last_checkpoint[0] = time.monotonic()
                 with tempfile.TemporaryDirectory() as tmp:
                     torch.save(snapshot(), Path(tmp) / SNAPSHOT_FILE)
                     tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -35,7 +35,7 @@ def tiny_study(name: str, **overrides: Any) -> dict[str, Any]:
         "searcher": {"algorithm": "random", "num_samples": 4, "max_concurrent": 2, "seed": 0},
         "resources": {"cpu": 1, "gpu": 0},
         "latency": {"repeats": 5, "warmup": 1, "threads": 1},
-        "fault_tolerance": {"checkpoint_every": 2},
+        "fault_tolerance": {"checkpoint_every": 2, "checkpoint_min_seconds": 0},
     }
     study.update(overrides)
     return study

@@ -16,6 +16,7 @@ from study.config import (
     KERNELS,
     METHODS,
     PRESET_ARCH,
+    FaultToleranceSpec,
     config_id,
     grid_configs,
     load_study_spec,
@@ -518,3 +519,32 @@ def test_specs_and_plans_survive_pickling():
 def test_missing_study_file():
     with pytest.raises(UserInputError, match=r"^nowhere\.yaml: no such study file$"):
         load_study_spec("nowhere.yaml")
+
+
+def test_fault_tolerance_defaults_and_errors(tmp_path: Path) -> None:
+    from tests.studies import tiny_study
+
+    spec = parse_study_spec(
+        {k: v for k, v in tiny_study("ft").items() if k != "fault_tolerance"}, "ft.yaml"
+    )
+    assert (spec.fault_tolerance.checkpoint_every, spec.fault_tolerance.checkpoint_min_seconds) == (
+        20,
+        30.0,
+    )
+    given = parse_study_spec(
+        tiny_study(
+            "ft",
+            fault_tolerance={"checkpoint_every": 3, "checkpoint_min_seconds": 0, "max_failures": 2},
+        ),
+        "ft.yaml",
+    )
+    assert given.fault_tolerance == FaultToleranceSpec(3, 0.0, 2)
+    for bad, key in (
+        ({"checkpoint_every": 0}, "checkpoint_every"),
+        ({"checkpoint_min_seconds": -1}, "checkpoint_min_seconds"),
+        ({"every": 3}, "every"),
+    ):
+        with pytest.raises(
+            UserInputError, match=rf"^ft.yaml: fault_tolerance\.{key}: "
+        ):
+            parse_study_spec(tiny_study("ft", fault_tolerance=bad), "ft.yaml")

@@ -145,7 +145,7 @@ def test_killed_driver_resumes_without_duplicate_or_running_runs(tmp_path: Path)
         "crash",
         student=student,
         searcher={"algorithm": "random", "num_samples": 3, "max_concurrent": 1, "seed": 0},
-        fault_tolerance={"checkpoint_every": 5},
+        fault_tolerance={"checkpoint_every": 5, "checkpoint_min_seconds": 0},
     )
     cmd = [
         sys.executable,
