@@ -197,7 +197,7 @@ def _ordered(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
             order[f"v{i}"] = col.map(lambda m: _METHOD_ORDER.get(m, len(_METHOD_ORDER)))
             order[f"w{i}"] = col.astype(str)
         elif pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            order[f"v{i}"] = pd.to_numeric(col, errors="coerce").fillna(np.inf)
+            order[f"v{i}"] = pd.to_numeric(col, errors="coerce").astype("float64").fillna(np.inf)
         else:
             order[f"v{i}"] = col.astype(str)
     order["src"] = table["source"].map(lambda s: _SOURCE_ORDER.get(s, 2))

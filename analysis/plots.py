@@ -120,7 +120,10 @@ def plot_pareto(
     handles, labels = [], []
     legend = ax.get_legend()
     if legend is not None:
-        handles, labels = list(legend.legend_handles), [t.get_text() for t in legend.texts]
+        handles, labels = (
+            list(legend.legend_handles),
+            [_count_label(t.get_text()) for t in legend.texts],
+        )
     f = front.loc[front[[x_mean, y_mean]].notna().all(axis=1)].sort_values(x_mean)
     if len(f):
         (line,) = ax.plot(
@@ -247,3 +250,14 @@ def plot_training_curves(
     ax.legend(fontsize="small")
     ax.grid(True, alpha=0.3)
     return ax
+
+
+def _count_label(text: str) -> str:
+    """A parameter count in a legend as people write it (``11535.0`` -> ``11.5k``); others as is."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    return f"{value / 1e3:.1f}k" if value >= 1e3 else f"{value:g}"

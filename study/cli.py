@@ -370,50 +370,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(outcome: Any) -> None:
-    import pandas as pd
+    """How many trials finished, and the five best configurations as the analysis sees them."""
+    from analysis.ablation import config_summary
+    from analysis.runs import load_runs
 
-    rows = [t for t in outcome.trials if t.get("test_score") is not None]
+    finished = sum(t.get("test_score") is not None for t in outcome.trials)
     print(
-        f"\nStudy {outcome.name!r}: {len(rows)}/{len(outcome.trials)} trials finished, "
+        f"\nStudy {outcome.name!r}: {finished}/{len(outcome.trials)} trials finished, "
         f"{outcome.errors} errored"
     )
-    if not rows:
+    if not finished:
         return
-    df = pd.DataFrame(
-        [
-            {
-                **{k: v for k, v in r["config"].items() if k != "params"},
-                **r["config"].get("params", {}),
-                **{
-                    k: r.get(k)
-                    for k in (
-                        "config_id",
-                        "val_score",
-                        "test_score",
-                        "latency_ms_p50",
-                        "num_params",
-                    )
-                },
-            }
-            for r in rows
-        ]
-    )
-    df = df.drop(columns=[c for c in df.columns if c.startswith("__")], errors="ignore")
-    best = (
-        df.groupby("config_id")
-        .agg(
-            method=("method", "first"),
-            val_score=("val_score", "mean"),
-            test_score=("test_score", "mean"),
-            latency_ms_p50=("latency_ms_p50", "mean"),
-            num_params=("num_params", "first"),
-            seeds=("val_score", "size"),
+    summary = config_summary(load_runs(outcome.name, tracking_uri=outcome.tracking_uri))
+    columns = [
+        "config_id",
+        "method",
+        "student_arch",
+        "n",
+        "val_score_mean",
+        "test_score_mean",
+        "latency_ms_p50_mean",
+        "num_params_mean",
+    ]
+    best = summary.sort_values("val_score_mean", ascending=False).head(5)
+    best = best[[c for c in columns if c in best.columns]].rename(
+        columns=lambda c: (
+            c.removesuffix("_mean").replace("n", "seeds") if c == "n" else c.removesuffix("_mean")
         )
-        .sort_values("val_score", ascending=False)
-        .head(5)
     )
     print("Best configurations (mean over seeds, ranked by validation score):")
-    print(best.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(best.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

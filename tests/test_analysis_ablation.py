@@ -227,3 +227,42 @@ def test_renderers(alpha, tmp_path):
     assert "config\\_id" in tex and tex.rstrip().endswith("\\end{tabular}")
     back = pd.read_csv(ablation.to_csv(t, tmp_path / "k.csv"))
     assert back["test_score_mean"].tolist() == t["test_score_mean"].tolist()
+
+
+def test_student_table_orders_a_hyperparameter_missing_for_some_architectures() -> None:
+    """``student.heads`` exists for GAT students only: a nullable integer column with NA."""
+    from analysis.ablation import student_table
+
+    rows = []
+    for i, (arch, heads, score) in enumerate(
+        [("gat", 2, 0.80), ("gcn", None, 0.78), ("mlp", None, 0.70)]
+    ):
+        rows.append(
+            {
+                "study": "s",
+                "run_id": f"r{i}",
+                "run_name": f"r{i}",
+                "status": "FINISHED",
+                "method": "kd",
+                "dataset": "cora",
+                "seed": 0,
+                "config_id": f"c{i}",
+                "teacher_run_id": "t",
+                "device": "cpu",
+                "student_arch": arch,
+                "student.arch": arch,
+                "student.heads": heads,
+                "student.width": 4,
+                "val_score": score,
+                "test_score": score,
+                "latency_ms_p50": 1.0 + i,
+                "latency_ms_p90": 2.0 + i,
+                "num_params": 100.0 * (i + 1),
+                "train_seconds": 1.0,
+            }
+        )
+    df = pd.DataFrame(rows)
+    df["student.heads"] = df["student.heads"].astype("Int64")
+    table = student_table(df)
+    assert list(table["student.arch"]) == ["gat", "gcn", "mlp"]
+    assert table["student.heads"].isna().tolist() == [False, True, True]
