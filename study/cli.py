@@ -393,11 +393,10 @@ def _print_outcome(outcome: Any) -> None:
         "num_params_mean",
     ]
     best = summary.sort_values("val_score_mean", ascending=False).head(5)
-    best = best[[c for c in columns if c in best.columns]].rename(
-        columns=lambda c: (
-            c.removesuffix("_mean").replace("n", "seeds") if c == "n" else c.removesuffix("_mean")
-        )
-    )
+    best = best[[c for c in columns if c in best.columns]].rename(columns={"n": "seeds"})
+    best = best.rename(columns=lambda c: c.removesuffix("_mean"))
+    if "num_params" in best.columns:
+        best["num_params"] = best["num_params"].map(lambda v: f"{v:,.0f}")
     print("Best configurations (mean over seeds, ranked by validation score):")
     print(best.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
