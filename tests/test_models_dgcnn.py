@@ -143,3 +143,32 @@ def test_registry_presets_and_spec_round_trip() -> None:
     clone.load_state_dict(model.state_dict())  # strict: same parameter names and shapes
     points = _points()
     torch.testing.assert_close(clone(points).logits, model(points).logits)
+
+
+def test_eval_edgeconv_takes_the_max_before_batchnorm_exactly() -> None:
+    """The eval shortcut (max over neighbours first) equals BN + LeakyReLU + max on all edges,
+    with negative BN scales included."""
+    from study.models.dgcnn import EdgeConvDense
+    from study.models.knn import knn_indices
+
+    torch.manual_seed(0)
+    conv = EdgeConvDense(5, 7)
+    with torch.no_grad():
+        conv.bn.running_mean.normal_()
+        conv.bn.running_var.uniform_(0.5, 2.0)
+        conv.bn.weight.normal_()  # some channels get a negative scale
+        conv.bn.bias.normal_()
+    assert (conv.bn.weight < 0).any()
+    x = torch.randn(2, 16, 5)
+    idx = knn_indices(x, 4)
+    conv.eval()
+    fast = conv(x, idx)
+    # Recompute the reference by hand: BN with running stats over every edge, then the max.
+    w_diff, w_centre = conv.lin.weight.split(5, dim=1)
+    neighbour, centre = x @ w_diff.t(), x @ (w_centre - w_diff).t()
+    gathered = torch.stack([neighbour[b][idx[b]] for b in range(2)])  # [B, P, k, C]
+    edge = gathered + centre.unsqueeze(2)
+    bn = conv.bn
+    normed = (edge - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    reference = torch.nn.functional.leaky_relu(normed, 0.2).amax(dim=2)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)

@@ -54,11 +54,28 @@ class EdgeConvDense(nn.Module):
         batch, num_points, k = idx.shape
         flat = (idx + torch.arange(batch, device=x.device).view(-1, 1, 1) * num_points).view(-1)
         gathered = neighbour.reshape(batch * num_points, -1)[flat].view(batch, num_points, k, -1)
+        if not self.training and self.bn.running_mean is not None:
+            return self._inference(gathered, centre)
         edge = gathered + centre.unsqueeze(2)  # [B, P, k, C]
         # BatchNorm2d over [B, C, P, k] gives the statistics of DGCNN's Conv2d layers.
         edge = self.bn(edge.permute(0, 3, 1, 2))
         edge = F.leaky_relu(edge, _SLOPE)
         return edge.amax(dim=-1).transpose(1, 2)
+
+    def _inference(self, gathered: Tensor, centre: Tensor) -> Tensor:
+        """Eval mode: BatchNorm (per-channel affine) and LeakyReLU are monotone in each channel,
+        so the max over the k neighbours can be taken first (of the neighbour term where the BN
+        scale is positive, its min where negative): the same output without normalising and
+        activating the ``[B, P, k, C]`` edge tensor (the teacher forward of every LSP step)."""
+        bn = self.bn
+        scale = bn.running_var.add(bn.eps).rsqrt()
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        extreme = torch.where(scale >= 0, gathered.amax(dim=2), gathered.amin(dim=2))  # [B, P, C]
+        return F.leaky_relu((extreme + centre) * scale + shift, _SLOPE)
 
 
 class DGCNN(nn.Module):
