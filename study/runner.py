@@ -322,7 +322,8 @@ def build_tuner(spec: StudySpec, ctx: StudyContext, storage: Path) -> tune.Tuner
             scheduler=scheduler,
             num_samples=num_samples,
             max_concurrent_trials=spec.searcher.max_concurrent,
-            reuse_actors=False,
+            # One worker serves trial after trial: data, teacher and imports load once.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=spec.name,

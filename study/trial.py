@@ -36,6 +36,8 @@ from study.teachers import load_teacher, teacher_cache_path
 from study.train import distill_student, seed_everything, with_device
 
 SNAPSHOT_FILE = "trial_state.pt"
+METRIC_FLUSH_SECONDS = 5.0  # per-epoch MLflow metrics are sent in batches this often
+TUNE_REPORT_SECONDS = 1.0  # without a scheduler, progress reaches Tune at most this often
 
 
 @dataclass(frozen=True)
@@ -205,23 +207,36 @@ def run_trial(config: dict[str, Any], ctx: StudyContext) -> None:
         seed_everything(plan.seed)  # the seed fixes the initial weights too
         student = build_model(plan.student.arch, **plan.student.build_kwargs(), **io_channels(task))
         best = {"val": -float("inf") if resume is None else resume["best_val"]}
-        last_checkpoint = [time.monotonic()]
+        clock = {"checkpoint": time.monotonic(), "flush": time.monotonic(), "report": 0.0}
         policy = spec.fault_tolerance
+        pending: list[Metric] = []
+        # A scheduler compares trials epoch by epoch; without one, Tune needs no per-epoch report.
+        report_every_epoch = spec.scheduler is not None
+
+        def flush() -> None:
+            if pending:
+                client.log_batch(run_id, metrics=list(pending))
+                pending.clear()
+            clock["flush"] = time.monotonic()
 
         def on_epoch(epoch: int, record: dict[str, float], snapshot: Any) -> None:
-            now = int(time.time() * 1000)
-            client.log_batch(
-                run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in record.items()]
-            )
+            now_ms, now = int(time.time() * 1000), time.monotonic()
+            pending.extend(Metric(k, float(v), now_ms, epoch) for k, v in record.items())
             best["val"] = max(best["val"], record.get("epoch_val_score", -float("inf")))
             report = {"epoch": epoch, tr.METRIC_VAL: best["val"], **record}
             due = (epoch + 1) % policy.checkpoint_every == 0
-            if due and time.monotonic() - last_checkpoint[0] >= policy.checkpoint_min_seconds:
-                last_checkpoint[0] = time.monotonic()
+            checkpoint = due and now - clock["checkpoint"] >= policy.checkpoint_min_seconds
+            # MLflow calls cost milliseconds each: per-epoch metrics go in batches (every few
+            # seconds, before each checkpoint, and at the end), not one call per epoch.
+            if checkpoint or now - clock["flush"] >= METRIC_FLUSH_SECONDS or len(pending) >= 900:
+                flush()
+            if checkpoint:
+                clock["checkpoint"] = clock["report"] = now
                 with tempfile.TemporaryDirectory() as tmp:
                     torch.save(snapshot(), Path(tmp) / SNAPSHOT_FILE)
                     tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
-            else:
+            elif report_every_epoch or now - clock["report"] >= TUNE_REPORT_SECONDS:
+                clock["report"] = now
                 tune.report(report)
 
         result = distill_student(
@@ -233,6 +248,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext) -> None:
             on_epoch=on_epoch,
             resume=resume,
         )
+        flush()
         lat = study_latency(result.model, task, spec, device)
         final = {
             tr.METRIC_VAL: result.val_score,

@@ -21,6 +21,14 @@ MACHINE_KEYS = ("cpu_model", "torch_version", "threads", "device", "device_name"
 
 #: Per script: dotted paths that must exist in its JSON.
 EXPECTED: dict[str, tuple[str, ...]] = {
+    "bench_study_overhead": (
+        "study.total_s",
+        "plain.total_s",
+        "ratios.per_trial",
+        "ratios.end_to_end",
+        "targets.per_trial_overhead.met",
+        "config.trials",
+    ),
     "bench_lsp_step_ppi": (
         "timings.plain_step.median_ms",
         "timings.lsp_step.median_ms",

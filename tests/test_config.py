@@ -544,7 +544,5 @@ def test_fault_tolerance_defaults_and_errors(tmp_path: Path) -> None:
         ({"checkpoint_min_seconds": -1}, "checkpoint_min_seconds"),
         ({"every": 3}, "every"),
     ):
-        with pytest.raises(
-            UserInputError, match=rf"^ft.yaml: fault_tolerance\.{key}: "
-        ):
+        with pytest.raises(UserInputError, match=rf"^ft.yaml: fault_tolerance\.{key}: "):
             parse_study_spec(tiny_study("ft", fault_tolerance=bad), "ft.yaml")
