@@ -1,4 +1,7 @@
-"""Teacher checkpoints: save, load safely, and train-or-load by the hash of a spec.
+"""Teacher checkpoints: save, load safely, and where a machine caches them.
+
+Which teacher a study reuses is decided by the runner from MLflow (a finished teacher run with
+the same spec and data hash); this module only handles the files.
 
 A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` accepts::
 
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,24 +129,3 @@ def teacher_cache_path(teacher_hash: str, cache_dir: str | os.PathLike | None = 
     """Where a teacher with this spec hash is kept on this machine."""
     base = Path(cache_dir) if cache_dir is not None else user_cache_dir() / "teachers"
     return base / f"{teacher_hash}.pt"
-
-
-def train_or_load(
-    teacher_hash: str,
-    train: Callable[[], tuple[nn.Module, dict[str, float]]],
-    *,
-    dataset: str,
-    cache_dir: str | os.PathLike | None = None,
-) -> tuple[nn.Module, dict[str, Any], bool]:
-    """The teacher for ``teacher_hash`` from the local cache, else ``train()`` it and cache it.
-
-    Returns ``(model, checkpoint meta, trained_now)``: one training per spec on a machine.
-    """
-    path = teacher_cache_path(teacher_hash, cache_dir)
-    if path.is_file():
-        model, meta = load_teacher(path, dataset=dataset)
-        return model, meta, False
-    model, metrics = train()
-    save_checkpoint(model, path, dataset=dataset, metrics=metrics)
-    model, meta = load_teacher(path, dataset=dataset)
-    return model, meta, True

@@ -12,7 +12,7 @@ from study import tracking as tr
 from study.cli import main
 from study.config import load_study_spec
 from study.runner import list_studies, run_study
-from tests.studies import tiny_study, write_study
+from tests.studies import write_study
 
 pytestmark = pytest.mark.ray
 
@@ -170,4 +170,3 @@ def test_validate_counts_trials(tmp_path: Path, capsys: pytest.CaptureFixture) -
     path = write_study(tmp_path, "v", seeds=[0, 1, 2])
     assert main(["validate", str(path)]) == 0
     assert "12 trials" in capsys.readouterr().out
-    assert tiny_study("v")["searcher"]["num_samples"] == 4

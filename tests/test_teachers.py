@@ -17,8 +17,6 @@ from study.teachers import (
     load_teacher,
     read_checkpoint,
     save_checkpoint,
-    teacher_cache_path,
-    train_or_load,
 )
 
 IN, OUT = 6, 3
@@ -250,38 +248,3 @@ def test_failed_save_keeps_the_old_file_and_no_partial_one(
         save_checkpoint(_gat(1), fresh, dataset="toy")
     assert not fresh.exists()
     assert _leftovers(tmp_path, set()) == ["t.pt"]
-
-
-# ---------------------------------------------------------------- train or load
-
-
-def test_train_or_load_trains_once_per_hash(tmp_path: Path) -> None:
-    calls: list[int] = []
-
-    def train(seed: int = 0):
-        def run() -> tuple[nn.Module, dict[str, float]]:
-            calls.append(seed)
-            return _gat(seed), {"test_score": 0.25 + seed}
-
-        return run
-
-    m1, meta1, trained1 = train_or_load("abc123", train(0), dataset="toy", cache_dir=tmp_path)
-    m2, meta2, trained2 = train_or_load("abc123", train(0), dataset="toy", cache_dir=tmp_path)
-    assert calls == [0]
-    assert (trained1, trained2) == (True, False)
-    assert teacher_cache_path("abc123", tmp_path).is_file()
-    assert meta1["metrics"] == meta2["metrics"] == {"test_score": 0.25}
-    x, ei = _graph()
-    assert torch.equal(m1(x, ei).logits, m2(x, ei).logits)
-    assert not m2.training
-
-    # Another spec hash is another teacher.
-    m3, _, trained3 = train_or_load("def456", train(1), dataset="toy", cache_dir=tmp_path)
-    assert calls == [0, 1] and trained3
-    assert not torch.equal(m3(x, ei).logits, m1(x, ei).logits)
-
-
-def test_train_or_load_refuses_a_cached_teacher_of_another_dataset(tmp_path: Path) -> None:
-    train_or_load("h", lambda: (_gat(), {}), dataset="toy", cache_dir=tmp_path)
-    with pytest.raises(UserInputError, match="cora"):
-        train_or_load("h", lambda: (_gat(), {}), dataset="cora", cache_dir=tmp_path)
