@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as `python3 benchmarks/x.py` without PYTHONPATH
     sys.path.insert(0, str(REPO))
 
+from study import allocator  # noqa: E402
 from study.latency import device_name  # noqa: E402
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -52,7 +53,8 @@ PROBE_MMAP_THRESHOLD = 1 << 20
 
 def make_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The arguments every script takes: ``--device``, ``--quick``, ``--out``, ``--threads``,
-    ``--repeats``, ``--warmup``, ``--seed`` (and the hidden ``--memory-probe``)."""
+    ``--repeats``, ``--warmup``, ``--seed``, ``--retain-freed-memory`` (and the hidden
+    ``--memory-probe``)."""
     parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
@@ -67,14 +69,24 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up rounds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--retain-freed-memory",
+        action="store_true",
+        help="run as training does with GDS_RETAIN_FREED_MEMORY=1 (study/allocator.py): "
+        "glibc keeps freed memory instead of giving it back to the OS",
+    )
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     return parser
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    """Apply ``--threads`` and ``--seed``; check that the device exists; return it."""
+    """Apply ``--threads``, ``--seed`` and ``--retain-freed-memory`` (not in a memory probe);
+    check that the device exists; return it."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available here (valid: cpu)")
+    if args.retain_freed_memory and not args.memory_probe:
+        os.environ[allocator.SWITCH_ENV] = "1"  # also for the Ray workers a study starts
+        allocator.retain_freed_memory()
     if args.threads is not None:
         if args.threads < 1:
             raise SystemExit(f"--threads {args.threads}: must be at least 1")
@@ -105,6 +117,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "mkl": torch.backends.mkl.is_available(),
+        "freed_memory_retained": allocator.retained(),
         "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if hasattr(os, "getloadavg"):
@@ -357,7 +370,9 @@ def run_memory_probes(variants: Sequence[str], *, shared: bool) -> dict[str, dic
     the variants one after the other in a single probe process, and says so in ``process``.
     In the probe, ``MALLOC_MMAP_THRESHOLD_`` (glibc) makes every allocation of 1 MiB or more its
     own mapping, returned to the system when freed: RSS then follows the live tensors rather
-    than staying at whatever the heap once grew to. A probe prints one JSON line, last on stdout.
+    than staying at whatever the heap once grew to (so a probe never retains freed memory, even
+    under ``--retain-freed-memory``: the peak it reports is that of the live tensors). A probe
+    prints one JSON line, last on stdout.
 
     Args:
         variants: the names the script's ``--memory-probe`` understands.
@@ -366,7 +381,8 @@ def run_memory_probes(variants: Sequence[str], *, shared: bool) -> dict[str, dic
     Returns:
         variant -> the :func:`measure_step_memory` result plus ``process``.
     """
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(PROBE_MMAP_THRESHOLD)}
+    env = {k: v for k, v in os.environ.items() if k not in allocator.RETAIN_ENV}
+    env.update({"MALLOC_MMAP_THRESHOLD_": str(PROBE_MMAP_THRESHOLD), allocator.SWITCH_ENV: "0"})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     groups = [list(variants)] if shared else [[v] for v in variants]
     results: dict[str, dict[str, Any]] = {}

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from study.allocator import retain_freed_memory
 from study.errors import UserInputError
 
 EXIT_USAGE = 2
@@ -484,6 +485,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``distill-study``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    retain_freed_memory()  # training steps reuse their memory instead of faulting it in anew
     try:
         return COMMANDS[args.command](args)
     except UserInputError as exc:

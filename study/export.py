@@ -81,8 +81,10 @@ class PointLogitsOnly(nn.Module):
 
 def logits_only(model: nn.Module) -> nn.Module:
     """Wrap ``model`` in :class:`LogitsOnly` or :class:`PointLogitsOnly`, by its forward's
-    arguments (one: a point-cloud model; two or more: a node model)."""
-    takes = len(inspect.signature(model.forward).parameters)
+    positional arguments (one: a point-cloud model; two or more: a node model)."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = inspect.signature(model.forward).parameters.values()
+    takes = sum(p.kind in positional for p in params)
     return LogitsOnly(model) if takes >= 2 else PointLogitsOnly(model)
 
 

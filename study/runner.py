@@ -23,6 +23,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from study import allocator
 from study import tracking as tr
 from study.calibration import calibrate_latency
 from study.config import StudySpec, parse_study_spec, read_study_mapping, stable_hash, teacher_hash
@@ -122,6 +123,7 @@ def start_ray(address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     env = {k: v for k, v in os.environ.items() if k.startswith("GDS_") or k == tr.TRACKING_URI_ENV}
+    env = {**allocator.env_for_workers(), **env}  # glibc reads these when a worker starts
     runtime_env = {"env_vars": env} if env else None
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)

@@ -242,6 +242,15 @@ class TeacherCache:
         return ModelOutput(logits=logits, hidden=hidden), log_ls
 
 
+def teacher_on_clouds(teacher: nn.Module, points: Tensor, distill: DistillConfig) -> ModelOutput:
+    """The frozen teacher's forward on one batch of clouds ``[B, P, F]``, without gradients.
+
+    Only KD reads the teacher's logits; for the other methods the classifier is skipped.
+    """
+    with torch.no_grad():
+        return teacher(points, with_logits=distill.method == "kd")
+
+
 def distillation_term(
     distill: DistillConfig,
     student: ModelOutput,
@@ -258,6 +267,8 @@ def distillation_term(
     if m == "none":
         return None
     if m == "kd":
+        if student.logits is None or teacher.logits is None:
+            raise ValueError("kd needs the logits of both models (a forward ran with_logits=False)")
         return kd_loss(
             student.logits, teacher.logits, temperature=distill.temperature, multilabel=multilabel
         )
@@ -489,8 +500,7 @@ def _train_steps(
             out = model(points)
             dterm = None
             if cache is not None:
-                with torch.no_grad():
-                    t_out = cache.teacher(points)
+                t_out = teacher_on_clouds(cache.teacher, points, distill)
                 dterm = distillation_term(
                     distill,
                     out,

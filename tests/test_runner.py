@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
+from study import allocator
 from study import tracking as tr
 from study.cli import main
 from study.config import load_study_spec
@@ -28,7 +30,10 @@ def runs_of(client: MlflowClient, experiment_id: str, role: str) -> list:
     return client.search_runs([experiment_id], filter_string=f"tags.`{tr.TAG_ROLE}` = '{role}'")
 
 
-def test_study_leaves_the_mlflow_layout(tmp_path: Path, local_ray: None) -> None:
+def test_study_leaves_the_mlflow_layout(
+    tmp_path: Path, local_ray: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(allocator.SWITCH_ENV, "1")  # checked at the end: workers get it
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = tmp_path / "studies"
     path = write_study(
@@ -106,6 +111,14 @@ def test_study_leaves_the_mlflow_layout(tmp_path: Path, local_ray: None) -> None
     listed = {s["study"]: s for s in list_studies(storage)}
     assert listed["layout"]["finished"] == 4 and listed["layout"]["planned"] == 4
     assert listed["layout2"]["finished"] == 1 and listed["layout2"]["status"] == "FINISHED"
+
+    # Asked for, the study's workers started with glibc told to keep freed memory.
+    assert ray.get(_allocator_env.remote()) == allocator.RETAIN_ENV
+
+
+@ray.remote
+def _allocator_env() -> dict[str, str | None]:
+    return {k: os.environ.get(k) for k in allocator.RETAIN_ENV}
 
 
 @pytest.mark.parametrize(

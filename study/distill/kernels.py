@@ -311,6 +311,20 @@ def _squared_distance_chunked(z: Tensor, target: Tensor, source: Tensor) -> Tens
     return out
 
 
+def _gathered_difference(z: Tensor, target: Tensor, source: Tensor) -> Tensor:
+    """``z[target] - z[source]`` as one ``[E, F]`` tensor (kept for a backward).
+
+    Subtracted in place into the first gather, the second gathered chunk by chunk: the only
+    ``[E, F]`` allocation is the result (two for ``z[t] - z[s]``; each fresh one is hundreds of
+    MB on a batch of clouds, and paid again in page faults every step).
+    """
+    diff = z.index_select(0, target)
+    step = max(1, _CHUNK_ELEMENTS // max(1, z.size(1)))
+    for start in range(0, target.numel(), step):
+        diff[start : start + step].sub_(z.index_select(0, source[start : start + step]))
+    return diff
+
+
 class _EdgeSquaredDistance(torch.autograd.Function):
     """Forward: one ``[E, F]`` difference (kept for the backward), reduced by ``vector_norm``.
 
@@ -326,8 +340,7 @@ class _EdgeSquaredDistance(torch.autograd.Function):
         ctx.num_nodes = z.size(0)  # type: ignore[attr-defined]
         if not ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
             return _squared_distance_chunked(z, target, source)
-        # In place into the first gather: one [E, F] allocation fewer than z[t] - z[s].
-        diff = z.index_select(0, target).sub_(z.index_select(0, source))
+        diff = _gathered_difference(z, target, source)
         ctx.save_for_backward(diff, target, source)
         return torch.linalg.vector_norm(diff, dim=-1).square_()
 

@@ -12,7 +12,9 @@ class ModelOutput:
     """A forward pass, with what distillation needs beside the logits.
 
     Attributes:
-        logits: ``[N, C]`` node logits (node tasks) or ``[B, C]`` cloud logits (point clouds).
+        logits: ``[N, C]`` node logits (node tasks) or ``[B, C]`` cloud logits (point clouds);
+            ``None`` when the caller asked a model to skip its classifier (a teacher whose
+            logits no loss reads, see ``DGCNN.forward``).
         hidden: one ``[N_total, F_l]`` tensor per message-passing layer, in order: the node
             (or point) features that layer produced, before the classifier. For point clouds
             ``N_total = B * P`` (points of all clouds stacked, cloud-major).
@@ -21,6 +23,6 @@ class ModelOutput:
             ``None`` for models on a fixed input graph.
     """
 
-    logits: Tensor
+    logits: Tensor | None
     hidden: list[Tensor]
     edge_indices: list[Tensor] | None = field(default=None)

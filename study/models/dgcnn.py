@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from study.errors import UserInputError
 from study.models.base import ModelOutput
-from study.models.knn import knn_indices, knn_to_edge_index
+from study.models.knn import knn_indices, knn_to_edge_index, neighbour_max
 
 _SLOPE = 0.2  # DGCNN's LeakyReLU slope everywhere
 
@@ -48,25 +48,27 @@ class EdgeConvDense(nn.Module):
         Returns:
             ``[B, P, C]`` new point features.
         """
+        if not self.training and self.bn.running_mean is not None:
+            return self._inference(x, idx)
         w_diff, w_centre = self.lin.weight.split(self.in_channels, dim=1)
         neighbour = x @ w_diff.t()  # [B, P, C]
         centre = x @ (w_centre - w_diff).t()  # [B, P, C]
         batch, num_points, k = idx.shape
         flat = (idx + torch.arange(batch, device=x.device).view(-1, 1, 1) * num_points).view(-1)
         gathered = neighbour.reshape(batch * num_points, -1)[flat].view(batch, num_points, k, -1)
-        if not self.training and self.bn.running_mean is not None:
-            return self._inference(gathered, centre)
         edge = gathered + centre.unsqueeze(2)  # [B, P, k, C]
         # BatchNorm2d over [B, C, P, k] gives the statistics of DGCNN's Conv2d layers.
         edge = self.bn(edge.permute(0, 3, 1, 2))
         edge = F.leaky_relu(edge, _SLOPE)
         return edge.amax(dim=-1).transpose(1, 2)
 
-    def _inference(self, gathered: Tensor, centre: Tensor) -> Tensor:
-        """Eval mode: BatchNorm (per-channel affine) and LeakyReLU are monotone in each channel,
-        so the max over the k neighbours can be taken first (of the neighbour term where the BN
-        scale is positive, its min where negative): the same output without normalising and
-        activating the ``[B, P, k, C]`` edge tensor (the teacher forward of every LSP step)."""
+    def _inference(self, x: Tensor, idx: Tensor) -> Tensor:
+        """Eval mode: BatchNorm is then a per-channel affine map ``v * s + t`` and LeakyReLU is
+        increasing, so ``max_j LeakyReLU(BN(n_j + c_i)) = LeakyReLU(max_j(s * n_j) + s * c_i
+        + t)`` (a negative ``s`` turns the max of ``n_j`` into ``s`` times its min, which
+        ``max_j(s * n_j)`` is). Folding ``s`` into the weights leaves one max over neighbours of
+        a per-point product, and no ``[B, P, k, C]`` edge tensor: the same output, far less
+        memory traffic (this is the teacher forward of every LSP step)."""
         bn = self.bn
         scale = bn.running_var.add(bn.eps).rsqrt()
         if bn.weight is not None:
@@ -74,8 +76,13 @@ class EdgeConvDense(nn.Module):
         shift = -bn.running_mean * scale
         if bn.bias is not None:
             shift = shift + bn.bias
-        extreme = torch.where(scale >= 0, gathered.amax(dim=2), gathered.amin(dim=2))  # [B, P, C]
-        return F.leaky_relu((extreme + centre) * scale + shift, _SLOPE)
+        w_diff, w_centre = self.lin.weight.split(self.in_channels, dim=1)
+        neighbour = x @ (w_diff * scale.unsqueeze(1)).t()  # [B, P, C]
+        centre = torch.addmm(  # [B*P, C]: s * c_i + t in one product
+            shift, x.reshape(-1, x.shape[-1]), ((w_centre - w_diff) * scale.unsqueeze(1)).t()
+        )
+        extreme = neighbour_max(neighbour, idx)  # [B, P, C]
+        return F.leaky_relu(extreme + centre.view_as(extreme), _SLOPE)
 
 
 class DGCNN(nn.Module):
@@ -145,11 +152,14 @@ class DGCNN(nn.Module):
             "dropout": float(dropout),
         }
 
-    def forward(self, points: Tensor) -> ModelOutput:
+    def forward(self, points: Tensor, *, with_logits: bool = True) -> ModelOutput:
         """Classify a batch of equal-sized clouds.
 
         Args:
             points: ``[B, P, in_channels]`` clouds.
+            with_logits: ``False`` stops after the EdgeConv layers (``logits=None``): what a
+                frozen teacher runs for LSP, FitNet and AT, which read only its layers. The
+                lift to ``emb_dims`` and the head are a fifth of the ModelNet teacher's forward.
 
         Returns:
             ``ModelOutput`` with ``logits [B, num_classes]``, ``hidden`` and ``edge_indices``.
@@ -163,18 +173,24 @@ class DGCNN(nn.Module):
             x = conv(x, idx)
             layer_out.append(x)
             edges.append(knn_to_edge_index(idx))
+        hidden = [h.reshape(batch * num_points, -1) for h in layer_out]
+        if not with_logits:
+            return ModelOutput(logits=None, hidden=hidden, edge_indices=edges)
         emb = self.embed(torch.cat(layer_out, dim=-1))  # [B, P, emb_dims]
         pooled = torch.cat([emb.amax(dim=1), emb.mean(dim=1)], dim=-1)
         logits = self.head(pooled)
-        hidden = [h.reshape(batch * num_points, -1) for h in layer_out]
         return ModelOutput(logits=logits, hidden=hidden, edge_indices=edges)
 
 
 class _PointBatchNorm(nn.BatchNorm1d):
-    """BatchNorm1d over the channel dim of ``[B, P, C]`` (DGCNN's Conv1d + BN1d layout)."""
+    """BatchNorm1d over the channel dim of ``[B, P, C]`` (DGCNN's Conv1d + BN1d layout).
+
+    Statistics over ``B`` and ``P`` are those over the rows of ``[B*P, C]``, and normalising
+    that contiguous view is 4-5x faster on CPU than the transposed ``[B, C, P]`` one.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        return super().forward(x.reshape(-1, x.shape[-1])).view_as(x)
 
 
 def _check(

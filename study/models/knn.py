@@ -1,8 +1,8 @@
 """k-nearest-neighbour graphs of batched point clouds in plain torch.
 
 PyG 2.8's ``knn_graph`` needs ``pyg-lib`` (not on PyPI), so the graphs DGCNN aggregates over are
-built here the way DGCNN's own code does: squared distances from one batched matrix product,
-then ``topk`` per cloud.
+built here the way DGCNN's own code does: distances from one batched matrix product, then
+``topk`` per cloud.
 """
 
 from __future__ import annotations
@@ -13,19 +13,21 @@ from torch import Tensor
 from study.errors import UserInputError
 
 
-def pairwise_sq_dist(x: Tensor) -> Tensor:
-    """Squared Euclidean distances between the points of each cloud.
+def neighbour_ranking(x: Tensor) -> Tensor:
+    """A key that orders each point's neighbours by distance: ``|x_j|^2 - 2 x_i . x_j``.
+
+    This is the squared distance ``|x_i - x_j|^2`` less ``|x_i|^2``, which is constant along
+    row ``i`` and so changes no ranking; dropping it leaves one fused ``baddbmm`` instead of
+    four passes over the ``[B, P, P]`` matrix (a third of a kNN graph's time on CPU).
 
     Args:
         x: ``[B, P, F]`` point features.
 
     Returns:
-        ``[B, P, P]`` distances, clamped at 0 (the expansion can round slightly below it).
+        ``[B, P, P]`` keys; smaller is nearer within each row.
     """
     sq = (x * x).sum(dim=-1)
-    # ||a||^2 - 2 a.b + ||b||^2 is one batched matmul, which is what makes this fast on GPUs.
-    dist = sq.unsqueeze(2) - 2.0 * torch.bmm(x, x.transpose(1, 2)) + sq.unsqueeze(1)
-    return dist.clamp_min_(0.0)
+    return torch.baddbmm(sq.unsqueeze(1), x, x.transpose(1, 2), alpha=-2.0)
 
 
 def knn_indices(x: Tensor, k: int, *, include_self: bool = True) -> Tensor:
@@ -51,10 +53,10 @@ def knn_indices(x: Tensor, k: int, *, include_self: bool = True) -> Tensor:
             f"(valid: 1..{max_k}, include_self={include_self})"
         )
     with torch.no_grad():  # indices carry no gradient; skip building a graph for the distances
-        dist = pairwise_sq_dist(x.detach())
+        key = neighbour_ranking(x.detach())
         diag = torch.arange(num_points, device=x.device)
-        dist[:, diag, diag] = -1.0 if include_self else float("inf")
-        return dist.topk(k, dim=-1, largest=False, sorted=True).indices
+        key[:, diag, diag] = float("-inf") if include_self else float("inf")
+        return key.topk(k, dim=-1, largest=False, sorted=True).indices
 
 
 def knn_to_edge_index(idx: Tensor) -> Tensor:
@@ -91,3 +93,50 @@ def knn_graph_dense(x: Tensor, k: int, *, include_self: bool = True) -> Tensor:
         ``[2, B*P*k]`` long edge index (source row 0, target row 1), flat indices ``b * P + p``.
     """
     return knn_to_edge_index(knn_indices(x, k, include_self=include_self))
+
+
+# Rows per block of :func:`neighbour_max` on CPU: a block of ``C`` float32 channels stays near
+# 512 KiB, so the running max lives in cache while the k neighbour rows stream past it.
+_BLOCK_BYTES = 1 << 19
+
+
+def neighbour_max(values: Tensor, idx: Tensor) -> Tensor:
+    """Each point's channel-wise maximum over its neighbours' values.
+
+    Equal to gathering ``values`` at ``idx`` into ``[B, P, k, C]`` and taking ``amax`` over
+    ``k``, which is what runs on GPUs, under a TorchScript trace and whenever autograd needs
+    the gather. Otherwise (CPU, no gradient) the ``[B, P, k, C]`` tensor is never built: the
+    max is kept per block of rows in cache while the ``k`` neighbour slots are folded in one at
+    a time (3-5x faster at DGCNN's widths on two cores); max is exact, so both paths give
+    identical values.
+
+    Args:
+        values: ``[B, P, C]`` per-point values.
+        idx: ``[B, P, k]`` neighbour indices within each cloud (from :func:`knn_indices`).
+
+    Returns:
+        ``[B, P, C]`` maxima.
+    """
+    batch, num_points, k = idx.shape
+    channels = values.shape[-1]
+    offset = (torch.arange(batch, device=idx.device) * num_points).view(batch, 1, 1)
+    flat_idx = (idx + offset).view(batch * num_points, k)
+    flat_values = values.reshape(batch * num_points, channels)
+    if (
+        values.device.type != "cpu"
+        or (values.requires_grad and torch.is_grad_enabled())
+        or torch.jit.is_tracing()  # a trace would bake in this input's number of blocks
+    ):
+        return flat_values[flat_idx].amax(dim=1).view(batch, num_points, channels)
+    slots = flat_idx.t().contiguous()  # [k, B*P]: one neighbour slot per row, contiguous
+    out = torch.empty_like(flat_values)
+    rows = max(1, _BLOCK_BYTES // (channels * flat_values.element_size()))
+    scratch = flat_values.new_empty(min(rows, out.shape[0]), channels)
+    for start in range(0, out.shape[0], rows):
+        block = out[start : start + rows]
+        torch.index_select(flat_values, 0, slots[0, start : start + rows], out=block)
+        for slot in slots[1:, start : start + rows]:
+            neighbours = scratch[: block.shape[0]]
+            torch.index_select(flat_values, 0, slot, out=neighbours)
+            torch.maximum(block, neighbours, out=block)
+    return out.view(batch, num_points, channels)
