@@ -145,9 +145,11 @@ def test_registry_presets_and_spec_round_trip() -> None:
     torch.testing.assert_close(clone(points).logits, model(points).logits)
 
 
-def test_eval_edgeconv_takes_the_max_before_batchnorm_exactly() -> None:
+@pytest.mark.parametrize("grad", [True, False])
+def test_eval_edgeconv_takes_the_max_before_batchnorm_exactly(grad: bool) -> None:
     """The eval shortcut (max over neighbours first) equals BN + LeakyReLU + max on all edges,
-    with negative BN scales included."""
+    with negative BN scales included; with gradients (the gathered max) and without (the
+    blocked CPU max a frozen teacher runs)."""
     from study.models.dgcnn import EdgeConvDense
     from study.models.knn import knn_indices
 
@@ -162,7 +164,9 @@ def test_eval_edgeconv_takes_the_max_before_batchnorm_exactly() -> None:
     x = torch.randn(2, 16, 5)
     idx = knn_indices(x, 4)
     conv.eval()
-    fast = conv(x, idx)
+    with torch.set_grad_enabled(grad):
+        fast = conv(x, idx)
+    assert fast.requires_grad == grad
     # Recompute the reference by hand: BN with running stats over every edge, then the max.
     w_diff, w_centre = conv.lin.weight.split(5, dim=1)
     neighbour, centre = x @ w_diff.t(), x @ (w_centre - w_diff).t()
@@ -171,4 +175,21 @@ def test_eval_edgeconv_takes_the_max_before_batchnorm_exactly() -> None:
     bn = conv.bn
     normed = (edge - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
     reference = torch.nn.functional.leaky_relu(normed, 0.2).amax(dim=2)
-    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.detach(), reference.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("method", "logits"), [("kd", True), ("lsp", False), ("fitnet", False)])
+def test_teacher_on_clouds_runs_the_head_only_for_kd(method: str, logits: bool) -> None:
+    from study.train import DistillConfig, teacher_on_clouds
+
+    torch.manual_seed(0)
+    teacher = DGCNN(3, [8, 8], 16, [8], num_classes=4, k=4).eval()
+    points = _points()
+    full = teacher(points)
+    out = teacher_on_clouds(teacher, points, DistillConfig(method=method))
+    assert (out.logits is not None) == logits
+    assert not any(h.requires_grad for h in out.hidden)
+    for a, b in zip(out.hidden, full.hidden, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(out.edge_indices, full.edge_indices, strict=True):
+        assert torch.equal(a, b)

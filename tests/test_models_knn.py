@@ -88,18 +88,19 @@ def test_knn_rejects_bad_k() -> None:
     knn_graph_dense(x, 5)  # k == P is fine with the point itself included
 
 
+@pytest.mark.parametrize("k", [1, 4])
 @pytest.mark.parametrize("block_bytes", [1, 64, 1 << 19])
 def test_neighbour_max_equals_gather_then_max(
-    block_bytes: int, monkeypatch: pytest.MonkeyPatch
+    block_bytes: int, k: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The blocked CPU path (one row per block, a few rows, all rows) gives exactly the max of
-    the gathered neighbour rows, and so does the autograd path."""
+    """The blocked CPU path (one row per block; 5 rows, so the last of 18 is short; all rows)
+    gives exactly the max of the gathered neighbour rows, and so does the autograd path."""
     import study.models.knn as knn
 
     monkeypatch.setattr(knn, "_BLOCK_BYTES", block_bytes)
     g = torch.Generator().manual_seed(3)
-    values = torch.randn(2, 9, 5, generator=g)
-    idx = torch.randint(0, 9, (2, 9, 4), generator=g)
+    values = torch.randn(2, 9, 3, generator=g)
+    idx = torch.randint(0, 9, (2, 9, k), generator=g)
     want = torch.stack([values[b][idx[b]].amax(dim=1) for b in range(2)])  # [B, P, C]
     assert torch.equal(knn.neighbour_max(values, idx), want)
     tracked = values.clone().requires_grad_()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -118,7 +117,10 @@ def test_study_leaves_the_mlflow_layout(
 
 @ray.remote
 def _allocator_env() -> dict[str, str | None]:
-    return {k: os.environ.get(k) for k in allocator.RETAIN_ENV}
+    # The environment the worker process was started with: what glibc read.
+    with open("/proc/self/environ", "rb") as f:
+        entries = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+    return {k: entries.get(k.encode(), b"").decode() or None for k in allocator.RETAIN_ENV}
 
 
 @pytest.mark.parametrize(

@@ -120,7 +120,7 @@ def neighbour_max(values: Tensor, idx: Tensor) -> Tensor:
     batch, num_points, k = idx.shape
     channels = values.shape[-1]
     offset = (torch.arange(batch, device=idx.device) * num_points).view(batch, 1, 1)
-    flat_idx = (idx + offset).view(batch * num_points, k)
+    flat_idx = (idx + offset).reshape(batch * num_points, k)
     flat_values = values.reshape(batch * num_points, channels)
     if (
         values.device.type != "cpu"
