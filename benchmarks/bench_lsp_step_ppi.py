@@ -164,14 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "timings": stats,
         "ratios": ratio,
         "lsp_overhead_ms": stats["lsp_step"]["median_ms"] - stats["plain_step"]["median_ms"],
-        "memory": {
-            **memory,
-            "step_peak_ratio": _safe_ratio(
-                memory["lsp_step"]["step_peak_mib"], memory["plain_step"]["step_peak_mib"]
-            ),
-            "note": "peak RSS / CUDA memory above what is held before the step; "
-            "see benchmarks/README.md",
-        },
+        "memory": common.step_memory(memory),
         "targets": {"step_ratio": common.target(ratio["ratio_of_medians"], TARGET, aim=AIM)},
         "paper": {"step_ratio": PAPER},
     }
@@ -180,12 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def _safe_ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else 0.0
-
-
 def _print(result: dict[str, Any]) -> None:
-    t, r = result["timings"], result["ratios"]
+    t = result["timings"]
     mem = result["memory"]
     rows: list[dict[str, Any]] = [
         {
@@ -202,14 +191,7 @@ def _print(result: dict[str, Any]) -> None:
         rows,
         cols,
     )
-    tgt = result["targets"]["step_ratio"]
-    print(
-        f"LSP step / plain step: {r['ratio_of_medians']:.3f}x (medians), "
-        f"{r['paired_median_ratio']:.3f}x (paired), {r['ratio_of_minima']:.3f}x (minima), "
-        f"{r['cpu_ratio_of_medians']:.3f}x (CPU time); "
-        f"target <= {tgt['limit']}: {'met' if tgt['met'] else 'NOT met'}; aim {tgt['aim']}: "
-        f"{'met' if tgt['aim_met'] else 'not met'}; paper {result['paper']['step_ratio']}x"
-    )
+    print(common.ratio_line(result))
 
 
 if __name__ == "__main__":

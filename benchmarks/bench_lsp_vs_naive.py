@@ -1,7 +1,8 @@
 """``lsp_loss`` against a straightforward per-node implementation (issue target (c)).
 
 The naive version loops in Python over the target nodes and, for each, computes the RBF kernel
-to its in-neighbours and the softmaxes, as the paper's formula reads. Both run on the same
+to its in-neighbours and the softmaxes, as the paper's formula reads (the per-node neighbour
+lists are built once per graph, outside the timed calls). Both run on the same
 PPI-shaped graph with student (136-wide) and teacher (1024-wide) features, in two scenarios:
 ``teacher_precomputed`` (the teacher's log local structure computed once beforehand, by each
 implementation its own way, as training does) and ``both_sides`` (both structures computed in
@@ -31,17 +32,31 @@ def _naive_rbf(z: Tensor, i: int, neighbours: Tensor, sigma: float) -> Tensor:
     return torch.exp(-((z[i] - z[neighbours]) ** 2).sum(-1) / (2 * sigma**2))
 
 
-def naive_teacher_log_ls(z_t: Tensor, edge_index: Tensor, sigma: float = SIGMA) -> list[Tensor]:
-    """The teacher's log local structure of every target node, one node at a time."""
+def in_neighbourhoods(edge_index: Tensor) -> list[tuple[int, Tensor]]:
+    """``(i, sources of the edges into i)`` for every target node, in node order.
+
+    Built once per graph, outside the timed calls: a per-node loop that had to search the edge
+    list for each node would be timing the search (an ``[E]`` scan per node), not the loss.
+    """
     source, target = edge_index[0], edge_index[1]
+    return [(i, source[target == i]) for i in torch.unique(target).tolist()]
+
+
+def naive_teacher_log_ls(
+    z_t: Tensor, neighbourhoods: list[tuple[int, Tensor]], sigma: float = SIGMA
+) -> list[Tensor]:
+    """The teacher's log local structure of every target node, one node at a time."""
     return [
-        torch.log(torch.softmax(_naive_rbf(z_t, i, source[target == i], sigma), dim=0))
-        for i in torch.unique(target).tolist()
+        torch.log(torch.softmax(_naive_rbf(z_t, i, neighbours, sigma), dim=0))
+        for i, neighbours in neighbourhoods
     ]
 
 
 def naive_lsp(
-    z_s: Tensor, z_t: Tensor | list[Tensor], edge_index: Tensor, sigma: float = SIGMA
+    z_s: Tensor,
+    z_t: Tensor | list[Tensor],
+    neighbourhoods: list[tuple[int, Tensor]],
+    sigma: float = SIGMA,
 ) -> Tensor:
     """The paper's LSP with the RBF kernel, one target node at a time (the reference).
 
@@ -49,15 +64,13 @@ def naive_lsp(
         z_s: ``[N, F_s]`` student features.
         z_t: ``[N, F_t]`` teacher features, or the teacher's per-node log local structures
             precomputed by :func:`naive_teacher_log_ls` (as training precomputes them).
-        edge_index: ``[2, E]`` edges ``j -> i``.
+        neighbourhoods: :func:`in_neighbourhoods` of the graph (edges ``j -> i``).
 
     Returns:
         Mean over nodes with in-edges of ``KL(LS_i^s || LS_i^t)``.
     """
-    source, target = edge_index[0], edge_index[1]
     per_node = []
-    for n, i in enumerate(torch.unique(target).tolist()):
-        neighbours = source[target == i]
+    for n, (i, neighbours) in enumerate(neighbourhoods):
         p = torch.softmax(_naive_rbf(z_s, i, neighbours, sigma), dim=0)
         if isinstance(z_t, list):
             log_q = z_t[n]
@@ -95,7 +108,8 @@ def compare(
     z_s, z_t = features(num_nodes, dtype, device, seed)
     a = z_s.clone().requires_grad_()
     b = z_s.clone().requires_grad_()
-    fast, naive = fast_lsp(a, z_t, edge_index), naive_lsp(b, z_t, edge_index)
+    fast = fast_lsp(a, z_t, edge_index)
+    naive = naive_lsp(b, z_t, in_neighbourhoods(edge_index))
     (g_fast,) = torch.autograd.grad(fast, a)
     (g_naive,) = torch.autograd.grad(naive, b)
     torch.testing.assert_close(fast, naive, rtol=rtol, atol=atol)
@@ -122,30 +136,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ei = graph.edge_index
     sync = common.sync_for(device)
     checks = [
-        compare(ei, graph.num_nodes, torch.float32, device, args.seed, rtol=1e-4, atol=1e-6),
+        compare(ei, graph.num_nodes, torch.float32, device, args.seed, rtol=1e-4, atol=1e-8),
         compare(ei, graph.num_nodes, torch.float64, device, args.seed, rtol=1e-10, atol=1e-13),
     ]
 
     z_s, z_t = features(graph.num_nodes, torch.float32, device, args.seed)
     z_s.requires_grad_()
+    hoods = in_neighbourhoods(ei)  # the naive loop's per-node edge lists, not timed
     with torch.no_grad():
         fast_log_t = local_structure(z_t, ei, kernel="rbf", sigma=SIGMA)
-        naive_log_t = naive_teacher_log_ls(z_t, ei)
+        naive_log_t = naive_teacher_log_ls(z_t, hoods)
         # Same inputs, same loss: the precomputed scenario agrees with the full one.
         torch.testing.assert_close(
             fast_lsp(z_s, None, ei, fast_log_t),
-            naive_lsp(z_s, naive_log_t, ei),
+            naive_lsp(z_s, naive_log_t, hoods),
             rtol=1e-4,
-            atol=1e-6,
+            atol=1e-8,
         )
     scenarios = {
         # As training runs it: the teacher's structure precomputed once (TeacherCache).
         "teacher_precomputed": (
             lambda: fast_lsp(z_s, None, ei, fast_log_t),
-            lambda: naive_lsp(z_s, naive_log_t, ei),
+            lambda: naive_lsp(z_s, naive_log_t, hoods),
         ),
         # Both structures computed in the call (dynamic graphs, e.g. DGCNN's kNN union).
-        "both_sides": (lambda: fast_lsp(z_s, z_t, ei), lambda: naive_lsp(z_s, z_t, ei)),
+        "both_sides": (lambda: fast_lsp(z_s, z_t, ei), lambda: naive_lsp(z_s, z_t, hoods)),
     }
 
     def run(fn, backward: bool):
@@ -234,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for c in checks:
         print(
             f"{c['dtype']}: loss |diff| {c['loss_max_abs_diff']:.3e}, "
-            f"grad max |diff| {c['grad_max_abs_diff']:.3e} (allclose rtol {c['rtol']})"
+            f"grad max |diff| {c['grad_max_abs_diff']:.3e} "
+            f"(allclose rtol {c['rtol']}, atol {c['atol']}; gradients atol {c['atol'] * 1e-2})"
         )
     print(
         "speedup (target >= 50x): "

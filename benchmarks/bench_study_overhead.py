@@ -21,6 +21,7 @@ from typing import Any
 
 import common
 import ray
+import torch
 import yaml
 
 from study.config import load_study_spec, resolve_trial
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     device = common.setup(args)
     threads = args.threads or 1
+    torch.set_num_threads(threads)  # the plain loop runs here; Tune trials get the same count
     trials = common.pick(args, "trials", 2, 3)
     epochs = common.pick(args, "epochs", 3, 300)
     nodes = common.pick(args, "nodes", 200, 3000)

@@ -28,12 +28,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+
+try:
+    import resource  # Unix: page faults and kernel time per timed call
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as `python3 benchmarks/x.py` without PYTHONPATH
@@ -215,13 +220,20 @@ class Timed:
 
     wall: dict[str, list[float]]
     cpu: dict[str, list[float]]
+    #: Per call: minor page faults and kernel CPU time in ms (``getrusage``; empty off Unix).
+    faults: dict[str, list[int]] = field(default_factory=dict)
+    kernel: dict[str, list[float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """name -> wall-time :func:`summarize` plus ``cpu`` (the same over CPU time)."""
-        return {
-            name: {**summarize(self.wall[name]), "cpu": summarize(self.cpu[name])}
-            for name in self.wall
-        }
+        """name -> wall-time :func:`summarize` plus ``cpu`` (the same over CPU time) and the
+        medians of ``minor_faults`` and ``kernel_cpu_ms`` per call."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.wall:
+            out[name] = {**summarize(self.wall[name]), "cpu": summarize(self.cpu[name])}
+            if self.faults.get(name):
+                out[name]["minor_faults"] = statistics.median(self.faults[name])
+                out[name]["kernel_cpu_ms"] = statistics.median(self.kernel[name])
+        return out
 
 
 def time_interleaved(
@@ -247,17 +259,50 @@ def time_interleaved(
         for name in names:
             fns[name]()
             sync()
-    wall: dict[str, list[float]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
+    timed = Timed({n: [] for n in names}, {n: [] for n in names})
+    if resource is not None:
+        timed.faults, timed.kernel = {n: [] for n in names}, {n: [] for n in names}
     for r in range(repeats):
         for name in names if r % 2 == 0 else reversed(names):
             sync()
+            usage = resource.getrusage(resource.RUSAGE_SELF) if resource is not None else None
             start, start_cpu = time.perf_counter_ns(), time.process_time_ns()
             fns[name]()
             sync()
-            wall[name].append((time.perf_counter_ns() - start) / 1e6)
-            cpu[name].append((time.process_time_ns() - start_cpu) / 1e6)
-    return Timed(wall, cpu)
+            timed.wall[name].append((time.perf_counter_ns() - start) / 1e6)
+            timed.cpu[name].append((time.process_time_ns() - start_cpu) / 1e6)
+            if usage is not None:
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                timed.faults[name].append(after.ru_minflt - usage.ru_minflt)
+                timed.kernel[name].append((after.ru_stime - usage.ru_stime) * 1e3)
+    return timed
+
+
+def step_memory(memory: dict[str, dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The ``memory`` entry of a step benchmark: the probes' results for ``plain_step`` and
+    ``lsp_step``, their peak ratio (0 when the plain step's peak is 0) and ``extra``."""
+    plain, lsp = memory["plain_step"]["step_peak_mib"], memory["lsp_step"]["step_peak_mib"]
+    return {
+        **memory,
+        "step_peak_ratio": lsp / plain if plain > 0 else 0.0,
+        **extra,
+        "note": "peak RSS / CUDA memory above what is held before the step; "
+        "see benchmarks/README.md",
+    }
+
+
+def ratio_line(result: dict[str, Any]) -> str:
+    """The closing line of a step benchmark: its ratios, its target (and aim), the paper's."""
+    r, tgt = result["ratios"], result["targets"]["step_ratio"]
+    line = (
+        f"LSP step / plain step: {r['ratio_of_medians']:.3f}x (medians), "
+        f"{r['paired_median_ratio']:.3f}x (paired), {r['ratio_of_minima']:.3f}x (minima), "
+        f"{r['cpu_ratio_of_medians']:.3f}x (CPU time); "
+        f"target <= {tgt['limit']}: {'met' if tgt['met'] else 'NOT met'}; "
+    )
+    if tgt.get("aim") is not None:
+        line += f"aim {tgt['aim']}: {'met' if tgt['aim_met'] else 'not met'}; "
+    return line + f"paper {result['paper']['step_ratio']}x"
 
 
 def ratios(timed: Timed, slow: str, fast: str) -> dict[str, float]:
@@ -277,7 +322,7 @@ def ratios(timed: Timed, slow: str, fast: str) -> dict[str, float]:
 # ---------------------------------------------------------------- memory
 
 
-def _proc_status_kb(field: str) -> int | None:
+def proc_status_kb(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -327,7 +372,7 @@ def measure_step_memory(
             "step_peak_mib": (peak - base) / mib,
         }
     reset = _reset_peak_rss()
-    base_kb = _proc_status_kb("VmRSS")
+    base_kb = proc_status_kb("VmRSS")
     if base_kb is None:  # not Linux: ru_maxrss cannot be reset, so setup is inside the peak
         import resource
 
@@ -337,13 +382,13 @@ def measure_step_memory(
         peak_b *= 1 if sys.platform == "darwin" else 1024
         return {
             "method": "ru_maxrss of a fresh process (includes setup; no reset available)",
-            "held_before_mib": float("nan"),
+            "held_before_mib": None,  # unknown: nothing to subtract
             "peak_mib": peak_b / mib,
             "step_peak_mib": peak_b / mib,
         }
     for _ in range(steps):
         step()
-    peak_kb = _proc_status_kb("VmHWM") or 0
+    peak_kb = proc_status_kb("VmHWM") or 0
     return {
         "method": (
             "VmHWM - VmRSS (peak RSS reset via /proc/self/clear_refs before the steps)"
@@ -382,7 +427,7 @@ def run_memory_probes(variants: Sequence[str], *, shared: bool) -> dict[str, dic
         variant -> the :func:`measure_step_memory` result plus ``process``.
     """
     env = {k: v for k, v in os.environ.items() if k not in allocator.RETAIN_ENV}
-    env.update({"MALLOC_MMAP_THRESHOLD_": str(PROBE_MMAP_THRESHOLD), allocator.SWITCH_ENV: "0"})
+    env["MALLOC_MMAP_THRESHOLD_"] = str(PROBE_MMAP_THRESHOLD)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     groups = [list(variants)] if shared else [[v] for v in variants]
     results: dict[str, dict[str, Any]] = {}
@@ -442,7 +487,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Print ``rows`` as a fixed-width table of ``columns`` (floats to 2 decimals)."""
+    """Print ``rows`` as a fixed-width table of ``columns`` (floats: 3 decimals below 10)."""
 
     def fmt(value: Any) -> str:
         if isinstance(value, bool):

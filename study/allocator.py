@@ -8,11 +8,11 @@ every step. GPUs do not pay this: PyTorch's CUDA allocator caches its blocks.
 
 :func:`retain_freed_memory` has glibc keep freed memory for reuse instead: no ``mmap`` for large
 blocks, no trimming of the heap, one arena. Measured on two cores (``benchmarks/README.md``):
-the DGCNN student step on 32 x 1024 points from 3.7 s to 2.5 s (950k page faults and 2 s of
-kernel time gone), but the process's peak memory from 2.2 to 2.9 GB, because glibc cannot
-always reuse a freed block for the next aligned request of the same size and grows the heap
-for a few steps before it settles; a short real run (3 epochs of the ModelNet40 subset) was
-18% faster with 38% more peak memory. Memory being what runs out on a laptop, this is off
+the DGCNN student step on 32 x 1024 points from 4.3 s to 2.7 s (959k page faults and 2.6 s of
+kernel time gone), but the benchmark process's peak memory from 2.3 to 3.6 GB, because glibc
+cannot always reuse a freed block for the next aligned request of the same size and grows the
+heap for a few steps before it settles; a short real run (3 epochs of the ModelNet40 subset)
+was 18% faster with 38% more peak memory. Memory being what runs out on a laptop, this is off
 unless ``GDS_RETAIN_FREED_MEMORY=1``.
 
 Threads started after the call share the main arena (Ray Tune runs a trial's function in a

@@ -344,6 +344,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         "num_params": count_parameters(student),
         "train_seconds": result.train_seconds,
         "best_epoch": result.best_epoch,
+        # The method's own loss term in the last epoch (unweighted; 0 for none).
+        "distill_loss": result.history[-1]["distill_loss"] if result.history else 0.0,
         **{f"test_{k}": v for k, v in result.test_metrics.items() if k != "score"},
     }
     _print_metrics(metrics, args.json)

@@ -24,6 +24,7 @@ what serving stacks load today.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
@@ -31,7 +32,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ def export_student(
             or ``metadata`` is not JSON-serialisable.
     """
     out = Path(os.path.abspath(out_dir))  # "." and "x/.." get a name for the sibling below
-    _check_target(out)
+    check_target(out)
     spec = getattr(model, "spec", None)
     if not isinstance(spec, dict) or "arch" not in spec:
         raise UserInputError(
@@ -139,19 +140,12 @@ def export_student(
 
     cpu_model = copy.deepcopy(model).cpu().eval()
     inputs = _as_tuple(example_inputs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden sibling: same file system, so the final rename is atomic.
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staging_folder(out) as tmp:
         state = {k: v.detach().cpu().clone() for k, v in cpu_model.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
         config["torchscript"] = _write_torchscript(cpu_model, inputs, tmp / TORCHSCRIPT_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        move_into_place(tmp, out)
     return out
 
 
@@ -217,15 +211,31 @@ def read_config(out_dir: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def _check_target(out: Path) -> None:
+def check_target(out: Path, key: str | None = None) -> None:
+    """Refuse an ``out`` folder that exists and is not empty (or is not a folder); ``key`` (a
+    flag such as ``--out``) starts the message when given."""
+    where = f"{key}: {out}" if key else f"{out}:"
     if out.is_dir():
         if any(out.iterdir()):
-            raise UserInputError(f"{out}: exists and is not empty; not overwriting it")
+            raise UserInputError(f"{where} exists and is not empty; not overwriting it")
     elif out.exists():
-        raise UserInputError(f"{out}: exists and is not a folder; not overwriting it")
+        raise UserInputError(f"{where} exists and is not a folder; not overwriting it")
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
+@contextlib.contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A new hidden folder beside ``out`` (same file system, so renaming it into place is
+    atomic), removed on leaving unless it was moved."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def move_into_place(tmp: Path, out: Path) -> None:
     """Rename ``tmp`` to ``out``, which may be missing or an empty folder, never a full one."""
     try:
         if out.is_dir():

@@ -1,38 +1,27 @@
-"""Scores beside the headline metric: AUROC for binary and multi-label tasks."""
+"""Scores beside the headline metric: AUROC for binary and multi-label tasks (scikit-learn's
+``roc_auc_score``, ties counted as one half), NaN where a label has only one class."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
 def binary_auroc(scores: Tensor, labels: Tensor) -> float:
-    """Area under the ROC curve of one binary task (Mann-Whitney U, ties counted as one half).
+    """Area under the ROC curve of one binary task.
 
     Args:
         scores: ``[N]`` any monotone score of the positive class (logit or probability).
         labels: ``[N]`` 0/1 or bool.
 
     Returns:
-        AUROC in [0, 1], or NaN when only one class is present.
+        AUROC in [0, 1], or NaN when only one class is present (scikit-learn raises there).
     """
-    labels = labels.bool().flatten()
-    scores = scores.detach().double().flatten()
-    n_pos = int(labels.sum())
-    n_neg = labels.numel() - n_pos
-    if n_pos == 0 or n_neg == 0:
+    from sklearn.metrics import roc_auc_score  # imported on use: it takes a second to load
+
+    y = labels.detach().bool().flatten().cpu().numpy()
+    if y.all() or not y.any():
         return float("nan")
-    # Average ranks of tied scores, from the sorted order and each value's first/last position.
-    sorted_scores, order = torch.sort(scores)
-    _, inverse, counts = torch.unique_consecutive(
-        sorted_scores, return_inverse=True, return_counts=True
-    )
-    ends = torch.cumsum(counts, 0).double()
-    avg_rank_of_value = ends - (counts.double() - 1) / 2
-    ranks = torch.empty_like(scores)
-    ranks[order] = avg_rank_of_value[inverse]
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(y, scores.detach().double().flatten().cpu().numpy()))
 
 
 def macro_auroc(scores: Tensor, labels: Tensor) -> float:

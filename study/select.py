@@ -31,8 +31,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,14 +199,6 @@ def _check_model_name(name: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Exporting and registering
 # --------------------------------------------------------------------------------------------
-def _check_out_dir(out: Path) -> None:
-    if out.is_dir():
-        if any(out.iterdir()):
-            raise UserInputError(f"--out: {out} exists and is not empty; not overwriting it")
-    elif out.exists():
-        raise UserInputError(f"--out: {out} exists and is not a folder; not overwriting it")
-
-
 def _copy_student(client: Any, run_id: str, out: Path) -> dict[str, Any]:
     """Download ``run_id``'s ``student/`` artifacts, check they rebuild a model, rename them to
     ``out``; returns the export's config. ``out`` never holds a partial folder."""
@@ -220,22 +210,13 @@ def _copy_student(client: Any, run_id: str, out: Path) -> dict[str, Any]:
             f"trial run {run_id} has no {tr.STUDENT_ARTIFACT_DIR}/ artifacts to export (it was run "
             "before trials logged their students; run the study again)"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden sibling on the same file system, so the final rename is atomic.
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with export.staging_folder(out) as tmp:
         # No progress bar: the command prints one report, not MLflow's download meter.
         with _env(_PROGRESS_ENV, "false"):
             local = Path(client.download_artifacts(run_id, tr.STUDENT_ARTIFACT_DIR, str(tmp)))
         config = export.read_config(local)
         export.load(local)  # the weights must fit the spec: refuse a broken export here
-        _check_out_dir(out)  # again: something may have been written there meanwhile
-        if out.is_dir():
-            out.rmdir()  # empty (just checked); rmdir refuses if that changed since
-        os.rename(local, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        export.move_into_place(local, out)
     return config
 
 
@@ -328,11 +309,12 @@ def select_and_export(
 
     from analysis.ablation import config_summary, score_scale
     from analysis.runs import finished_trials, load_runs
+    from study.export import check_target
 
     budget = check_budget(max_latency_ms)
     name = _check_model_name(model_name if model_name is not None else default_model_name(study))
     out = Path(os.path.abspath(out_dir))
-    _check_out_dir(out)
+    check_target(out, "--out")
     uri = tr.resolve_tracking_uri(tracking_uri)
     runs = load_runs(study, tracking_uri=uri)  # UserInputError for an unknown study
     done = finished_trials(runs)

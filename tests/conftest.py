@@ -32,6 +32,17 @@ def shared_data_dir() -> Path | None:
     return None
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored after (files opt in with ``usefixtures``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Keep teacher checkpoints and processed data of the tests out of the user's cache."""

@@ -230,12 +230,13 @@ def test_renderers(alpha, tmp_path):
 
 
 def test_student_table_orders_a_hyperparameter_missing_for_some_architectures() -> None:
-    """``student.heads`` exists for GAT students only: a nullable integer column with NA."""
+    """``student.heads`` exists for GAT students only: a nullable integer column with NA. Rows
+    come in shuffled; they leave sorted by architecture, then heads numerically (4 before 10)."""
     from analysis.ablation import student_table
 
     rows = []
     for i, (arch, heads, score) in enumerate(
-        [("gat", 2, 0.80), ("gcn", None, 0.78), ("mlp", None, 0.70)]
+        [("mlp", None, 0.70), ("gat", 10, 0.80), ("gcn", None, 0.78), ("gat", 4, 0.79)]
     ):
         rows.append(
             {
@@ -264,5 +265,6 @@ def test_student_table_orders_a_hyperparameter_missing_for_some_architectures() 
     df = pd.DataFrame(rows)
     df["student.heads"] = df["student.heads"].astype("Int64")
     table = student_table(df)
-    assert list(table["student.arch"]) == ["gat", "gcn", "mlp"]
-    assert table["student.heads"].isna().tolist() == [False, True, True]
+    assert list(table["student.arch"]) == ["gat", "gat", "gcn", "mlp"]
+    assert table["student.heads"].tolist()[:2] == [4, 10]
+    assert table["student.heads"].isna().tolist() == [False, False, True, True]

@@ -212,7 +212,8 @@ def test_plot_pareto_marks_student_architectures_apart():
 
     # One architecture: no marker section (it would say nothing).
     ax = Figure().add_subplot()
-    plot_pareto(_arch_summary(["gat"] * 6), pareto_front(summary), ax)
+    single = _arch_summary(["gat"] * 6)
+    plot_pareto(single, pareto_front(single), ax)
     assert "student arch" not in [t.get_text() for t in ax.get_legend().texts]
 
 

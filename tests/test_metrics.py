@@ -80,3 +80,5 @@ def test_evaluate_reports_auroc_for_binary_and_multilabel_nodes() -> None:
         pairwise_auroc([1.0, -2.0, 0.3], [1, 0, 0]) + pairwise_auroc([-1.0, 0.5, 2.0], [0, 1, 0])
     ) / 2
     assert math.isclose(m2["auroc"], expected)
+    assert "auroc" not in evaluate(FixedLogits(multi_logits), task2, "test", with_auroc=False)
+    assert "auroc" not in evaluate(FixedLogits(binary_logits), task, "test", with_auroc=False)

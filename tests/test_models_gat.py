@@ -8,6 +8,7 @@ import torch
 from study.errors import UserInputError
 from study.models import GAT, build_gat, build_model, count_parameters
 from study.models.gat import gat_ppi_student, gat_ppi_teacher
+from tests.graphs import small_graph
 
 
 def _official_count(in_dim: int, per_head: int, heads: list[int], out: int) -> int:
@@ -50,16 +51,8 @@ def test_residual_convention() -> None:
     assert all(conv.res is None for conv in no_res.convs)
 
 
-def _graph(num_nodes: int = 7, num_features: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(num_nodes, num_features, generator=gen)
-    src = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0, 2, 4])
-    dst = torch.tensor([1, 2, 3, 4, 5, 6, 0, 3, 5, 1])
-    return x, torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
-
-
 def test_output_shapes() -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     model = build_gat(5, 3, width=4, depth=3, heads=[2, 2, 3])
     out = model(x, edge_index)
     assert out.logits.shape == (7, 3)
@@ -70,14 +63,14 @@ def test_output_shapes() -> None:
 
 
 def test_depth_one_hidden_is_logits() -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     out = build_gat(5, 3, width=4, depth=1, heads=2)(x, edge_index)
     assert out.logits.shape == (7, 3)
     assert len(out.hidden) == 1 and out.hidden[0] is out.logits
 
 
 def test_last_layer_averages_heads() -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     model = build_gat(5, 3, width=4, depth=2, heads=[2, 4]).eval()
     out = model(x, edge_index)
     raw = model.convs[1](out.hidden[0], edge_index)  # [N, 4 * 3], heads concatenated
@@ -86,7 +79,7 @@ def test_last_layer_averages_heads() -> None:
 
 
 def test_concat_last() -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     model = GAT(5, [4, 3], [2, 2], 6, concat_last=True)
     assert model(x, edge_index).logits.shape == (7, 6)
     with pytest.raises(UserInputError, match="out_channels"):
@@ -94,7 +87,7 @@ def test_concat_last() -> None:
 
 
 def test_gradients_reach_every_parameter() -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     model = build_gat(5, 3, width=4, depth=3, heads=2)
     out = model(x, edge_index)
     (out.logits.square().sum() + out.hidden[0].sum()).backward()
@@ -104,7 +97,7 @@ def test_gradients_reach_every_parameter() -> None:
 
 
 def test_eval_is_deterministic_and_train_uses_dropout() -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     model = build_gat(5, 3, width=4, depth=2, heads=2, dropout=0.5)
     model.eval()
     first, second = model(x, edge_index), model(x, edge_index)
@@ -144,7 +137,7 @@ def test_registry_presets_and_errors() -> None:
 
 
 def test_spec_rebuilds_the_same_architecture() -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     model = build_model(
         "gat", in_channels=5, out_channels=3, width=4, depth=3, heads=[2, 2, 1], dropout=0.1
     ).eval()

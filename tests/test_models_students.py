@@ -11,6 +11,7 @@ from study.data.synthetic import synthetic_sbm
 from study.errors import UserInputError
 from study.models import ARCHITECTURES, GCN, MLP, GraphSAGE, build_model
 from study.train import DistillConfig, TrainConfig, distill_student, train_teacher
+from tests.graphs import small_graph
 
 STUDENTS = ("gcn", "sage", "mlp")
 
@@ -21,19 +22,11 @@ def _seeded() -> None:
     torch.manual_seed(0)
 
 
-def _graph(num_nodes: int = 7, num_features: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(num_nodes, num_features, generator=gen)
-    src = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0, 2, 4])
-    dst = torch.tensor([1, 2, 3, 4, 5, 6, 0, 3, 5, 1])
-    return x, torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
-
-
 # ------------------------------------------------------------------ one layer, by hand
 
 
 def test_gcn_layer_is_the_symmetric_normalised_propagation() -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     model = GCN(5, 3, width=4, depth=1).eval()
     conv = model.convs[0]
     n = x.shape[0]
@@ -47,7 +40,7 @@ def test_gcn_layer_is_the_symmetric_normalised_propagation() -> None:
 
 
 def test_sage_layer_adds_own_features_to_the_neighbour_mean() -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     model = GraphSAGE(5, 3, width=4, depth=1).eval()
     conv = model.convs[0]
     rows = []
@@ -59,9 +52,9 @@ def test_sage_layer_adds_own_features_to_the_neighbour_mean() -> None:
 
 
 def test_mlp_is_linear_relu_linear() -> None:
-    x, _ = _graph()
+    x, _ = small_graph()
     model = MLP(5, 3, width=4, depth=2).eval()
-    first, second = model.lins
+    first, second = model.convs
     hidden = torch.clamp(x @ first.weight.t() + first.bias, min=0)
     out = model(x)
     torch.testing.assert_close(out.hidden[0], hidden)
@@ -73,7 +66,7 @@ def test_mlp_is_linear_relu_linear() -> None:
 
 @pytest.mark.parametrize("arch", STUDENTS)
 def test_output_shapes_and_hidden_after_relu(arch: str) -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     model = build_model(arch, in_channels=5, out_channels=3, width=4, depth=3).eval()
     out = model(x, edge_index)
     assert out.logits.shape == (7, 3)
@@ -82,7 +75,7 @@ def test_output_shapes_and_hidden_after_relu(arch: str) -> None:
     assert all((h >= 0).all() for h in out.hidden)
     # The logits are the last layer applied to the last hidden features, with no ReLU after.
     last = (
-        model.lins[-1](out.hidden[-1])
+        model.convs[-1](out.hidden[-1])
         if arch == "mlp"
         else model.convs[-1](out.hidden[-1], edge_index)
     )
@@ -91,7 +84,7 @@ def test_output_shapes_and_hidden_after_relu(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", STUDENTS)
 def test_depth_one_hidden_is_logits(arch: str) -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     out = build_model(arch, in_channels=5, out_channels=3, width=4, depth=1)(x, edge_index)
     assert out.logits.shape == (7, 3)
     assert len(out.hidden) == 1 and out.hidden[0] is out.logits
@@ -99,7 +92,7 @@ def test_depth_one_hidden_is_logits(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", STUDENTS)
 def test_gradients_reach_every_parameter(arch: str) -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     # Wide enough that no layer is dead (all-zero after ReLU) at this seed or most others.
     model = build_model(arch, in_channels=5, out_channels=3, width=16, depth=3)
     out = model(x, edge_index)
@@ -111,7 +104,7 @@ def test_gradients_reach_every_parameter(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", STUDENTS)
 def test_eval_is_deterministic_and_train_uses_dropout(arch: str) -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     model = build_model(arch, in_channels=5, out_channels=3, width=4, depth=2, dropout=0.5)
     model.eval()
     assert torch.equal(model(x, edge_index).logits, model(x, edge_index).logits)
@@ -122,8 +115,8 @@ def test_eval_is_deterministic_and_train_uses_dropout(arch: str) -> None:
     assert not torch.equal(a, model(x, edge_index).logits)
 
 
-def test_mlp_ignores_the_graph() -> None:
-    x, edge_index = _graph()
+def test_mlp_ignores_thesmall_graph() -> None:
+    x, edge_index = small_graph()
     model = build_model("mlp", in_channels=5, out_channels=3, width=4, depth=3).eval()
     reference = model(x, edge_index)
     other = torch.tensor([[0, 0, 6], [5, 3, 1]])
@@ -142,7 +135,7 @@ def test_mlp_ignores_the_graph() -> None:
 
 @pytest.mark.parametrize("arch", STUDENTS)
 def test_spec_rebuilds_the_same_model(arch: str) -> None:
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     model = build_model(arch, in_channels=5, out_channels=3, width=4, depth=3, dropout=0.1)
     model.eval()
     assert model.spec == {
@@ -247,7 +240,7 @@ def test_student_arch_is_a_search_dimension_on_node_data() -> None:
     spec = parse_study_spec(raw, "archs.yaml")
     heads = next(d for d in spec.search if d.name == "student.heads")
     assert heads.condition == ("student.arch", ("gat",))
-    x, edge_index = _graph()
+    x, edge_index = small_graph()
     built: dict[str, set[int]] = {}
     for params in grid_configs(spec):
         plan = resolve_trial(spec, {**params, "seed": 0})

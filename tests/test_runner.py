@@ -177,8 +177,13 @@ def test_existing_study_is_not_overwritten(tmp_path: Path, capsys: pytest.Captur
 def test_resume_of_unknown_study_names_the_known_ones(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    from study.runner import CONTEXT_FILE
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / CONTEXT_FILE).write_text("{}")  # what marks a study's folder
     assert main(["resume", "nope", "--storage", str(tmp_path)]) == 2
-    assert "no resumable study named 'nope'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no resumable study named 'nope'" in err and "(found: other)" in err
 
 
 def test_validate_counts_trials(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

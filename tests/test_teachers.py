@@ -1,4 +1,4 @@
-"""Teacher checkpoints: round trip, safe loading, one-line refusals, atomic saves, train-or-load."""
+"""Teacher checkpoints: round trip, safe loading, one-line refusals, atomic saves."""
 
 from __future__ import annotations
 

@@ -26,13 +26,7 @@ from study.train_config import DistillConfig, TrainConfig
 METHODS = ("none", "kd", "fitnet", "at", "lsp")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores shared with other test runs: keep this file to one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # two cores shared with other runs
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +205,7 @@ def test_graphs_without_graph_id_are_not_confused(sbm: NodeTask) -> None:
 
 
 def test_cached_teacher_outputs_match_a_batch_of_graphs(tiny_ppi_root: Path) -> None:
-    """With batches of 2 graphs the cached per-graph outputs must line up with the batch: the
+    """With batches of several graphs the cached per-graph outputs must line up with the batch: the
     loss the loop records equals LSP computed from scratch on the same collated batch."""
     from torch_geometric.data import Batch
 
@@ -462,7 +456,7 @@ def shapes() -> PointCloudTask:
     )
 
 
-def test_dgcnn_student_learns_from_a_dgcnn_teacher_with_lsp(shapes: PointCloudTask) -> None:
+def test_dgcnn_student_trains_from_a_dgcnn_teacher_with_lsp(shapes: PointCloudTask) -> None:
     teacher, student = _dgcnn(k=8, width=8, seed=0), _dgcnn(k=4, width=4, seed=1)
     cfg = TrainConfig(epochs=2, batch_size=4, optimizer="sgd", lr=0.05)
     result = distill_student(student, teacher, shapes, cfg, DistillConfig(method="lsp"))

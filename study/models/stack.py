@@ -1,4 +1,5 @@
-"""A plain stack of message-passing layers (the shared body of the GCN and GraphSAGE students)."""
+"""A plain stack of layers with ReLU between them: the shared body of the GCN, GraphSAGE and MLP
+students, and the check of their free ``width``/``depth`` form."""
 
 from __future__ import annotations
 
@@ -7,12 +8,41 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from study.errors import UserInputError
 from study.models.base import ModelOutput
-from study.models.mlp import stack_sizes
+
+
+def stack_sizes(
+    arch: str, in_channels: int, out_channels: int, width: int, depth: int, dropout: float
+) -> list[tuple[int, int]]:
+    """``(in, out)`` widths of each layer of a plain stack, after checking the sizes.
+
+    Args:
+        arch: the architecture name, to start error messages with.
+        in_channels: input width.
+        out_channels: output width (logits).
+        width: width of every layer but the last.
+        depth: number of layers, the output layer included (``>= 1``).
+        dropout: dropout probability, in ``[0, 1)``.
+
+    Returns:
+        ``depth`` pairs: ``in -> width -> ... -> width -> out`` (``in -> out`` when depth is 1).
+    """
+    if depth < 1:
+        raise UserInputError(f"{arch}: depth={depth} must be at least 1")
+    if min(width, in_channels, out_channels) < 1:
+        raise UserInputError(
+            f"{arch}: widths must be positive (in_channels={in_channels}, width={width}, "
+            f"out_channels={out_channels})"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise UserInputError(f"{arch}: dropout={dropout} must be in [0, 1)")
+    widths = [in_channels] + [width] * (depth - 1) + [out_channels]
+    return list(zip(widths[:-1], widths[1:], strict=True))
 
 
 class ConvStack(nn.Module):
-    """``depth`` convolutions with ReLU between them; subclasses say which convolution.
+    """``depth`` layers with ReLU between them; subclasses say which layer.
 
     Args:
         in_channels: input node feature width.
@@ -48,11 +78,14 @@ class ConvStack(nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor) -> ModelOutput:
         """Run all layers on ``x [N, in_channels]`` over ``edge_index [2, E]``."""
+        return self._run(x, lambda conv, h: conv(h, edge_index))
+
+    def _run(self, x: Tensor, apply: Callable[[nn.Module, Tensor], Tensor]) -> ModelOutput:
         hidden: list[Tensor] = []
         last = len(self.convs) - 1
         for layer, conv in enumerate(self.convs):
             x = F.dropout(x, p=self.dropout, training=self.training)
-            x = conv(x, edge_index)
+            x = apply(conv, x)
             if layer < last:
                 x = F.relu(x)
                 hidden.append(x)
