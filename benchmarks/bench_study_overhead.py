@@ -25,12 +25,13 @@ import torch
 import yaml
 
 from study.config import load_study_spec, resolve_trial
+from study.context import load_study_task, study_latency
 from study.data.base import io_channels
 from study.export import export_student
 from study.models import build_model
 from study.runner import run_study
+from study.search import trial_params
 from study.train import distill_student, seed_everything, train_teacher
-from study.trial import load_study_task, study_latency, trial_params
 
 NAME = "bench_study_overhead"
 

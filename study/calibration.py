@@ -22,9 +22,10 @@ from mlflow.tracking import MlflowClient
 
 from study import tracking as tr
 from study.config import StudySpec, resolve_trial
+from study.context import load_study_task, study_latency, trial_device
 from study.data.base import io_channels
 from study.models import build_model
-from study.trial import load_study_task, study_latency, trial_device, trial_params
+from study.search import trial_params
 
 TAG_LATENCY = "gds.latency"
 

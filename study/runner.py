@@ -27,6 +27,7 @@ from study import allocator
 from study import tracking as tr
 from study.calibration import calibrate_latency
 from study.config import StudySpec, parse_study_spec, read_study_mapping, stable_hash, teacher_hash
+from study.context import StudyContext, load_study_task, study_latency, trial_device
 from study.data.base import Task, data_fingerprint, io_channels
 from study.errors import UserInputError
 from study.latency import count_parameters
@@ -34,13 +35,7 @@ from study.models import build_model
 from study.search import make_search
 from study.teachers import load_teacher, save_checkpoint
 from study.train import evaluate, seed_everything, train_teacher, with_device
-from study.trial import (
-    StudyContext,
-    load_study_task,
-    run_trial,
-    study_latency,
-    trial_device,
-)
+from study.trial import run_trial
 
 CONTEXT_FILE = "gds_context.json"
 DEFAULT_STORAGE = "~/ray_results"

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from ray import tune
 from ray.tune.search import Repeater, Searcher
+from ray.tune.search.repeater import TRIAL_INDEX
 
 from study.config import Dimension, StudySpec, grid_configs
 
@@ -126,3 +127,19 @@ def make_search(spec: StudySpec) -> tuple[Searcher | None, dict[str, Any], int]:
     )
     repeats = len(spec.seeds)
     return SeedRepeater(optuna_search, repeat=repeats), {}, spec.searcher.num_samples * repeats
+
+
+def trial_params(config: dict[str, Any], seeds: tuple[int, ...] | list[int]) -> dict[str, Any]:
+    """The flat hyperparameters of a trial, with its seed taken from the repeat index."""
+    # Grid studies nest the configuration under "params" beside a "seed" axis.
+    params = dict(config.get("params", {}))
+    params.update(
+        {
+            k: v
+            for k, v in config.items()
+            if k not in ("params", TRIAL_INDEX) and not k.startswith("_")
+        }
+    )
+    if "seed" not in params:
+        params["seed"] = seeds[int(config.get(TRIAL_INDEX, 0)) % len(seeds)]
+    return params

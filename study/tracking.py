@@ -12,6 +12,7 @@ The layout (the contract ``analysis`` relies on):
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -75,3 +76,17 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if os.environ.get(TRACKING_URI_ENV):
         return os.environ[TRACKING_URI_ENV]
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def download_artifact(tracking_uri: str, run_id: str, artifact_path: str, dest: Path) -> Path:
+    """Download one artifact file of a run to ``dest`` atomically (a partial download never
+    stands at ``dest``, so a machine-wide cache can be filled by several workers at once)."""
+    import mlflow
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, dst_path=tmp, tracking_uri=tracking_uri
+        )
+        os.replace(local, dest)
+    return dest

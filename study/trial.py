@@ -7,31 +7,32 @@ interrupted study ends with exactly one run per trial and none left RUNNING.
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import tempfile
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import ray
 import torch
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
-from ray.tune.search.repeater import TRIAL_INDEX
 from torch import nn
 
 from study import tracking as tr
-from study.config import StudySpec, TrialPlan, parse_study_text, resolve_trial
-from study.data import load_task
-from study.data.base import PointCloudTask, Task, io_channels
+from study.config import TrialPlan, resolve_trial
+from study.context import (
+    StudyContext,
+    latency_input,
+    load_study_task,
+    study_latency,
+    trial_device,
+)
+from study.data.base import Task, io_channels
 from study.export import export_student
-from study.latency import LatencyResult, count_parameters, measure_latency
+from study.latency import count_parameters
 from study.models import build_model
+from study.search import trial_params
 from study.teachers import load_teacher, teacher_cache_path
 from study.train import distill_student, seed_everything, with_device
 
@@ -40,87 +41,15 @@ METRIC_FLUSH_SECONDS = 5.0  # per-epoch MLflow metrics are sent in batches this 
 TUNE_REPORT_SECONDS = 1.0  # without a scheduler, progress reaches Tune at most this often
 
 
-@dataclass(frozen=True)
-class StudyContext:
-    """What every trial of a study shares; passed with ``tune.with_parameters``.
-
-    ``spec`` travels pickled to workers (which may not have the study file or a teacher
-    checkpoint it names); ``spec_text`` is the validated YAML, kept so ``resume`` can rebuild it.
-    """
-
-    spec: StudySpec
-    spec_text: str
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    teacher_run_id: str
-    teacher_hash: str
-    data_root: str | None
-
-    def to_json(self) -> str:
-        """Everything but the parsed spec, as JSON (the spec is its text and source)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"}
-        return json.dumps({**data, "source": self.spec.source}, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> StudyContext:
-        """Inverse of :meth:`to_json`: the spec re-validated from its text."""
-        data = json.loads(text)
-        source = data.pop("source")
-        return cls(spec=parse_study_text(data["spec_text"], source), **data)
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_task(name: str, options_items: tuple[tuple[str, Any], ...], root: str | None) -> Task:
-    # One load per worker process: reused actors keep it between trials.
-    return load_task(name, root=root, **dict(options_items))
-
-
-def load_study_task(spec: StudySpec, data_root: str | None) -> Task:
-    """The study's dataset, loaded once per process."""
-    return _cached_task(spec.dataset.name, tuple(sorted(spec.dataset.options.items())), data_root)
-
-
 def fetch_teacher(ctx: StudyContext, task: Task) -> nn.Module:
     """The study's teacher: from this machine's cache, else downloaded from its MLflow run."""
     path = teacher_cache_path(ctx.teacher_run_id)
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=ctx.teacher_run_id,
-                artifact_path=tr.TEACHER_CHECKPOINT_ARTIFACT,
-                dst_path=tmp,
-                tracking_uri=ctx.tracking_uri,
-            )
-            os.replace(local, path)
+        tr.download_artifact(
+            ctx.tracking_uri, ctx.teacher_run_id, tr.TEACHER_CHECKPOINT_ARTIFACT, path
+        )
     model, _ = load_teacher(path, **io_channels(task))
     return model
-
-
-def latency_input(task: Task, device: str = "cpu") -> tuple[Any, ...]:
-    """One inference input on ``device``: the first test graph (node tasks) or one test cloud."""
-    if isinstance(task, PointCloudTask):
-        return (task.test.points[:1].to(device),)
-    graph = task.test[0]
-    return (graph.x.to(device), graph.edge_index.to(device))
-
-
-def study_latency(model: nn.Module, task: Task, spec: StudySpec, device: str) -> LatencyResult:
-    """Time ``model`` on the task's one-graph (or one-cloud) input with the study's settings."""
-    return measure_latency(
-        model,
-        latency_input(task, device),
-        repeats=spec.latency.repeats,
-        warmup=spec.latency.warmup,
-        threads=spec.latency.threads,
-        device=device,
-    )
-
-
-def trial_device(gpus: float) -> str:
-    """``cuda`` when Ray gave this trial (part of) a GPU and torch can see it."""
-    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
 def _find_or_start_run(
@@ -161,22 +90,6 @@ def _find_or_start_run(
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(plan.params.items())])
     return run_id
-
-
-def trial_params(config: dict[str, Any], seeds: tuple[int, ...] | list[int]) -> dict[str, Any]:
-    """The flat hyperparameters of a trial, with its seed taken from the repeat index."""
-    # Grid studies nest the configuration under "params" beside a "seed" axis.
-    params = dict(config.get("params", {}))
-    params.update(
-        {
-            k: v
-            for k, v in config.items()
-            if k not in ("params", TRIAL_INDEX) and not k.startswith("_")
-        }
-    )
-    if "seed" not in params:
-        params["seed"] = seeds[int(config.get(TRIAL_INDEX, 0)) % len(seeds)]
-    return params
 
 
 def run_trial(config: dict[str, Any], ctx: StudyContext) -> None:

@@ -1,0 +1,85 @@
+"""What the trials of a study share, below Ray: the study context, its dataset loaded once per
+process, the device and latency settings. The trainable (``study.trial``), the runner and the
+latency calibration all build on this module, which imports neither Ray nor MLflow.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from study.config import StudySpec, parse_study_text
+from study.data import load_task
+from study.data.base import PointCloudTask, Task
+from study.latency import LatencyResult, measure_latency
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What every trial of a study shares; passed with ``tune.with_parameters``.
+
+    ``spec`` travels pickled to workers (which may not have the study file or a teacher
+    checkpoint it names); ``spec_text`` is the validated YAML, kept so ``resume`` can rebuild it.
+    """
+
+    spec: StudySpec
+    spec_text: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    teacher_run_id: str
+    teacher_hash: str
+    data_root: str | None
+
+    def to_json(self) -> str:
+        """Everything but the parsed spec, as JSON (the spec is its text and source)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"}
+        return json.dumps({**data, "source": self.spec.source}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> StudyContext:
+        """Inverse of :meth:`to_json`: the spec re-validated from its text."""
+        data = json.loads(text)
+        source = data.pop("source")
+        return cls(spec=parse_study_text(data["spec_text"], source), **data)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_task(name: str, options_items: tuple[tuple[str, Any], ...], root: str | None) -> Task:
+    # One load per worker process: reused actors keep it between trials.
+    return load_task(name, root=root, **dict(options_items))
+
+
+def load_study_task(spec: StudySpec, data_root: str | None) -> Task:
+    """The study's dataset, loaded once per process."""
+    return _cached_task(spec.dataset.name, tuple(sorted(spec.dataset.options.items())), data_root)
+
+
+def latency_input(task: Task, device: str = "cpu") -> tuple[Any, ...]:
+    """One inference input on ``device``: the first test graph (node tasks) or one test cloud."""
+    if isinstance(task, PointCloudTask):
+        return (task.test.points[:1].to(device),)
+    graph = task.test[0]
+    return (graph.x.to(device), graph.edge_index.to(device))
+
+
+def study_latency(model: nn.Module, task: Task, spec: StudySpec, device: str) -> LatencyResult:
+    """Time ``model`` on the task's one-graph (or one-cloud) input with the study's settings."""
+    return measure_latency(
+        model,
+        latency_input(task, device),
+        repeats=spec.latency.repeats,
+        warmup=spec.latency.warmup,
+        threads=spec.latency.threads,
+        device=device,
+    )
+
+
+def trial_device(gpus: float) -> str:
+    """``cuda`` when Ray gave this trial (part of) a GPU and torch can see it."""
+    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
