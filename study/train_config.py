@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -29,21 +30,14 @@ class TrainConfig:
 class DistillConfig:
     """One distillation method and its hyperparameters.
 
-    ``lambda_`` weighs the distillation term of lsp/fitnet/at: ``L = H + lambda * L_distill``.
-    KD mixes ``(1 - alpha) * H + alpha * KD``. ``layer_map`` pairs (student, teacher) indices into
-    ``ModelOutput.hidden``; the default ``((-1, -1),)`` matches the last hidden layer of each.
-    ``lsp_until_epoch`` applies LSP only in epochs ``< lsp_until_epoch`` (the official code: 30).
-    The distillation terms cover every node of the training graphs (the teacher is known
-    everywhere), the hard loss only the labelled nodes.
+    ``method`` names an entry of :data:`study.catalogs.METHODS`; ``params`` holds its
+    hyperparameters by the names study files use (``{"lambda": 100.0, "kernel": "rbf",
+    "sigma": 1.0, "direction": "student_teacher", "lsp_until_epoch": None,
+    "layer_map": ((-1, -1),)}`` for LSP, the chosen kernel's parameters beside LSP's own).
+    Missing ones take the catalog's defaults when the method is built
+    (:func:`study.distill.methods.build_method`). The distillation terms cover every node of the
+    training graphs (the teacher is known everywhere), the hard loss only the labelled nodes.
     """
 
-    method: Literal["none", "kd", "fitnet", "at", "lsp"] = "none"
-    lambda_: float = 1.0
-    kernel: str = "rbf"
-    kernel_params: dict[str, float] = field(default_factory=dict)
-    direction: Literal["student_teacher", "teacher_student"] = "student_teacher"
-    lsp_until_epoch: int | None = None
-    temperature: float = 4.0
-    alpha: float = 0.9
-    at_p: float = 1.0
-    layer_map: tuple[tuple[int, int], ...] = ((-1, -1),)
+    method: str = "none"
+    params: Mapping[str, Any] = field(default_factory=dict)
