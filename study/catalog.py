@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -177,3 +178,21 @@ def module_origin(reference: str, base_dir: str | Path) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+def check_options(function: Any, options: Mapping[str, Any], where: str) -> None:
+    """Refuse options that ``function``'s signature does not take (before calling it)."""
+    try:
+        params = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: let the call say
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in options:
+        if key not in takes:
+            raise UserInputError(
+                f"{getattr(function, '__name__', function)} takes no option {key!r} "
+                f"(valid: {', '.join(takes) or 'none'})",
+                key=f"{where}.{key}",
+            )

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from study.config import StudySpec, parse_study_text
-from study.data import load_task
 from study.data.base import PointCloudTask, Task
+from study.data.registry import load_dataset
 from study.latency import LatencyResult, measure_latency
 
 
@@ -50,14 +50,23 @@ class StudyContext:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_task(name: str, options_items: tuple[tuple[str, Any], ...], root: str | None) -> Task:
+def _cached_task(dataset_json: str, root: str | None) -> Task:
     # One load per worker process: reused actors keep it between trials.
-    return load_task(name, root=root, **dict(options_items))
+    return load_dataset(**json.loads(dataset_json), root=root)
 
 
 def load_study_task(spec: StudySpec, data_root: str | None) -> Task:
-    """The study's dataset, loaded once per process."""
-    return _cached_task(spec.dataset.name, tuple(sorted(spec.dataset.options.items())), data_root)
+    """The study's dataset (catalog entry, user file or user function), loaded once per process."""
+    d = spec.dataset
+    keys = {
+        "name": d.name,
+        "path": d.path,
+        "factory": d.factory,
+        "options": d.options,
+        "metric": d.metric,
+        "base_dir": d.base_dir,
+    }
+    return _cached_task(json.dumps(keys, sort_keys=True), data_root)
 
 
 def latency_input(task: Task, device: str = "cpu") -> tuple[Any, ...]:

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from study.errors import UserInputError
 from study.models import build_model
+from study.models.user import HookedModel
 from study.paths import user_cache_dir
 
 CHECKPOINT_FORMAT = "gds-teacher/1"
@@ -59,16 +61,20 @@ def save_checkpoint(
     return path
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict with ``weights_only=True``; one-line errors for anything else."""
-    path = Path(path)
+def _load_weights_only(path: Path) -> Any:
     if not path.is_file():
         raise UserInputError(f"{path}: teacher checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, foreign formats
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserInputError(f"{path}: not a loadable teacher checkpoint ({first})") from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True``; one-line errors for anything else."""
+    path = Path(path)
+    payload = _load_weights_only(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserInputError(
             f"{path}: not a graph-distill-study teacher checkpoint "
@@ -123,6 +129,41 @@ def load_teacher(
         ) from None
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model.eval(), meta
+
+
+def load_teacher_weights(
+    path: str | os.PathLike, model_kwargs: dict[str, Any], *, in_channels: int, out_channels: int
+) -> nn.Module:
+    """The study's teacher from ``teacher.checkpoint``: a checkpoint of this project (which
+    carries its own spec; checked against the data) or the user's plain ``state_dict`` of the
+    model ``build_model(**model_kwargs)`` builds (a user factory's model or a built-in one).
+
+    Raises:
+        UserInputError: an unreadable file, or weights that do not fit the model.
+    """
+    path = Path(path)
+    payload = _load_weights_only(path)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        model, _ = load_teacher(path, in_channels=in_channels, out_channels=out_channels)
+        return model
+    if not isinstance(payload, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in payload.items()
+    ):
+        raise UserInputError(
+            f"{path}: expected a state_dict (a mapping of parameter names to tensors, as "
+            f"torch.save(model.state_dict(), path) writes) or a checkpoint of "
+            f"`distill-study teacher`, got a {type(payload).__name__}"
+        )
+    model = build_model(**model_kwargs, in_channels=in_channels, out_channels=out_channels)
+    if isinstance(model, HookedModel):
+        model.load_user_state_dict(payload, str(path))
+    else:
+        try:
+            model.load_state_dict(payload)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserInputError(f"{path}: weights do not fit the teacher ({first})") from None
+    return model.eval()
 
 
 def teacher_cache_path(teacher_hash: str, cache_dir: str | os.PathLike | None = None) -> Path:

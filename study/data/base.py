@@ -9,7 +9,8 @@ from typing import Literal
 from torch import Tensor
 from torch_geometric.data import Data
 
-Metric = Literal["accuracy", "micro_f1"]
+#: A headline score name (see :mod:`study.metrics`): accuracy, macro_f1, micro_f1 or auroc.
+Metric = str
 
 
 @dataclass

@@ -158,6 +158,21 @@ def load_planetoid(
     )
 
 
+def load_cora(*, root: str | os.PathLike | None = None, download: bool = True) -> NodeTask:
+    """Planetoid Cora (see :func:`load_planetoid`)."""
+    return load_planetoid("Cora", root=root, download=download)
+
+
+def load_citeseer(*, root: str | os.PathLike | None = None, download: bool = True) -> NodeTask:
+    """Planetoid CiteSeer (see :func:`load_planetoid`)."""
+    return load_planetoid("CiteSeer", root=root, download=download)
+
+
+def load_pubmed(*, root: str | os.PathLike | None = None, download: bool = True) -> NodeTask:
+    """Planetoid PubMed (see :func:`load_planetoid`)."""
+    return load_planetoid("PubMed", root=root, download=download)
+
+
 def is_writable_dir(path: Path) -> bool:
     """Whether ``path`` may be written: ``os.access`` says so and some write bit is set.
 

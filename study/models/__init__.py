@@ -13,17 +13,17 @@ from study.models.gat import GAT, build_gat, gat_ppi_student, gat_ppi_teacher
 from study.models.gcn import GCN
 from study.models.knn import knn_graph_dense, knn_indices, knn_to_edge_index
 from study.models.mlp import MLP
-from study.models.registry import ARCHITECTURES, build_model, count_parameters
+from study.models.registry import architectures, build_model, count_parameters
 from study.models.sage import GraphSAGE
 
 __all__ = [
-    "ARCHITECTURES",
     "DGCNN",
     "GAT",
     "GCN",
     "GraphSAGE",
     "MLP",
     "ModelOutput",
+    "architectures",
     "build_dgcnn",
     "build_gat",
     "build_model",

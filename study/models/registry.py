@@ -7,45 +7,24 @@ against the architecture it is loaded into (and teachers cached by the hash of t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
+from study.catalog import import_factory
+from study.catalogs import MODELS
 from study.errors import UserInputError, choose
-from study.models.dgcnn import (
-    DGCNN,
-    build_dgcnn,
-    dgcnn_modelnet_student,
-    dgcnn_modelnet_teacher,
-)
-from study.models.gat import GAT, build_gat, gat_ppi_student, gat_ppi_teacher
-from study.models.gcn import GCN
-from study.models.mlp import MLP
-from study.models.sage import GraphSAGE
+from study.models.dgcnn import DGCNN, build_dgcnn
+from study.models.gat import GAT, build_gat
+from study.models.user import USER_ARCH, build_user_model
 
-ARCHITECTURES = ("dgcnn", "gat", "gcn", "mlp", "sage")
 
-# Plain stacks built from the free form only (their spec holds the same keys).
-_STACKS: dict[str, type[nn.Module]] = {"gcn": GCN, "sage": GraphSAGE, "mlp": MLP}
+def architectures() -> tuple[str, ...]:
+    """The architecture names a study may use (built-in and installed plugins)."""
+    return MODELS.names()
 
-# preset name -> (builder(in_channels, out_channels, **overrides), overridable keywords)
-_PRESETS: dict[str, dict[str, tuple[Callable[..., nn.Module], set[str]]]] = {
-    "gat": {
-        "ppi_teacher": (gat_ppi_teacher, {"dropout", "residual"}),
-        "ppi_student": (gat_ppi_student, {"dropout", "residual"}),
-    },
-    "dgcnn": {
-        "modelnet_teacher": (
-            lambda i, o, **kw: dgcnn_modelnet_teacher(o, in_channels=i, **kw),
-            {"dropout"},
-        ),
-        "modelnet_student": (
-            lambda i, o, **kw: dgcnn_modelnet_student(o, in_channels=i, **kw),
-            {"dropout"},
-        ),
-    },
-}
 
 # Keyword sets accepted without a preset: the full constructor form (what ``spec`` holds) or
 # the free width/depth form a search space uses.
@@ -53,49 +32,74 @@ _GAT_FULL = {"hidden", "heads", "dropout", "residual", "concat_last"}
 _GAT_FREE = {"width", "depth", "heads", "dropout", "residual"}
 _DGCNN_FULL = {"edge_channels", "emb_dims", "mlp", "k", "dropout"}
 _DGCNN_FREE = {"width", "depth", "k", "emb_dims", "mlp", "dropout"}
-_STACK_FREE = {"width", "depth", "dropout"}
+_PRESET_KEYS = {"gat": {"dropout", "residual"}, "dgcnn": {"dropout"}}
 
 
 def build_model(
-    arch: str,
+    arch: str | None = None,
     *,
     in_channels: int,
     out_channels: int,
     preset: str | None = None,
+    factory: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    hidden: Sequence[str] = (),
+    base_dir: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a model by name, from a paper preset or from explicit sizes.
+    """Build a model: a catalog architecture (from a paper preset or sizes) or a user's factory.
 
     Args:
-        arch: ``"gat"``, ``"gcn"``, ``"sage"``, ``"mlp"`` (node classification) or ``"dgcnn"``
-            (point clouds).
+        arch: an entry of :data:`~study.catalogs.MODELS` (``"gat"``, ``"gcn"``, ``"sage"``,
+            ``"mlp"`` for node tasks, ``"dgcnn"`` for point clouds); ``None`` (or ``"factory"``,
+            as a user model's ``spec`` says) with ``factory``.
         in_channels: input width per node (node models) or per point (DGCNN, 3 for xyz).
         out_channels: logits per node (node models) or classes (DGCNN).
-        preset: ``ppi_teacher``/``ppi_student`` (GAT) or ``modelnet_teacher``/
-            ``modelnet_student`` (DGCNN); ``kwargs`` may then override only ``dropout``
-            (and ``residual`` for GAT). GCN, GraphSAGE and MLP have no presets.
+        preset: a preset of the architecture's entry (``ppi_teacher``, ``modelnet_student``...);
+            ``kwargs`` may then override only ``dropout`` (and ``residual`` for GAT).
+        factory, options, hidden, base_dir: a user model (see :mod:`study.models.user`);
+            ``hidden`` names its hooked submodules (for GAT it is the constructor's per-layer
+            widths).
         **kwargs: without a preset, either the constructor's sizes (GAT: ``hidden, heads``;
-            DGCNN: ``edge_channels, emb_dims, mlp, k``) or free sizes (GAT: ``width, depth,
-            heads``; DGCNN: ``width, depth, k, emb_dims, mlp``; GCN, GraphSAGE, MLP: ``width,
-            depth``), plus ``dropout`` etc.
+            DGCNN: ``edge_channels, emb_dims, mlp, k``) or free sizes (the entry's schema:
+            GAT ``width, depth, heads``; DGCNN ``width, depth, k, emb_dims, mlp``; GCN,
+            GraphSAGE, MLP ``width, depth``), plus ``dropout`` etc.
 
     Returns:
-        The model, with ``model.spec`` set.
+        The model, with ``model.spec`` set: ``build_model(**model.spec)`` rebuilds it.
     """
-    choose("architecture", arch, ARCHITECTURES)
+    if factory is not None or arch == USER_ARCH:
+        if factory is None or kwargs or preset is not None:
+            raise UserInputError("a user model takes factory, options and hidden only")
+        return build_user_model(
+            factory,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            options=options,
+            hidden=hidden,
+            base_dir=base_dir,
+        )
+    if arch is None:
+        raise UserInputError("a model needs an architecture name or a factory")
+    if hidden:
+        kwargs["hidden"] = list(hidden)  # GAT's constructor form: per-layer widths
+    entry = MODELS.get(arch)
     if preset is not None:
-        if arch not in _PRESETS:
+        presets = entry.info.get("presets", {})
+        if not presets:
             raise UserInputError(f"unknown {arch} preset {preset!r} ({arch} has no presets)")
-        choose(f"{arch} preset", preset, _PRESETS[arch])
-        builder, allowed = _PRESETS[arch][preset]
-        _check_keys(f"{arch} preset {preset}", kwargs, allowed)
+        choose(f"{arch} preset", preset, presets)
+        _check_keys(f"{arch} preset {preset}", kwargs, _PRESET_KEYS.get(arch, {"dropout"}))
+        builder = import_factory(presets[preset])
+        if arch == "dgcnn":
+            return builder(out_channels, in_channels=in_channels, **kwargs)
         return builder(in_channels, out_channels, **kwargs)
-    if arch in _STACKS:
-        _check_keys(arch, kwargs, _STACK_FREE, required=("width", "depth"))
-        return _STACKS[arch](in_channels, out_channels, **kwargs)
     if arch == "gat":
         return _build_gat(in_channels, out_channels, kwargs)
-    return _build_dgcnn(in_channels, out_channels, kwargs)
+    if arch == "dgcnn":
+        return _build_dgcnn(in_channels, out_channels, kwargs)
+    _check_keys(arch, kwargs, set(entry.param_names()), required=("width", "depth"))
+    return entry.load()(in_channels, out_channels, **kwargs)
 
 
 def _build_gat(in_channels: int, out_channels: int, kwargs: dict[str, Any]) -> GAT:

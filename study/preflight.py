@@ -1,0 +1,138 @@
+"""Everything about a study that needs torch, checked before anything starts.
+
+:func:`study.config.load_study_spec` checks a study file's keys and values without importing
+torch. What only the code and the data can tell comes here, run by ``run`` and ``validate``
+before Ray, MLflow or a folder is touched: the dataset loads (a user's file has one of the two
+shapes, masks that fit ``x`` and do not overlap); user modules import, their functions exist and
+take the options given; the teacher's checkpoint fits its model; every ``hidden`` name is a
+submodule that yields ``[N, F]`` node features; teacher and student return one logit per class.
+Each problem is one line ``<study file>: <key.path>: <what was expected>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+from torch_geometric.data import Data
+from torch_geometric.utils import subgraph
+
+from study.config import ModelSpec, StudySpec
+from study.context import load_study_task
+from study.data.base import PointCloudTask, Task, io_channels
+from study.errors import UserInputError
+from study.models import build_model
+from study.models.base import ModelOutput
+from study.teachers import load_teacher_weights
+
+T = TypeVar("T")
+
+#: Nodes of the probe graph a model's forward is checked on (a large graph is cut down to them).
+PROBE_NODES = 256
+
+
+def in_file(spec: StudySpec, role: str | None, call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)`` with its :class:`UserInputError` placed in the study file: the file, then
+    ``<role>.<the error's key>`` (e.g. ``teacher.hidden``), then the message."""
+    try:
+        return call(*args)
+    except UserInputError as err:
+        text = str(err)
+        if text.startswith(f"{spec.source}:"):
+            raise
+        key = err.key if role is None or err.key is None else f"{role}.{err.key}"
+        key = key or role
+        where = f"{spec.source}: {key}" if key else spec.source
+        raise UserInputError(f"{where}: {text}") from None
+
+
+def load_and_check(spec: StudySpec, data_root: str | None) -> Task:
+    """The study's dataset, after every check this module makes (see the module docstring)."""
+    task = in_file(spec, None, load_study_task, spec, data_root)
+    check_models(spec, task)
+    return task
+
+
+def probe_input(task: Task) -> Data | torch.Tensor:
+    """A small input of the task to run a forward on: two training clouds, or the first
+    training graph (its first :data:`PROBE_NODES` nodes and the edges among them)."""
+    if isinstance(task, PointCloudTask):
+        return task.train.points[:2]
+    graph = task.train[0]
+    if graph.num_nodes <= PROBE_NODES:
+        return graph
+    keep = torch.arange(PROBE_NODES)
+    edge_index, _ = subgraph(keep, graph.edge_index, num_nodes=graph.num_nodes)
+    return Data(x=graph.x[:PROBE_NODES], edge_index=edge_index)
+
+
+def check_forward(model: nn.Module, probe: Data | torch.Tensor, task: Task) -> None:
+    """One forward of ``model`` on ``probe``: a :class:`ModelOutput` with a logit per class."""
+    model.eval()
+    with torch.no_grad():
+        out = model(probe) if isinstance(probe, torch.Tensor) else model(probe.x, probe.edge_index)
+    if not isinstance(out, ModelOutput) or out.logits is None:
+        raise UserInputError(f"expected the model's output, got {type(out).__name__}")
+    rows = probe.shape[0] if isinstance(probe, torch.Tensor) else probe.num_nodes
+    want = (rows, task.num_classes)
+    if tuple(out.logits.shape) != want:
+        raise UserInputError(
+            f"the model returns logits of shape {tuple(out.logits.shape)} on {rows} "
+            f"{'clouds' if isinstance(probe, torch.Tensor) else 'nodes'}; the task has "
+            f"{task.num_classes} classes, so expected {list(want)} (out_channels)",
+            key="factory",
+        )
+
+
+def _build(model: ModelSpec, task: Task, options: dict[str, Any] | None = None) -> nn.Module:
+    kwargs = model.build_kwargs()
+    if options is not None:
+        kwargs["options"] = options
+    return build_model(model.arch, **kwargs, **io_channels(task))
+
+
+def student_variants(spec: StudySpec) -> list[dict[str, Any] | None]:
+    """The option sets a user student is checked with: the fixed options, then each searched
+    option at each of its choices (or both ends of its range), one at a time."""
+    model = spec.student.model
+    if model.factory is None:
+        return [None]
+    base = dict(model.options)
+    variants: list[dict[str, Any] | None] = [base]
+    for dim in spec.search:
+        if dim.name.startswith("student.options."):
+            key = dim.name.removeprefix("student.options.")
+            variants += [{**base, key: value} for value in dim.args]
+    return variants
+
+
+def check_models(spec: StudySpec, task: Task) -> None:
+    """Build the teacher (with its checkpoint) and the student variants and run a forward each."""
+    probe = probe_input(task)
+    teacher_spec = spec.teacher.model
+    if spec.teacher.checkpoint is not None:
+        teacher = in_file(
+            spec,
+            "teacher",
+            _keyed_checkpoint,
+            spec.teacher.checkpoint,
+            teacher_spec,
+            task,
+        )
+    else:
+        teacher = in_file(spec, "teacher", _build, teacher_spec, task)
+    in_file(spec, "teacher", check_forward, teacher, probe, task)
+    for options in student_variants(spec):
+        student = in_file(spec, "student", _build, spec.student.model, task, options)
+        in_file(spec, "student", check_forward, student, probe, task)
+
+
+def _keyed_checkpoint(path: str, model: ModelSpec, task: Task) -> nn.Module:
+    try:
+        return load_teacher_weights(
+            path, model.build_kwargs() | {"arch": model.arch}, **io_channels(task)
+        )
+    except UserInputError as err:
+        raise UserInputError(str(err), key=err.key or "checkpoint") from None
