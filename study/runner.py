@@ -26,14 +26,16 @@ from ray import tune
 from study import allocator
 from study import tracking as tr
 from study.calibration import calibrate_latency
+from study.catalog import module_origin
 from study.config import StudySpec, parse_study_spec, read_study_mapping, stable_hash, teacher_hash
 from study.context import StudyContext, load_study_task, study_latency, trial_device
 from study.data.base import Task, data_fingerprint, io_channels
 from study.errors import UserInputError
 from study.latency import count_parameters
 from study.models import build_model
+from study.preflight import load_and_check
 from study.search import make_search
-from study.teachers import load_teacher, save_checkpoint
+from study.teachers import load_teacher_weights, save_checkpoint
 from study.train import evaluate, seed_everything, train_teacher, with_device
 from study.trial import run_trial
 
@@ -103,27 +105,39 @@ def _study_runs(client: MlflowClient, experiment_id: str) -> list[Any]:
     )
 
 
-def check_teacher_checkpoint(spec: StudySpec, task: Task) -> None:
-    """A given teacher checkpoint must fit the study's data and architecture."""
-    if spec.teacher.checkpoint:
-        load_teacher(spec.teacher.checkpoint, arch=spec.teacher.model.arch, **io_channels(task))
+def user_modules(spec: StudySpec) -> list[str]:
+    """The study's own modules Ray must ship to every worker: the files or packages beside the
+    study file that its factories (dataset, teacher, student) import. Installed packages are
+    not shipped: a cluster must have them installed like the project itself."""
+    refs = [(spec.dataset.factory, spec.dataset.base_dir)]
+    refs += [(m.factory, m.base_dir) for m in (spec.teacher.model, spec.student.model)]
+    found = {module_origin(f, d) for f, d in refs if f is not None and d is not None}
+    return sorted(str(p) for p in found if p is not None)
 
 
 # ---------------------------------------------------------------- Ray, MLflow, teacher
 
 
-def start_ray(address: str | None = None) -> None:
-    """Connect to ``address`` (or ``$RAY_ADDRESS``), else start a local Ray without a dashboard."""
+def start_ray(address: str | None = None, py_modules: list[str] | None = None) -> None:
+    """Connect to ``address`` (or ``$RAY_ADDRESS``), else start a local Ray without a dashboard.
+
+    ``py_modules`` (a user's module files or packages) travel to every worker through Ray's
+    runtime environment, so that a multi-node study imports them on every node. When Ray is
+    already running in this process (started by the caller) its runtime environment is kept
+    and the modules are found through their folder on this machine's path instead.
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     env = {k: v for k, v in os.environ.items() if k.startswith("GDS_") or k == tr.TRACKING_URI_ENV}
     env = {**allocator.env_for_workers(), **env}  # glibc reads these when a worker starts
-    runtime_env = {"env_vars": env} if env else None
+    runtime_env: dict[str, Any] = {"env_vars": env} if env else {}
+    if py_modules:
+        runtime_env["py_modules"] = list(py_modules)
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env or None, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(include_dashboard=False, runtime_env=runtime_env or None, log_to_driver=True)
 
 
 def start_study_run(
@@ -138,7 +152,7 @@ def start_study_run(
         tags={
             tr.TAG_ROLE: tr.ROLE_STUDY,
             tr.TAG_STUDY: spec.name,
-            tr.TAG_DATASET: spec.dataset.name,
+            tr.TAG_DATASET: spec.dataset.label,
         },
     )
     run_id = run.info.run_id
@@ -191,10 +205,10 @@ def _log_teacher_run(
         tags={
             tr.TAG_ROLE: tr.ROLE_TEACHER,
             tr.TAG_TEACHER_HASH: thash,
-            tr.TAG_DATASET: spec.dataset.name,
+            tr.TAG_DATASET: spec.dataset.label,
             tr.TAG_STUDY: spec.name,
             tr.TAG_DEVICE: device,
-            "arch": spec.teacher.model.arch,
+            "arch": spec.teacher.model.label,
         },
     )
     run_id = run.info.run_id
@@ -214,7 +228,7 @@ def _log_teacher_run(
         )
         with tempfile.TemporaryDirectory() as tmp:
             path = save_checkpoint(
-                model.cpu(), Path(tmp) / "teacher.pt", dataset=spec.dataset.name, metrics=metrics
+                model.cpu(), Path(tmp) / "teacher.pt", dataset=spec.dataset.label, metrics=metrics
             )
             client.log_artifact(
                 run_id,
@@ -229,11 +243,10 @@ def _log_teacher_run(
 
 
 def _train_teacher_task(
-    spec: StudySpec, tracking_uri: str, experiment_id: str, thash: str, data_root: str | None
+    spec: StudySpec, tracking_uri: str, experiment_id: str, thash: str, task: Task
 ) -> str:
     """Train the study's teacher (in a Ray task, on the trial resources) and log it as a run."""
     device = trial_device(spec.resources.gpu)
-    task = load_study_task(spec, data_root)
     seed_everything(spec.teacher.train.seed)  # the seed fixes the initial weights too
     model = build_model(
         spec.teacher.model.arch, **spec.teacher.model.build_kwargs(), **io_channels(task)
@@ -255,7 +268,6 @@ def ensure_teacher(
     task: Task,
     tracking_uri: str,
     experiment_id: str,
-    data_root: str | None,
 ) -> tuple[str, str]:
     """``(teacher_run_id, teacher_hash)``: reuse a finished teacher run of the same spec and
     data, else train (or, with ``teacher.checkpoint``, log) one."""
@@ -271,7 +283,8 @@ def ensure_teacher(
         print(f"[gds] reusing teacher run {found} (spec hash {thash})")
         return found, thash
     if spec.teacher.checkpoint:
-        model, _ = load_teacher(spec.teacher.checkpoint, **io_channels(task))
+        kwargs = {"arch": spec.teacher.model.arch, **spec.teacher.model.build_kwargs()}
+        model = load_teacher_weights(spec.teacher.checkpoint, kwargs, **io_channels(task))
         metrics = {
             tr.METRIC_VAL: evaluate(model, task, "val")["score"],
             tr.METRIC_TEST: evaluate(model, task, "test")["score"],
@@ -283,19 +296,22 @@ def ensure_teacher(
     remote = ray.remote(_train_teacher_task).options(
         num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, max_retries=0
     )
-    run_id = ray.get(remote.remote(spec, tracking_uri, experiment_id, thash, data_root))
+    # The task travels through Ray's object store: a user's graph file need not be on every node.
+    run_id = ray.get(remote.remote(spec, tracking_uri, experiment_id, thash, task))
     return run_id, thash
 
 
 # ---------------------------------------------------------------- the Tuner
 
 
-def _trainable(spec: StudySpec, ctx: StudyContext) -> Any:
+def _trainable(spec: StudySpec, ctx: StudyContext, task: Task) -> Any:
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    # with_parameters puts ctx and the task in Ray's object store once: trials on every node
+    # read the study's one loaded copy of the data.
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, task=task), resources)
 
 
-def build_tuner(spec: StudySpec, ctx: StudyContext, storage: Path) -> tune.Tuner:
+def build_tuner(spec: StudySpec, ctx: StudyContext, storage: Path, task: Task) -> tune.Tuner:
     """The study as a ``Tuner``: searcher, optional ASHA, concurrency, resources, checkpoints."""
     search_alg, param_space, num_samples = make_search(spec)
     scheduler = None
@@ -312,7 +328,7 @@ def build_tuner(spec: StudySpec, ctx: StudyContext, storage: Path) -> tune.Tuner
             reduction_factor=spec.scheduler.reduction_factor,
         )
     return tune.Tuner(
-        _trainable(spec, ctx),
+        _trainable(spec, ctx, task),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
@@ -375,15 +391,14 @@ def run_study(
     uri = tr.resolve_tracking_uri(tracking_uri)
     root = storage_root(storage)
     # Everything that can be wrong is checked before Ray, MLflow or a folder is touched.
-    task = load_study_task(spec, data_root)
-    check_teacher_checkpoint(spec, task)
+    task = load_and_check(spec, data_root)
     client = MlflowClient(uri)
     check_new_study(spec, root, client, uri)
 
-    start_ray(address)
+    start_ray(address, user_modules(spec))
     experiment_id, parent_run_id = start_study_run(client, spec, text, spec.num_trials)
     try:
-        teacher_run_id, thash = ensure_teacher(client, spec, task, uri, experiment_id, data_root)
+        teacher_run_id, thash = ensure_teacher(client, spec, task, uri, experiment_id)
         client.set_tag(parent_run_id, tr.TAG_TEACHER_RUN, teacher_run_id)
         ctx = StudyContext(
             spec=spec,
@@ -398,7 +413,7 @@ def run_study(
         folder = root / spec.name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONTEXT_FILE).write_text(ctx.to_json())
-        tuner = build_tuner(spec, ctx, root)
+        tuner = build_tuner(spec, ctx, root, task)
     except BaseException:
         client.set_terminated(parent_run_id, status="FAILED")
         raise
@@ -436,11 +451,15 @@ def resume_study(
             "a resumed study keeps its store"
         )
     spec = ctx.spec
+    task = load_study_task(spec, ctx.data_root)
     client = MlflowClient(ctx.tracking_uri)
-    start_ray(address)
+    start_ray(address, user_modules(spec))
     client.update_run(ctx.parent_run_id, status="RUNNING")
     tuner = tune.Tuner.restore(
-        str(folder), trainable=_trainable(spec, ctx), resume_unfinished=True, resume_errored=True
+        str(folder),
+        trainable=_trainable(spec, ctx, task),
+        resume_unfinished=True,
+        resume_errored=True,
     )
     return _fit_and_close(tuner, spec, ctx, folder, client)
 

@@ -78,12 +78,12 @@ def _find_or_start_run(
         tr.TAG_TRIAL_ID: trial_id,
         tr.TAG_STUDY: ctx.spec.name,
         tr.TAG_METHOD: plan.method,
-        tr.TAG_DATASET: ctx.spec.dataset.name,
+        tr.TAG_DATASET: ctx.spec.dataset.label,
         tr.TAG_SEED: str(plan.seed),
         tr.TAG_CONFIG_ID: plan.config_id,
         tr.TAG_TEACHER_RUN: ctx.teacher_run_id,
         tr.TAG_DEVICE: device,
-        tr.TAG_STUDENT_ARCH: plan.student.arch,
+        tr.TAG_STUDENT_ARCH: plan.student.label,
         tr.TAG_NODE: ray.get_runtime_context().get_node_id(),
     }
     run = client.create_run(ctx.experiment_id, run_name=trial_name, tags=tags)
@@ -92,14 +92,16 @@ def _find_or_start_run(
     return run_id
 
 
-def run_trial(config: dict[str, Any], ctx: StudyContext) -> None:
-    """Ray Tune function trainable: one (configuration, seed) of the study."""
+def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = None) -> None:
+    """Ray Tune function trainable: one (configuration, seed) of the study; ``task`` is the
+    study's dataset as the driver loaded it (else it is loaded here)."""
     spec = ctx.spec
     params = trial_params(config, spec.seeds)
     plan = resolve_trial(spec, params)
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     device = trial_device(spec.resources.gpu)
-    task = load_study_task(spec, ctx.data_root)
+    if task is None:
+        task = load_study_task(spec, ctx.data_root)
     teacher = fetch_teacher(ctx, task)
 
     tune_ctx = tune.get_context()
@@ -181,7 +183,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             metadata = {
                 "study": spec.name,
-                "dataset": spec.dataset.name,
+                "dataset": spec.dataset.label,
                 "config_id": plan.config_id,
                 "params": plan.params,
                 "val_score": result.val_score,

@@ -52,7 +52,8 @@ class HookedModel(nn.Module):
         if missing:
             valid = ", ".join(n for n in named if n) or "none"
             raise UserInputError(
-                f"hidden: {type(module).__name__} has no submodule {missing[0]!r} (valid: {valid})"
+                f"{type(module).__name__} has no submodule {missing[0]!r} (valid: {valid})",
+                key="hidden",
             )
         self._captured: dict[str, Tensor] = {}
         for name in self.hidden_names:
@@ -141,7 +142,7 @@ def build_user_model(
             kwargs.setdefault(key, value)
     try:
         module = function(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # the user's constructor: one line, not a traceback
         raise UserInputError(
             f"{factory} failed with options {options} ({type(exc).__name__}: {exc})", key="options"
         ) from None
