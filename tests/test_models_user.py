@@ -45,7 +45,7 @@ class Mean(nn.Module):
         return h.mean(0, keepdim=True)
 
 class Pooled(nn.Module):
-    """A graph-level summary beside node features: its "pool" output is [1, F], not [N, F]."""
+    # a graph-level summary beside node features: its "pool" output is [1, F], not [N, F]
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.conv1 = GCNConv(in_channels, 8)
