@@ -53,6 +53,7 @@ def multiclass_auroc(logits: Tensor, y: Tensor) -> float:
 
 
 def _f1(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
+    tp, fp, fn = tp.double(), fp.double(), fn.double()
     return 2 * tp / (2 * tp + fp + fn).clamp(min=1)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch_geometric.data import Data
 
 from study.data.base import NodeTask
-from study.metrics import binary_auroc, macro_auroc
+from study.metrics import binary_auroc, macro_auroc, node_scores
 from study.models.base import ModelOutput
 from study.train import evaluate
 
@@ -82,3 +82,49 @@ def test_evaluate_reports_auroc_for_binary_and_multilabel_nodes() -> None:
     assert math.isclose(m2["auroc"], expected)
     assert "auroc" not in evaluate(FixedLogits(multi_logits), task2, "test", with_auroc=False)
     assert "auroc" not in evaluate(FixedLogits(binary_logits), task, "test", with_auroc=False)
+
+
+def test_node_scores_match_scikit_learn_for_every_headline() -> None:
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(60, 4, generator=gen)
+    y = torch.randint(0, 4, (60,), generator=gen)
+    y[:3] = 3  # every class present
+    pred = logits.argmax(-1).numpy()
+    probs = torch.softmax(logits.double(), -1).numpy()
+    expected = {
+        "accuracy": accuracy_score(y.numpy(), pred),
+        "macro_f1": f1_score(y.numpy(), pred, average="macro"),
+        "micro_f1": f1_score(y.numpy(), pred, average="micro"),
+        "auroc": roc_auc_score(y.numpy(), probs, multi_class="ovr", average="macro"),
+    }
+    for metric, value in expected.items():
+        got = node_scores(logits, y, multilabel=False, metric=metric)
+        assert math.isclose(got["score"], value, rel_tol=1e-9), metric
+        assert math.isclose(got[metric], value, rel_tol=1e-9)
+
+    multi = torch.randn(50, 5, generator=gen)
+    truth = (torch.rand(50, 5, generator=gen) < 0.3).float()
+    mpred = (multi > 0).numpy()
+    expected_multi = {
+        "micro_f1": f1_score(truth.numpy(), mpred, average="micro"),
+        "macro_f1": f1_score(truth.numpy(), mpred, average="macro", zero_division=0),
+        "accuracy": accuracy_score(truth.numpy(), mpred),  # subset accuracy
+        "auroc": roc_auc_score(truth.numpy(), multi.numpy(), average="macro"),
+    }
+    for metric, value in expected_multi.items():
+        got = node_scores(multi, truth, multilabel=True, metric=metric)
+        assert math.isclose(got["score"], value, rel_tol=1e-9), metric
+
+
+def test_a_rare_positive_class_is_scored_by_auroc_not_accuracy() -> None:
+    # 5% positives: predicting "never fraud" is 95% accurate and worthless; AUROC says so.
+    y = torch.zeros(100, dtype=torch.long)
+    y[:5] = 1
+    never = torch.stack([torch.zeros(100), torch.full((100,), -5.0)], dim=1)
+    scores = node_scores(never, y, multilabel=False, metric="auroc")
+    assert scores["accuracy"] == 0.95 and scores["score"] == 0.5
+    ranked = never.clone()
+    ranked[:5, 1] = -4.0  # positives scored higher, still below the decision threshold
+    assert node_scores(ranked, y, multilabel=False, metric="auroc")["score"] == 1.0
