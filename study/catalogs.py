@@ -135,31 +135,35 @@ METHODS = Catalog(
             "none",
             "student trained alone on the hard labels (the baseline every method must beat)",
             "study.distill.methods:NoDistillation",
+            info={"label": "student alone"},
         ),
         Entry(
             "kd",
             "Hinton et al. 2015: match the teacher's temperature-softened outputs",
             "study.distill.methods:KnowledgeDistillation",
             KDParams,
+            {"label": "KD"},
         ),
         Entry(
             "fitnet",
             "Romero et al. 2015: regress the teacher's hidden features through a trained adapter",
             "study.distill.methods:FitNet",
             FitNetParams,
+            {"label": "FitNet"},
         ),
         Entry(
             "at",
             "Zagoruyko and Komodakis 2017: match L2-normalised per-node attention maps",
             "study.distill.methods:AttentionTransfer",
             ATParams,
+            {"label": "AT"},
         ),
         Entry(
             "lsp",
             "Yang et al. 2020: match each node's kernel distribution over its neighbours",
             "study.distill.methods:LocalStructurePreserving",
             LSPParams,
-            {"kernel_catalog": "kernels"},
+            {"label": "LSP"},
         ),
     ],
 )
@@ -361,6 +365,11 @@ DATASETS = Catalog(
         ),
     ],
 )
+
+
+def method_label(name: str) -> str:
+    """How reports name a method (``"LSP"``, ``"student alone"``); its name when it has none."""
+    return str(METHODS.get(name).info.get("label", name)) if name in METHODS else name
 
 
 def kernel_params(kernel: str) -> tuple[str, ...]:

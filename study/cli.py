@@ -149,8 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="a seconds-long version: 2 epochs, 2 configurations, 1 seed",
     )
 
-    v = sub.add_parser("validate", help="check a search-space file without running anything")
+    v = sub.add_parser(
+        "validate",
+        help="check a study file completely (its keys, then its data and models) and count its "
+        "trials; starts nothing",
+    )
     v.add_argument("file")
+    v.add_argument(
+        "--keys-only",
+        action="store_true",
+        help="check the file's keys and values only: load no data, import no user module",
+    )
+    v.add_argument(
+        "--data-root",
+        default=None,
+        help="datasets folder (default: $GDS_DATA_ROOT, else the user cache)",
+    )
 
     s = sub.add_parser("resume", help="continue an interrupted study")
     s.add_argument("study")
@@ -229,9 +243,9 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_arch(flag: str, arch: str, task_kind: str, dataset: str) -> None:
     """Refuse an architecture that cannot run on the dataset's kind (graph nodes, point clouds)."""
-    from study.config import ARCH_KINDS
+    from study.catalogs import MODELS
 
-    valid = sorted(a for a, kind in ARCH_KINDS.items() if kind == task_kind)
+    valid = sorted(e.name for e in MODELS if e.info.get("kind") == task_kind)
     if arch not in valid:
         raise UserInputError(
             f"{flag}: architecture {arch!r} cannot run on dataset {dataset!r} "
@@ -408,7 +422,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from study.config import load_study_spec
 
     spec = load_study_spec(args.file)
-    print(f"{args.file}: ok: study {spec.name!r}, {spec.num_trials} trials on {spec.dataset.name}")
+    checked = "keys"
+    if not args.keys_only:
+        from study.preflight import load_and_check
+
+        task = load_and_check(spec, args.data_root)
+        checked = f"keys, data ({task.num_classes} classes, metric {task.metric}) and models"
+    print(
+        f"{args.file}: ok ({checked}): study {spec.name!r}, {spec.num_trials} trials on "
+        f"{spec.dataset.label}"
+    )
     return 0
 
 
