@@ -24,7 +24,7 @@ import common
 import torch
 import torch.nn.functional as F
 
-from study.distill import lsp_loss, union_edges
+from study.distill import build_method, lsp_loss, union_edges
 from study.latency import count_parameters
 from study.models.dgcnn import dgcnn_modelnet_student, dgcnn_modelnet_teacher
 from study.train import (
@@ -56,12 +56,12 @@ def build(args: Any, device: torch.device, variants: tuple[str, ...]) -> dict[st
     torch.manual_seed(args.seed)
     student = dgcnn_modelnet_student().to(device)
     teacher = dgcnn_modelnet_teacher().to(device).eval().requires_grad_(False)
-    distill = DistillConfig(method="lsp", lambda_=LAMBDA, kernel=KERNEL)
+    method = build_method(DistillConfig(method="lsp", params={"lambda": LAMBDA, "kernel": KERNEL}))
     built: dict[str, Any] = {
         "points": points,
         "student": student,
         "teacher": teacher,
-        "distill": distill,
+        "method": method,
         "steps": {},
     }
 
@@ -73,13 +73,13 @@ def build(args: Any, device: torch.device, variants: tuple[str, ...]) -> dict[st
             out = model(points)
             loss = F.cross_entropy(out.logits, labels)
             if with_lsp:
-                t_out = teacher_on_clouds(teacher, points, distill)
+                t_out = teacher_on_clouds(teacher, points, method)
                 term = distillation_term(
-                    distill,
+                    method,
                     out,
                     t_out,
                     edge_index=None,
-                    teacher_log_ls=None,
+                    precomputed=[],
                     adapters=None,
                     multilabel=False,
                     epoch=0,
@@ -113,10 +113,10 @@ def breakdown(built: dict[str, Any], device: torch.device, repeats: int) -> dict
     n = z_s.shape[0]
     edges = union_edges(s_out.edge_indices[-1], t_out.edge_indices[-1], num_nodes=n)
 
-    distill = built["distill"]
+    method = built["method"]
 
     def teacher_layers() -> None:
-        teacher_on_clouds(teacher, points, distill)
+        teacher_on_clouds(teacher, points, method)
 
     def teacher_full() -> None:
         with torch.no_grad():

@@ -3,9 +3,9 @@
 Both steps are what ``study.train`` runs per batch: forward, the hard loss (BCE with logits,
 121 labels), ``zero_grad``, backward, Adam step. The LSP step adds ``lambda * L_LSP`` (RBF,
 lambda 100, the student's last hidden layer against the teacher's 1024-wide last hidden layer),
-through ``study.train.distillation_term`` with the teacher's log local structure precomputed
-once by ``study.train.TeacherCache``, exactly as training does. Target: LSP step / plain step
-<= 1.12 (paper: 1.54), aim 1.05.
+through ``study.train.distillation_term`` (the LSP method object's term) with the teacher's log
+local structure precomputed once by ``study.train.TeacherCache``, exactly as training does.
+Target: LSP step / plain step <= 1.12 (paper: 1.54), aim 1.05.
 
     python3 benchmarks/bench_lsp_step_ppi.py [--quick] [--device cpu|cuda] [--threads 2]
 """
@@ -20,7 +20,7 @@ import common
 import torch
 import torch.nn.functional as F
 
-from study.distill import lsp_loss
+from study.distill import build_method, lsp_loss
 from study.latency import count_parameters
 from study.models.gat import gat_ppi_student, gat_ppi_teacher
 from study.train import DistillConfig, TeacherCache, distillation_term, forward
@@ -39,7 +39,7 @@ def build(args: Any, device: torch.device, variants: tuple[str, ...]) -> dict[st
     graph = common.ppi_shaped_graph(**shape, seed=args.seed).to(device)
     torch.manual_seed(args.seed)
     student = gat_ppi_student(shape["num_features"], shape["num_labels"]).to(device)
-    distill = DistillConfig(method="lsp", lambda_=LAMBDA, kernel=KERNEL)
+    method = build_method(DistillConfig(method="lsp", params={"lambda": LAMBDA, "kernel": KERNEL}))
     built: dict[str, Any] = {"graph": graph, "shape": shape, "steps": {}, "student": student}
     with torch.no_grad():
         built["student_hidden_width"] = int(forward(student, graph).hidden[-1].shape[1])
@@ -55,11 +55,11 @@ def build(args: Any, device: torch.device, variants: tuple[str, ...]) -> dict[st
                 assert cache is not None
                 t_out, log_ls = cache.outputs([graph], device)  # a dict lookup after the first
                 term = distillation_term(
-                    distill,
+                    method,
                     out,
                     t_out,
                     edge_index=graph.edge_index,
-                    teacher_log_ls=log_ls,
+                    precomputed=log_ls,
                     adapters=None,
                     multilabel=True,
                     epoch=0,
@@ -75,7 +75,7 @@ def build(args: Any, device: torch.device, variants: tuple[str, ...]) -> dict[st
         built["steps"]["plain_step"] = make_step(copy.deepcopy(student), False, None)
     if "lsp_step" in variants:
         teacher = gat_ppi_teacher(shape["num_features"], shape["num_labels"]).to(device)
-        cache = TeacherCache(teacher, distill, device)
+        cache = TeacherCache(teacher, method, device)
         sync = common.sync_for(device)
         start = time.perf_counter_ns()
         t_out, log_ls = cache.outputs([graph], device)  # the one-off precompute train.py does

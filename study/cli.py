@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(d, "student", width=4, depth=2, heads=2)
     _add_train_args(d, epochs=200)
     m = d.add_argument_group("distillation")
-    m.add_argument("--method", default="lsp", help="none, kd, fitnet, at, lsp")
+    m.add_argument(
+        "--method", default="lsp", help="none, kd, fitnet, at, lsp, or an installed plugin's"
+    )
     m.add_argument(
         "--lambda",
         dest="lambda_",
@@ -108,7 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="weight of the distillation term (default: lsp 100, fitnet 1, at 1000)",
     )
-    m.add_argument("--kernel", default="rbf", help="LSP kernel: linear, poly, rbf, l2, l1_official")
+    m.add_argument(
+        "--kernel",
+        default="rbf",
+        help="LSP kernel: linear, poly, rbf, l2, l1_official, or an installed plugin's",
+    )
     m.add_argument("--sigma", type=float, default=1.0, help="rbf bandwidth")
     m.add_argument("--degree", type=float, default=2.0, help="poly degree")
     m.add_argument("--c", type=float, default=0.0, help="poly offset")
@@ -311,26 +317,35 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def distill_config_from_args(args: argparse.Namespace):  # noqa: ANN201
-    """The :class:`DistillConfig` the ``distill`` flags describe (names checked)."""
-    from study.config import BUILTIN_METHOD_DEFAULTS
-    from study.distill import check_direction, check_kernel, check_method
+    """The :class:`DistillConfig` the ``distill`` flags describe, checked.
+
+    Only the parameters the chosen method takes go in (for LSP also its kernel's); ``--lambda``
+    left out, like ``--lsp-until-epoch``, takes the catalog's default (lsp 100, fitnet 1, at 1000).
+    """
+    from study.catalogs import KERNELS, METHODS
+    from study.distill import build_method
     from study.train import DistillConfig
 
-    method = check_method(args.method)
-    kernel = check_kernel(args.kernel)
-    direction = check_direction(args.direction)
-    default_lambda = BUILTIN_METHOD_DEFAULTS.get(method, {}).get("lambda", 1.0)
-    return DistillConfig(
-        method=method,
-        lambda_=default_lambda if args.lambda_ is None else args.lambda_,
-        kernel=kernel,
-        kernel_params={"sigma": args.sigma, "degree": args.degree, "c": args.c},
-        direction=direction,
-        lsp_until_epoch=args.lsp_until_epoch,
-        temperature=args.temperature,
-        alpha=args.alpha,
-        at_p=args.at_p,
-    )
+    flags = {
+        "lambda": args.lambda_,
+        "kernel": args.kernel,
+        "direction": args.direction,
+        "lsp_until_epoch": args.lsp_until_epoch,
+        "temperature": args.temperature,
+        "alpha": args.alpha,
+        "p": args.at_p,
+        "sigma": args.sigma,
+        "degree": args.degree,
+        "c": args.c,
+    }
+    entry = METHODS.get(args.method)
+    takes = set(entry.param_names())
+    if entry.info.get("kernel_catalog") == "kernels":
+        takes |= set(KERNELS.get(args.kernel).param_names())
+    params = {k: v for k, v in flags.items() if k in takes and v is not None}
+    cfg = DistillConfig(method=args.method, params=params)
+    build_method(cfg)  # a bad name or value fails here, before any data loads
+    return cfg
 
 
 def cmd_distill(args: argparse.Namespace) -> int:

@@ -1,19 +1,22 @@
 """Plain training loops: ``train_teacher``, ``distill_student``, ``evaluate``. No Ray, no MLflow.
 
 Both loops share :func:`fit`: seeded, device-agnostic, the best-validation model kept, the test
-score reported at that model. A teacher's outputs on a fixed graph are computed once under
-``no_grad`` and cached (as PyG's ``examples/glnn.py`` does); on augmented point clouds the input
-changes every batch, so there the frozen teacher runs per batch, still without gradients.
+score reported at that model. What a distillation method adds (its term, weight, precomputed
+teacher tensors, adapters) comes from its :class:`~study.distill.methods.DistillMethod`. A
+teacher's outputs on a fixed graph are computed once under ``no_grad`` and cached (as PyG's
+``examples/glnn.py`` does); on augmented point clouds the input changes every batch, so there the
+frozen teacher runs per batch, still without gradients.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -25,15 +28,7 @@ from tqdm.auto import tqdm
 
 from study.data.augment import augment_pointcloud
 from study.data.base import NodeTask, PointCloudSet, PointCloudTask, Task
-from study.distill import (
-    FitNetAdapter,
-    at_loss,
-    fitnet_loss,
-    kd_loss,
-    local_structure,
-    lsp_loss,
-    union_edges,
-)
+from study.distill.methods import DistillMethod, build_method
 from study.metrics import binary_auroc, macro_auroc
 from study.models.base import ModelOutput
 from study.train_config import DistillConfig, TrainConfig
@@ -126,6 +121,12 @@ def _cloud_batches(
         yield points, cloud_set.labels[idx]
 
 
+def _logits(out: ModelOutput) -> Tensor:
+    if out.logits is None:
+        raise ValueError("the model skipped its classifier (with_logits=False)")
+    return out.logits
+
+
 def _hard_loss(logits: Tensor, y: Tensor, multilabel: bool) -> Tensor:
     if multilabel:
         return F.binary_cross_entropy_with_logits(logits, y.float())
@@ -169,7 +170,7 @@ def _evaluate_nodes(
     all_logits, targets = [], []
     for graph in graphs:
         data = graph.to(dev)
-        all_logits.append(forward(model, data).logits[data.mask].cpu())
+        all_logits.append(_logits(forward(model, data))[data.mask].cpu())
         targets.append(data.y[data.mask].cpu())
     logits, y = torch.cat(all_logits), torch.cat(targets)
     if multilabel:
@@ -193,7 +194,7 @@ def _evaluate_clouds(
     model: nn.Module, clouds: PointCloudSet, num_classes: int, dev: torch.device
 ) -> dict[str, float]:
     preds = [
-        forward(model, clouds.points[i : i + 32].to(dev)).logits.argmax(-1).cpu()
+        _logits(forward(model, clouds.points[i : i + 32].to(dev))).argmax(-1).cpu()
         for i in range(0, len(clouds), 32)
     ]
     pred, y = torch.cat(preds), clouds.labels
@@ -206,36 +207,26 @@ def _evaluate_clouds(
     return {"score": acc, "accuracy": acc, "mean_class_accuracy": mean_class}
 
 
-# ---------------------------------------------------------------- distillation terms
+# ---------------------------------------------------------------- the teacher
 
 
 class TeacherCache:
-    """The frozen teacher's outputs on fixed graphs, computed once per graph (keyed by graph_id)."""
+    """The frozen teacher's outputs on fixed graphs, and what the method precomputes from them,
+    computed once per graph (keyed by ``graph_id``)."""
 
-    def __init__(self, teacher: nn.Module, distill: DistillConfig, device: torch.device) -> None:
+    def __init__(self, teacher: nn.Module, method: DistillMethod, device: torch.device) -> None:
         self.teacher = teacher.eval().requires_grad_(False).to(device)
-        self.distill = distill
-        self._outputs: dict[int, tuple[Tensor, list[Tensor], list[Tensor]]] = {}
+        self.method = method
+        self._outputs: dict[int, tuple[ModelOutput, list[Tensor]]] = {}
 
-    def _compute(self, graph: Data) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    def _compute(self, graph: Data) -> tuple[ModelOutput, list[Tensor]]:
         with torch.no_grad():
             out = forward(self.teacher, graph)
-            log_ls = []
-            if self.distill.method == "lsp":
-                log_ls = [
-                    local_structure(
-                        out.hidden[t],
-                        graph.edge_index,
-                        kernel=self.distill.kernel,
-                        num_nodes=graph.num_nodes,
-                        **self.distill.kernel_params,
-                    )
-                    for _, t in self.distill.layer_map
-                ]
-        return out.logits, out.hidden, log_ls
+            return out, self.method.precompute(out, graph)
 
     def outputs(self, graphs: list[Data], device: torch.device) -> tuple[ModelOutput, list[Tensor]]:
-        """Teacher ``ModelOutput`` and per-pair LSP log-structures for a batch of graphs."""
+        """Teacher ``ModelOutput`` and the method's precomputed tensors for a batch of graphs,
+        each concatenated over the graphs in batch order (as ``Batch`` stacks nodes and edges)."""
         parts = []
         for g in graphs:
             key = int(g.graph_id) if "graph_id" in g else id(g.x)  # no id: one graph per object
@@ -243,106 +234,133 @@ class TeacherCache:
                 self._outputs[key] = self._compute(g.to(device))
             parts.append(self._outputs[key])
         if len(parts) == 1:
-            logits, hidden, log_ls = parts[0]
-        else:
-            logits = torch.cat([p[0] for p in parts])
-            hidden = [torch.cat([p[1][i] for p in parts]) for i in range(len(parts[0][1]))]
-            log_ls = [torch.cat([p[2][i] for p in parts]) for i in range(len(parts[0][2]))]
-        return ModelOutput(logits=logits, hidden=hidden), log_ls
+            return parts[0]
+        outs = [out for out, _ in parts]
+        logits = [out.logits for out in outs if out.logits is not None]
+        joined = ModelOutput(
+            logits=torch.cat(logits) if len(logits) == len(outs) else None,
+            hidden=[torch.cat(layer) for layer in zip(*(out.hidden for out in outs), strict=True)],
+        )
+        pre = [torch.cat(items) for items in zip(*(p for _, p in parts), strict=True)]
+        return joined, pre
 
 
-def teacher_on_clouds(teacher: nn.Module, points: Tensor, distill: DistillConfig) -> ModelOutput:
+def teacher_on_clouds(teacher: nn.Module, points: Tensor, method: DistillMethod) -> ModelOutput:
     """The frozen teacher's forward on one batch of clouds ``[B, P, F]``, without gradients.
 
-    Only KD reads the teacher's logits; for the other methods the classifier is skipped.
+    The classifier runs only for a method that reads the teacher's logits (KD).
     """
     with torch.no_grad():
-        return teacher(points, with_logits=distill.method == "kd")
+        return teacher(points, with_logits=method.needs_teacher_logits)
 
 
 def distillation_term(
-    distill: DistillConfig,
+    method: DistillMethod,
     student: ModelOutput,
     teacher: ModelOutput,
     *,
     edge_index: Tensor | None,
-    teacher_log_ls: list[Tensor] | None,
+    precomputed: list[Tensor],
     adapters: nn.ModuleList | None,
     multilabel: bool,
     epoch: int,
 ) -> Tensor | None:
-    """The method's loss term for one batch (unweighted), or ``None`` when it does not apply."""
-    m = distill.method
-    if m == "none":
+    """``method``'s unweighted term for one batch, or ``None`` in an epoch it is off."""
+    if not method.active(epoch):
         return None
-    if m == "kd":
-        if student.logits is None or teacher.logits is None:
-            raise ValueError("kd needs the logits of both models (a forward ran with_logits=False)")
-        return kd_loss(
-            student.logits, teacher.logits, temperature=distill.temperature, multilabel=multilabel
-        )
-    if m == "lsp" and distill.lsp_until_epoch is not None and epoch >= distill.lsp_until_epoch:
-        return None
-    terms = []
-    for pair, (s_idx, t_idx) in enumerate(distill.layer_map):
-        z_s, z_t = student.hidden[s_idx], teacher.hidden[t_idx]
-        if m == "fitnet":
-            assert adapters is not None
-            terms.append(fitnet_loss(z_s, z_t, adapters[pair]))
-        elif m == "at":
-            terms.append(at_loss(z_s, z_t, p=distill.at_p))
-        elif m == "lsp":
-            terms.append(
-                _lsp_term(
-                    distill,
-                    z_s,
-                    z_t,
-                    student,
-                    teacher,
-                    s_idx,
-                    t_idx,
-                    edge_index,
-                    None if teacher_log_ls is None else teacher_log_ls[pair],
-                )
-            )
-    return torch.stack(terms).sum()
-
-
-def _lsp_term(
-    distill: DistillConfig,
-    z_s: Tensor,
-    z_t: Tensor,
-    student: ModelOutput,
-    teacher: ModelOutput,
-    s_idx: int,
-    t_idx: int,
-    edge_index: Tensor | None,
-    teacher_log_ls: Tensor | None,
-) -> Tensor:
-    kwargs: dict[str, Any] = dict(
-        kernel=distill.kernel,
-        direction=distill.direction,
-        num_nodes=z_s.shape[0],
-        **distill.kernel_params,
+    return method.term(
+        student,
+        teacher,
+        edge_index=edge_index,
+        precomputed=precomputed,
+        adapters=adapters,
+        multilabel=multilabel,
     )
-    if student.edge_indices is not None and teacher.edge_indices is not None:
-        # Dynamic graphs (DGCNN): both sides on the union of the two kNN graphs (paper 3.5).
-        edges = union_edges(
-            student.edge_indices[s_idx], teacher.edge_indices[t_idx], num_nodes=z_s.shape[0]
-        )
-        return lsp_loss(z_s, z_t, edges, **kwargs)
-    assert edge_index is not None
-    return lsp_loss(z_s, z_t, edge_index, teacher_log_ls=teacher_log_ls, **kwargs)
 
 
-def _distill_weight(distill: DistillConfig) -> tuple[float, float]:
-    """(weight of the hard loss, weight of the distillation term)."""
-    if distill.method == "kd":
-        return 1.0 - distill.alpha, distill.alpha
-    return 1.0, distill.lambda_
+def _layer_widths(model: nn.Module, probe: Data | Tensor) -> list[int]:
+    """The width of every hidden layer, from one forward in eval mode without gradients."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        widths = [h.shape[-1] for h in forward(model, probe).hidden]
+    model.train(was_training)
+    return widths
+
+
+def _make_adapters(
+    method: DistillMethod, model: nn.Module, teacher: nn.Module, task: Task, device: torch.device
+) -> nn.ModuleList | None:
+    """The method's trainable modules (FitNet's adapters), sized by one probe of each model."""
+    if not method.needs_adapters:
+        return None  # no probe: a teacher forward here would be one more than the cache's
+    probe = (
+        task.train.points[:2].to(device)
+        if isinstance(task, PointCloudTask)
+        else task.train[0].to(device)
+    )
+    adapters = method.make_adapters(_layer_widths(model, probe), _layer_widths(teacher, probe))
+    return None if adapters is None else adapters.to(device)
 
 
 # ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class _Run:
+    """What one :func:`fit` changes as it goes: what a snapshot saves and a resume restores."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    adapters: nn.ModuleList | None
+    gen: torch.Generator
+    start_epoch: int = 0
+    best_val: float = -float("inf")
+    best_epoch: int = -1
+    best_state: dict[str, Any] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    def snapshot(self, epoch: int) -> dict[str, Any]:
+        """A state :meth:`restore` continues from after ``epoch`` (keys as Ray checkpoints hold)."""
+        return {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "adapters": None
+            if self.adapters is None
+            else copy.deepcopy(self.adapters.state_dict()),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "generator": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "history": list(self.history),
+            "train_seconds": self.elapsed,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`snapshot`'s ``state``: weights, optimiser, RNGs and bookkeeping."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.adapters is not None:
+            self.adapters.load_state_dict(state["adapters"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.start_epoch = state["epoch"] + 1
+        self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
+        self.best_state, self.history = state["best_state"], state["history"]
+        self.elapsed = state["train_seconds"]
+
+    def keep_if_best(self, val: float, epoch: int) -> None:
+        """Keep a copy of the weights when ``val`` beats every earlier validation score."""
+        if val > self.best_val:
+            self.best_val, self.best_epoch = val, epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
 
 
 def fit(
@@ -371,122 +389,108 @@ def fit(
         resume: a state from ``snapshot()`` to continue from (weights, optimiser, RNG, history).
     """
     distill = distill or DistillConfig()
-    if distill.method != "none" and teacher is None:
+    method = build_method(distill)
+    if method.needs_teacher and teacher is None:
         raise ValueError(f"method {distill.method!r} needs a teacher")
     device = torch.device(cfg.device)
+    cache = (
+        TeacherCache(teacher, method, device)
+        if teacher is not None and method.needs_teacher
+        else None
+    )
+    run = _start(model, task, cfg, method, cache, device)
+    if resume is not None:
+        run.restore(resume)
+    multilabel = isinstance(task, NodeTask) and task.multilabel
+    w_hard, w_term = method.weights()
+
+    bar = _progress_bar(cfg, run.start_epoch, desc, progress)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        steps = _train_steps(model, task, cfg, run, device, cache, method, multilabel, epoch)
+        record = _optimise(run, steps, w_hard, w_term)
+        run.elapsed += time.perf_counter() - t0
+        if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
+            record["epoch_val_score"] = evaluate(model, task, "val", cfg.device, with_auroc=False)[
+                "score"
+            ]
+            run.keep_if_best(record["epoch_val_score"], epoch)
+        run.history.append(record)
+        bar.set_postfix(
+            loss=f"{record['train_loss']:.3f}", val=f"{run.best_val:.3f}", refresh=False
+        )
+        if on_epoch is not None:
+            on_epoch(epoch, record, functools.partial(run.snapshot, epoch))
+    bar.close()
+    return _finish(run, task, cfg)
+
+
+def _start(
+    model: nn.Module,
+    task: Task,
+    cfg: TrainConfig,
+    method: DistillMethod,
+    cache: TeacherCache | None,
+    device: torch.device,
+) -> _Run:
+    """Seed, move the model, build the adapters, the optimiser and its schedule."""
     seed_everything(cfg.seed)
     model.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    multilabel = isinstance(task, NodeTask) and task.multilabel
-    cache = (
-        TeacherCache(teacher, distill, device)
-        if teacher is not None and distill.method != "none"
-        else None
-    )
-
-    adapters = (
-        _make_adapters(model, task, cache, distill, device) if distill.method == "fitnet" else None
-    )
-    params = list(model.parameters()) + (
-        list(adapters.parameters()) if adapters is not None else []
-    )
+    adapters = None if cache is None else _make_adapters(method, model, cache.teacher, task, device)
+    params = list(model.parameters()) + ([] if adapters is None else list(adapters.parameters()))
     optimizer = make_optimizer(params, cfg)
-    scheduler = _make_scheduler(optimizer, cfg)
-    w_hard, w_distill = _distill_weight(distill)
+    return _Run(model, optimizer, _make_scheduler(optimizer, cfg), adapters, gen)
 
-    start_epoch, best_val, best_epoch, best_state = 0, -float("inf"), -1, None
-    history: list[dict[str, float]] = []
-    elapsed = 0.0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if adapters is not None:
-            adapters.load_state_dict(resume["adapters"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resume["scheduler"])
-        gen.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])
-        start_epoch, best_val, best_epoch = (
-            resume["epoch"] + 1,
-            resume["best_val"],
-            resume["best_epoch"],
-        )
-        best_state, history, elapsed = (
-            resume["best_state"],
-            resume["history"],
-            resume["train_seconds"],
-        )
 
-    def snapshot(epoch: int) -> dict[str, Any]:
-        return {
-            "model": copy.deepcopy(model.state_dict()),
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "adapters": None if adapters is None else copy.deepcopy(adapters.state_dict()),
-            "scheduler": None if scheduler is None else scheduler.state_dict(),
-            "generator": gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "epoch": epoch,
-            "best_val": best_val,
-            "best_epoch": best_epoch,
-            "best_state": best_state,
-            "history": list(history),
-            "train_seconds": elapsed,
-        }
-
-    bar = tqdm(
-        range(start_epoch, cfg.epochs),
+def _progress_bar(cfg: TrainConfig, start: int, desc: str, progress: bool) -> tqdm:
+    return tqdm(
+        range(start, cfg.epochs),
         desc=desc,
         disable=not progress,
         leave=False,
-        initial=start_epoch,
+        initial=start,
         total=cfg.epochs,
         # Off a terminal (Ray workers, CI logs) every refresh is a new line: refresh rarely there.
         mininterval=0.5 if sys.stderr.isatty() else 15.0,
     )
-    for epoch in bar:
-        t0 = time.perf_counter()
-        model.train()
-        losses, dlosses = [], []
-        for hard, dterm in _train_steps(
-            model, task, cfg, gen, device, cache, distill, adapters, multilabel, epoch
-        ):
-            loss = w_hard * hard + (w_distill * dterm if dterm is not None else 0.0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach())
-            dlosses.append(dterm.detach() if dterm is not None else torch.zeros(()))
-        if scheduler is not None:
-            scheduler.step()
-        elapsed += time.perf_counter() - t0
-        record = {
-            "train_loss": torch.stack(losses).mean().item() if losses else float("nan"),
-            "distill_loss": torch.stack(dlosses).mean().item() if dlosses else 0.0,
-        }
-        if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
-            val = evaluate(model, task, "val", cfg.device, with_auroc=False)["score"]
-            record["epoch_val_score"] = val
-            if val > best_val:
-                best_val, best_epoch = val, epoch
-                best_state = copy.deepcopy(model.state_dict())
-        history.append(record)
-        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{best_val:.3f}", refresh=False)
-        if on_epoch is not None:
-            on_epoch(epoch, record, lambda e=epoch: snapshot(e))
-    bar.close()
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    test_metrics = evaluate(model, task, "test", cfg.device)
+
+def _optimise(
+    run: _Run, steps: Iterator[tuple[Tensor, Tensor | None]], w_hard: float, w_term: float
+) -> dict[str, float]:
+    """One epoch of optimiser steps on ``w_hard * hard + w_term * term``; the epoch's record."""
+    run.model.train()
+    losses, terms = [], []
+    for hard, term in steps:
+        loss = w_hard * hard + (w_term * term if term is not None else 0.0)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        losses.append(loss.detach())
+        terms.append(term.detach() if term is not None else torch.zeros(()))
+    if run.scheduler is not None:
+        run.scheduler.step()
+    return {
+        "train_loss": torch.stack(losses).mean().item() if losses else float("nan"),
+        "distill_loss": torch.stack(terms).mean().item() if terms else 0.0,
+    }
+
+
+def _finish(run: _Run, task: Task, cfg: TrainConfig) -> TrainResult:
+    """Back to the best validation model, scored on the test split."""
+    if run.best_state is not None:
+        run.model.load_state_dict(run.best_state)
+    test_metrics = evaluate(run.model, task, "test", cfg.device)
     return TrainResult(
-        model=model,
-        val_score=best_val,
+        model=run.model,
+        val_score=run.best_val,
         test_score=test_metrics["score"],
         test_metrics=test_metrics,
-        best_epoch=best_epoch,
-        epochs_run=len(history),
-        train_seconds=elapsed,
-        history=history,
+        best_epoch=run.best_epoch,
+        epochs_run=len(run.history),
+        train_seconds=run.elapsed,
+        history=run.history,
     )
 
 
@@ -494,77 +498,49 @@ def _train_steps(
     model: nn.Module,
     task: Task,
     cfg: TrainConfig,
-    gen: torch.Generator,
+    run: _Run,
     device: torch.device,
     cache: TeacherCache | None,
-    distill: DistillConfig,
-    adapters: nn.ModuleList | None,
+    method: DistillMethod,
     multilabel: bool,
     epoch: int,
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """Yield (hard loss, distillation term) for each batch of one epoch."""
+    """Yield (hard loss, distillation term or ``None``) for each batch of one epoch."""
+    if not method.active(epoch):
+        cache = None  # the term is off (LSP after lsp_until_epoch): the teacher need not run
     if isinstance(task, PointCloudTask):
-        for points, labels in _cloud_batches(task.train, cfg, gen):
+        for points, labels in _cloud_batches(task.train, cfg, run.gen):
             points, labels = points.to(device), labels.to(device)
             out = model(points)
-            dterm = None
+            term = None
             if cache is not None:
-                t_out = teacher_on_clouds(cache.teacher, points, distill)
-                dterm = distillation_term(
-                    distill,
+                t_out = teacher_on_clouds(cache.teacher, points, method)
+                term = method.term(
                     out,
                     t_out,
                     edge_index=None,
-                    teacher_log_ls=None,
-                    adapters=adapters,
+                    precomputed=[],
+                    adapters=run.adapters,
                     multilabel=False,
-                    epoch=epoch,
                 )
-            yield _hard_loss(out.logits, labels, False), dterm
+            yield _hard_loss(_logits(out), labels, False), term
         return
-    for graphs in _node_batches(task.train, cfg, gen):
+    for graphs in _node_batches(task.train, cfg, run.gen):
         data = _collate(graphs, device)
         out = forward(model, data)
-        hard = _hard_loss(out.logits[data.mask], data.y[data.mask], multilabel)
-        dterm = None
+        hard = _hard_loss(_logits(out)[data.mask], data.y[data.mask], multilabel)
+        term = None
         if cache is not None:
-            t_out, log_ls = cache.outputs(graphs, device)
-            dterm = distillation_term(
-                distill,
+            t_out, precomputed = cache.outputs(graphs, device)
+            term = method.term(
                 out,
                 t_out,
                 edge_index=data.edge_index,
-                teacher_log_ls=log_ls or None,
-                adapters=adapters,
+                precomputed=precomputed,
+                adapters=run.adapters,
                 multilabel=multilabel,
-                epoch=epoch,
             )
-        yield hard, dterm
-
-
-def _make_adapters(
-    model: nn.Module,
-    task: Task,
-    cache: TeacherCache | None,
-    distill: DistillConfig,
-    device: torch.device,
-) -> nn.ModuleList:
-    """FitNet adapters, one per layer pair, sized from one probe forward of each model."""
-    assert cache is not None
-    probe = (
-        task.train.points[:2].to(device)
-        if isinstance(task, PointCloudTask)
-        else task.train[0].to(device)
-    )
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        s_out, t_out = forward(model, probe), forward(cache.teacher, probe)
-    model.train(was_training)
-    return nn.ModuleList(
-        FitNetAdapter(s_out.hidden[s].shape[-1], t_out.hidden[t].shape[-1])
-        for s, t in distill.layer_map
-    ).to(device)
+        yield hard, term
 
 
 def train_teacher(

@@ -1,4 +1,4 @@
-"""KD, FitNet and AT against independent formulas, and the name registry."""
+"""KD, FitNet and AT against independent formulas, and choosing methods and kernels by name."""
 
 from __future__ import annotations
 
@@ -8,20 +8,17 @@ import pytest
 import torch
 from torch import Tensor
 
+from study.catalogs import KERNELS, METHODS
 from study.distill import (
-    KERNEL_NAMES,
-    METHOD_DESCRIPTIONS,
-    METHODS,
     FitNetAdapter,
     at_loss,
     attention_map,
-    check_direction,
-    check_kernel,
-    check_method,
+    build_method,
     fitnet_loss,
     kd_loss,
 )
 from study.errors import UserInputError
+from study.train_config import DistillConfig
 
 
 def _logits(seed: int, shape=(4, 5), scale=2.0) -> tuple[Tensor, Tensor]:
@@ -191,23 +188,28 @@ def test_attention_map_unit_norm_and_zero_safe() -> None:
         attention_map(z, p=0.0)
 
 
-# ---- registry ------------------------------------------------------------------------------
+# ---- names -------------------------------------------------------------------------------
 
 
-def test_registry_names() -> None:
-    assert METHODS == ("none", "kd", "fitnet", "at", "lsp")
-    assert set(METHOD_DESCRIPTIONS) == set(METHODS)
-    assert check_method("lsp") == "lsp"
-    assert check_kernel("rbf") == "rbf"
-    assert check_direction("teacher_student") == "teacher_student"
+def test_catalog_names() -> None:
+    assert METHODS.names() == ("none", "kd", "fitnet", "at", "lsp")
+    assert all(entry.description for entry in METHODS)
+    assert METHODS.get("lsp").name == "lsp"
+    assert KERNELS.get("rbf").name == "rbf"
+    method = build_method(DistillConfig("lsp", {"direction": "teacher_student"}))
+    assert method.direction == "teacher_student"  # type: ignore[attr-defined]
+
+
+def _lsp_with_direction(name: str) -> None:
+    build_method(DistillConfig("lsp", {"direction": name}))
 
 
 @pytest.mark.parametrize(
     ("check", "bad", "valid"),
     [
-        (check_method, "kdd", METHODS),
-        (check_kernel, "gauss", KERNEL_NAMES),
-        (check_direction, "reverse", ("student_teacher", "teacher_student")),
+        (METHODS.get, "kdd", METHODS.names()),
+        (KERNELS.get, "gauss", KERNELS.names()),
+        (_lsp_with_direction, "reverse", ("student_teacher", "teacher_student")),
     ],
 )
 def test_unknown_names_list_valid_ones(check, bad, valid) -> None:

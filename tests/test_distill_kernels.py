@@ -7,13 +7,8 @@ import math
 import pytest
 import torch
 
-from study.distill.kernels import (
-    KERNEL_PARAMS,
-    KERNELS,
-    edge_kernel,
-    kernel_values,
-    squared_distance,
-)
+from study.catalogs import KERNELS
+from study.distill.kernels import edge_kernel, kernel_values, squared_distance
 from study.errors import UserInputError
 
 
@@ -55,7 +50,7 @@ def test_kernel_values_match_per_edge_formula(name: str, params: dict) -> None:
 
 def test_kernel_gradient_finite_at_identical_rows() -> None:
     z = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64, requires_grad=True)
-    for name in KERNELS:
+    for name in KERNELS.names():
         (g,) = torch.autograd.grad(kernel_values(z, z.detach().clone(), name).sum(), z)
         assert torch.isfinite(g).all(), name
 
@@ -114,7 +109,7 @@ def test_unknown_kernel_lists_valid_names() -> None:
         kernel_values(z, z, "gaussian")
     message = str(info.value)
     assert "'gaussian'" in message
-    for name in KERNELS:
+    for name in KERNELS.names():
         assert name in message
 
 
@@ -128,8 +123,24 @@ def test_bad_kernel_parameters_raise(name: str, params: dict) -> None:
         kernel_values(z, z, name, **params)
 
 
-def test_registry_tables_agree() -> None:
-    assert set(KERNEL_PARAMS) == set(KERNELS) == {"linear", "poly", "rbf", "l2", "l1_official"}
+def test_catalog_names_every_kernel_with_its_parameters() -> None:
+    assert KERNELS.names() == ("linear", "poly", "rbf", "l2", "l1_official")
+    params = {entry.name: entry.defaults() for entry in KERNELS}
+    assert params["poly"] == {"degree": 2.0, "c": 0.0} and params["rbf"] == {"sigma": 1.0}
+    assert params["linear"] == params["l2"] == params["l1_official"] == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"), [("rbf", "degree"), ("linear", "sigma"), ("rbf", "sigam")]
+)
+def test_a_parameter_the_kernel_does_not_take_is_refused(name: str, bad: str) -> None:
+    z = torch.ones(2, 3)
+    with pytest.raises(UserInputError) as info:
+        edge_kernel(z, torch.tensor([[0], [1]]), name, **{bad: 1.0})
+    message = str(info.value)
+    assert repr(bad) in message and repr(name) in message and "\n" not in message
+    for valid in KERNELS.get(name).param_names():
+        assert valid in message
 
 
 def test_shape_mismatch_rejected() -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import itertools
+from typing import get_args
 
 import pytest
 import torch
 from torch import Tensor
 
+from study.catalogs import KERNELS, Direction
 from study.distill.lsp import local_structure, lsp_loss, union_edges
-from study.distill.registry import DIRECTIONS, KERNEL_NAMES
 from study.errors import UserInputError
+
+DIRECTIONS = get_args(Direction)
+KERNEL_NAMES = KERNELS.names()
 
 # 7 nodes, edges j -> i in no particular order. In-degrees: node 0: 2, node 1: 3, node 2: 1
 # (single incoming edge), node 3: 3 (one a self-loop), node 4: 2, nodes 5 and 6: 0.

@@ -180,13 +180,14 @@ def test_eval_edgeconv_takes_the_max_before_batchnorm_exactly(grad: bool) -> Non
 
 @pytest.mark.parametrize(("method", "logits"), [("kd", True), ("lsp", False), ("fitnet", False)])
 def test_teacher_on_clouds_runs_the_head_only_for_kd(method: str, logits: bool) -> None:
+    from study.distill import build_method
     from study.train import DistillConfig, teacher_on_clouds
 
     torch.manual_seed(0)
     teacher = DGCNN(3, [8, 8], 16, [8], num_classes=4, k=4).eval()
     points = _points()
     full = teacher(points)
-    out = teacher_on_clouds(teacher, points, DistillConfig(method=method))
+    out = teacher_on_clouds(teacher, points, build_method(DistillConfig(method=method)))
     assert (out.logits is not None) == logits
     assert not any(h.requires_grad for h in out.hidden)
     for a, b in zip(out.hidden, full.hidden, strict=True):

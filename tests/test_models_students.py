@@ -206,7 +206,7 @@ def test_distill_from_a_gat_teacher(sbm_and_teacher, arch: str, method: str) -> 
     task, teacher = sbm_and_teacher
     student = build_model(arch, in_channels=8, out_channels=3, width=6, depth=2)
     before = [p.detach().clone() for p in student.parameters()]
-    distill = DistillConfig(method=method, lambda_=1.0)
+    distill = DistillConfig(method=method, params={} if method == "kd" else {"lambda": 1.0})
     result = distill_student(student, teacher, task, TrainConfig(epochs=3, lr=0.01), distill)
     assert result.epochs_run == 3 and len(result.history) == 3
     for record in result.history:

@@ -17,7 +17,7 @@ from torch_geometric.data import Data
 from study.data import load_task
 from study.data.base import NodeTask, PointCloudSet, PointCloudTask
 from study.data.synthetic import synthetic_sbm, synthetic_shapes
-from study.distill import lsp_loss
+from study.distill import build_method, lsp_loss
 from study.models import build_model
 from study.models.base import ModelOutput
 from study.train import distill_student, distillation_term, evaluate, fit, train_teacher
@@ -139,7 +139,7 @@ def test_distillation_without_teacher_is_refused(sbm: NodeTask) -> None:
 
 
 def test_lsp_until_epoch_stops_the_term(sbm: NodeTask, sbm_teacher: nn.Module) -> None:
-    distill = DistillConfig(method="lsp", lsp_until_epoch=2, lambda_=10.0)
+    distill = DistillConfig(method="lsp", params={"lsp_until_epoch": 2, "lambda": 10.0})
     result = distill_student(
         _gat(sbm, 1, width=4, heads=1), sbm_teacher, sbm, TrainConfig(epochs=4), distill
     )
@@ -242,7 +242,7 @@ def _hard_loss_at_init(model: nn.Module, task: NodeTask) -> float:
 
 
 def test_kd_alpha_one_leaves_only_the_soft_loss(sbm: NodeTask, sbm_teacher: nn.Module) -> None:
-    distill = DistillConfig(method="kd", alpha=1.0, temperature=2.0)
+    distill = DistillConfig(method="kd", params={"alpha": 1.0, "temperature": 2.0})
     result = distill_student(
         _gat(sbm, 1, width=4, heads=1), sbm_teacher, sbm, TrainConfig(epochs=3), distill
     )
@@ -253,9 +253,9 @@ def test_kd_alpha_one_leaves_only_the_soft_loss(sbm: NodeTask, sbm_teacher: nn.M
 @pytest.mark.parametrize(
     ("distill", "w_hard", "w_soft"),
     [
-        (DistillConfig(method="kd", alpha=0.3), 0.7, 0.3),
-        (DistillConfig(method="lsp", lambda_=3.0), 1.0, 3.0),
-        (DistillConfig(method="at", lambda_=5.0), 1.0, 5.0),
+        (DistillConfig(method="kd", params={"alpha": 0.3}), 0.7, 0.3),
+        (DistillConfig(method="lsp", params={"lambda": 3.0}), 1.0, 3.0),
+        (DistillConfig(method="at", params={"lambda": 5.0}), 1.0, 5.0),
     ],
 )
 def test_loss_is_the_weighted_sum(
@@ -278,7 +278,7 @@ def test_lsp_with_lambda_zero_equals_the_student_alone(
         sbm_teacher,
         sbm,
         cfg,
-        DistillConfig(method="lsp", lambda_=0.0),
+        DistillConfig(method="lsp", params={"lambda": 0.0}),
     )
     assert all(r["distill_loss"] > 0 for r in zero.history)  # computed, but weighted 0
     assert _same_state(alone.model.state_dict(), zero.model.state_dict())
@@ -473,11 +473,11 @@ def test_dgcnn_lsp_term_uses_the_union_of_both_knn_graphs(shapes: PointCloudTask
     with torch.no_grad():
         s_out, t_out = student(points), teacher(points)
     term = distillation_term(
-        DistillConfig(method="lsp"),
+        build_method(DistillConfig(method="lsp")),
         s_out,
         t_out,
         edge_index=None,
-        teacher_log_ls=None,
+        precomputed=[],
         adapters=None,
         multilabel=False,
         epoch=0,
@@ -538,7 +538,7 @@ def test_dgcnn_teacher_and_k10_student_with_lsp_on_real_modelnet40(gds_data_root
         teacher,
         task,
         TrainConfig(epochs=2, batch_size=8, optimizer="sgd", lr=0.05),
-        DistillConfig(method="lsp", kernel="rbf", lambda_=100.0),
+        DistillConfig(method="lsp", params={"kernel": "rbf", "lambda": 100.0}),
     )
     assert [r["distill_loss"] > 0 for r in result.history] == [True, True]
     assert all(np.isfinite(r["train_loss"]) for r in result.history)

@@ -18,6 +18,9 @@ weighted sum of the rows of its edges, i.e. ``[N, E]`` incidence matrices in CSR
 saved ``[E, F]`` differences (squared distances), or an ``[N, N]`` weighted adjacency times ``z``
 (dot products). The products are the same ``w_e * x_ef`` as in the scatter; only the order of the
 additions differs.
+
+The kernels' names, parameters and defaults are those of :data:`study.catalogs.KERNELS`; a kernel
+registered there by another package is evaluated as ``factory(z[i], z[j], **params)``.
 """
 
 from __future__ import annotations
@@ -30,13 +33,12 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from study.errors import UserInputError, choose
+from study.catalog import Entry
+from study.catalogs import KERNELS
+from study.distill.params import as_kwargs, validate_params
 
 #: The divisor of the L1 distance in the official LSP code's kernel exp(-||z_i - z_j||_1 / 100).
 L1_OFFICIAL_SCALE = 100.0
-
-#: Keyword parameters any kernel may take, with their defaults (paper defaults: d=2, c=0, sigma=1).
-KERNEL_PARAM_DEFAULTS: dict[str, float] = {"degree": 2.0, "c": 0.0, "sigma": 1.0}
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -107,58 +109,34 @@ def l1_official_kernel(z_target: Tensor, z_source: Tensor) -> Tensor:
     return torch.exp(-l1 / L1_OFFICIAL_SCALE)
 
 
-#: Kernel name -> function ``(z_target [E, F], z_source [E, F], **params) -> [E]``.
-KERNELS: dict[str, Callable[..., Tensor]] = {
-    "linear": linear_kernel,
-    "poly": poly_kernel,
-    "rbf": rbf_kernel,
-    "l2": l2_kernel,
-    "l1_official": l1_official_kernel,
-}
+def resolve_kernel(kernel: str, params: dict[str, Any]) -> tuple[Entry, dict[str, Any]]:
+    """The :data:`~study.catalogs.KERNELS` entry called ``kernel`` and its keyword parameters:
+    the schema's defaults updated by ``params``, validated.
 
-#: Which of :data:`KERNEL_PARAM_DEFAULTS` each kernel uses; the others are accepted and ignored so
-#: that a study can pass one parameter set to every kernel it compares.
-KERNEL_PARAMS: dict[str, tuple[str, ...]] = {
-    "linear": (),
-    "poly": ("degree", "c"),
-    "rbf": ("sigma",),
-    "l2": (),
-    "l1_official": (),
-}
-
-
-def check_kernel_params(kernel: str, *, degree: float, c: float, sigma: float) -> None:
-    """Raise :class:`UserInputError` for a kernel name or parameter that cannot work.
-
-    ``sigma`` must be positive; a ``poly`` degree must be a whole number >= 1, since a fractional
-    power of a negative dot product is NaN.
+    Raises:
+        UserInputError: an unknown kernel (the message lists the valid ones), a parameter the
+            kernel does not take (likewise), or a value out of range (``sigma <= 0``, a ``poly``
+            degree that is not a whole number >= 1: a fractional power of a negative dot is NaN).
     """
-    choose("kernel", kernel, KERNELS)
-    if kernel == "rbf" and not sigma > 0:
-        raise UserInputError(f"rbf kernel: sigma must be > 0, got {sigma!r}")
-    if kernel == "poly" and not (float(degree).is_integer() and degree >= 1):
-        raise UserInputError(f"poly kernel: degree must be a whole number >= 1, got {degree!r}")
-    del c  # any real offset is valid
+    entry = KERNELS.get(kernel)
+    return entry, as_kwargs(validate_params(f"kernel {kernel!r}", entry, params))
 
 
 def kernel_values(
     z_target: Tensor,
     z_source: Tensor,
     kernel: str = "rbf",
-    *,
-    degree: float = 2.0,
-    c: float = 0.0,
-    sigma: float = 1.0,
+    **params: Any,
 ) -> Tensor:
     """Evaluate a named kernel on gathered edge endpoints.
 
     Args:
         z_target: ``[E, F]`` features of each edge's target ``i`` (``z[edge_index[1]]``).
         z_source: ``[E, F]`` features of each edge's source ``j`` (``z[edge_index[0]]``).
-        kernel: one of :data:`KERNELS` (``linear``, ``poly``, ``rbf``, ``l2``, ``l1_official``).
-        degree: ``poly`` exponent d.
-        c: ``poly`` offset.
-        sigma: ``rbf`` bandwidth.
+        kernel: a name from :data:`study.catalogs.KERNELS` (built in: ``linear``, ``poly``,
+            ``rbf``, ``l2``, ``l1_official``).
+        **params: the kernel's parameters (``degree`` and ``c`` for poly, ``sigma`` for rbf);
+            missing ones take the catalog's defaults.
 
     Returns:
         ``[E]`` kernel values ``K(z_i, z_j)``.
@@ -166,15 +144,13 @@ def kernel_values(
     Raises:
         UserInputError: unknown kernel name (the message lists the valid ones) or a bad parameter.
     """
-    check_kernel_params(kernel, degree=degree, c=c, sigma=sigma)
+    entry, kwargs = resolve_kernel(kernel, params)
     if z_target.shape != z_source.shape or z_target.dim() != 2:
         raise ValueError(
             f"kernel_values: expected two [E, F] tensors of one shape, got "
             f"{tuple(z_target.shape)} and {tuple(z_source.shape)}"
         )
-    given = {"degree": degree, "c": c, "sigma": sigma}
-    params = {name: given[name] for name in KERNEL_PARAMS[kernel]}
-    return KERNELS[kernel](z_target, z_source, **params)
+    return entry.load()(z_target, z_source, **kwargs)
 
 
 #: Kernels that are a function of the squared distance / of the dot product of an edge's ends;
@@ -190,36 +166,33 @@ def edge_kernel(
     z: Tensor,
     edge_index: Tensor,
     kernel: str = "rbf",
-    *,
-    degree: float = 2.0,
-    c: float = 0.0,
-    sigma: float = 1.0,
+    **params: Any,
 ) -> Tensor:
     """Kernel value of every edge ``j -> i`` of a graph.
 
     Same values as ``kernel_values(z[i], z[j], ...)``; ``rbf``, ``l2``, ``linear`` and ``poly``
     go through :func:`edge_squared_distance` / :func:`edge_dot`, whose backward is a sparse
-    product instead of autograd's row-by-row scatter (see the module docstring).
+    product instead of autograd's row-by-row scatter (see the module docstring); any other
+    kernel (``l1_official``, a plugin's) is its catalog factory on the gathered rows.
 
     Args:
         z: ``[N, F]`` node features.
         edge_index: ``[2, E]`` edges, row 0 the sources ``j``, row 1 the targets ``i`` (PyG).
-        kernel, degree, c, sigma: as in :func:`kernel_values`.
+        kernel, **params: as in :func:`kernel_values`.
 
     Returns:
         ``[E]`` values ``K(z_i, z_j)``, in the order of ``edge_index``.
     """
-    check_kernel_params(kernel, degree=degree, c=c, sigma=sigma)
+    entry, kwargs = resolve_kernel(kernel, params)
     if z.dim() != 2:
         raise ValueError(f"edge_kernel: expected z of shape [N, F], got {tuple(z.shape)}")
-    given = {"degree": degree, "c": c, "sigma": sigma}
-    params = {name: given[name] for name in KERNEL_PARAMS[kernel]}
     target, source = edge_index[1], edge_index[0]
+    # Catalog names are unique (a plugin cannot take a built-in's), so the name decides.
     if kernel in _OF_SQUARED_DISTANCE:
-        return _OF_SQUARED_DISTANCE[kernel](edge_squared_distance(z, target, source), **params)
+        return _OF_SQUARED_DISTANCE[kernel](edge_squared_distance(z, target, source), **kwargs)
     if kernel in _OF_DOT:
-        return _OF_DOT[kernel](edge_dot(z, target, source), **params)
-    return KERNELS[kernel](z[target], z[source], **params)
+        return _OF_DOT[kernel](edge_dot(z, target, source), **kwargs)
+    return entry.load()(z[target], z[source], **kwargs)
 
 
 def edge_squared_distance(z: Tensor, target: Tensor, source: Tensor) -> Tensor:

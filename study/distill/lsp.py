@@ -12,29 +12,24 @@ kernels on raw features (values of 1e6 and more) neither overflow nor produce Na
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch_geometric.utils import coalesce, scatter
 
-from study.distill.kernels import KERNEL_PARAM_DEFAULTS, edge_kernel
-from study.distill.registry import check_direction
-from study.errors import UserInputError
+from study.catalogs import Direction
+from study.distill.kernels import edge_kernel
+from study.errors import choose
+
+#: The KL directions :data:`study.catalogs.Direction` allows.
+_DIRECTIONS: tuple[str, ...] = get_args(Direction)
 
 
 def _check_edge_index(edge_index: Tensor, name: str = "edge_index") -> None:
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f"{name}: expected shape [2, E], got {tuple(edge_index.shape)}")
-
-
-def _kernel_kwargs(kernel_params: dict[str, float]) -> dict[str, float]:
-    unknown = sorted(set(kernel_params) - set(KERNEL_PARAM_DEFAULTS))
-    if unknown:
-        valid = ", ".join(sorted(KERNEL_PARAM_DEFAULTS))
-        raise UserInputError(f"unknown kernel parameter {unknown[0]!r} (valid: {valid})")
-    return {**KERNEL_PARAM_DEFAULTS, **kernel_params}
 
 
 def scatter_log_softmax(src: Tensor, index: Tensor, num_nodes: int) -> Tensor:
@@ -74,9 +69,10 @@ def local_structure(
     Args:
         z: ``[N, F]`` node features.
         edge_index: ``[2, E]`` edges ``j -> i``.
-        kernel: a name from :data:`study.distill.kernels.KERNELS`.
+        kernel: a name from :data:`study.catalogs.KERNELS`.
         num_nodes: ``N``; defaults to ``z.size(0)``.
-        **kernel_params: ``degree``, ``c`` (poly), ``sigma`` (rbf).
+        **kernel_params: the kernel's own (``degree``, ``c`` for poly, ``sigma`` for rbf);
+            missing ones take the catalog's defaults.
 
     Returns:
         ``[E]`` log-probabilities, in the order of ``edge_index``; for every target with incoming
@@ -84,7 +80,7 @@ def local_structure(
     """
     _check_edge_index(edge_index)
     n = z.size(0) if num_nodes is None else num_nodes
-    k = edge_kernel(z, edge_index, kernel, **_kernel_kwargs(kernel_params))
+    k = edge_kernel(z, edge_index, kernel, **kernel_params)
     return scatter_log_softmax(k, edge_index[1], n)
 
 
@@ -115,23 +111,24 @@ def lsp_loss(
             ``teacher_log_ls`` is given.
         edge_index: ``[2, E]`` edges ``j -> i`` both sides are evaluated on (for dynamic graphs,
             the :func:`union_edges` of teacher and student graphs).
-        kernel: a name from :data:`study.distill.kernels.KERNELS`.
+        kernel: a name from :data:`study.catalogs.KERNELS`.
         direction: ``"student_teacher"`` or ``"teacher_student"``.
         teacher_log_ls: ``[E]`` precomputed ``local_structure(z_t, edge_index, ...)``: on a fixed
             graph it never changes, so the training loop computes it once under ``no_grad``.
         num_nodes: ``N``; defaults to ``z_s.size(0)``.
-        **kernel_params: ``degree``, ``c`` (poly), ``sigma`` (rbf).
+        **kernel_params: the kernel's own (``degree``, ``c`` for poly, ``sigma`` for rbf).
 
     Returns:
         A scalar; 0 when the graph has no edges.
 
     Raises:
-        UserInputError: unknown kernel, kernel parameter or direction.
+        UserInputError: unknown kernel, kernel parameter (one the kernel does not take, too) or
+            direction.
     """
-    check_direction(direction)
+    choose("direction", direction, _DIRECTIONS)
     _check_edge_index(edge_index)
     n = z_s.size(0) if num_nodes is None else num_nodes
-    k_s = edge_kernel(z_s, edge_index, kernel, **_kernel_kwargs(kernel_params))
+    k_s = edge_kernel(z_s, edge_index, kernel, **kernel_params)
     if teacher_log_ls is None:
         if z_t is None:
             raise ValueError("lsp_loss: give z_t or teacher_log_ls")
@@ -178,6 +175,7 @@ class _LocalStructureDivergence(torch.autograd.Function):
         d = log_s - log_t
         has_incoming = torch.zeros(num_nodes, dtype=torch.bool, device=target.device)
         has_incoming[target] = True
+        saved: tuple[Tensor, ...]
         if student_first:
             terms = p * d
             saved = (p, d)

@@ -1,0 +1,310 @@
+"""Distillation methods as objects: what each precomputes from the teacher, its loss term and its
+weight, so that the training loop holds no per-method branches.
+
+A method is chosen by name from :data:`study.catalogs.METHODS`; :func:`build_method` validates its
+parameters against the entry's schema and calls the entry's factory with them. A third-party
+method is a :class:`DistillMethod` subclass whose factory takes its validated schema instance
+(or nothing when its entry has no schema), registered like the built-ins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+from study.catalogs import KERNELS, METHODS, ATParams, FitNetParams, KDParams, LSPParams
+from study.distill.at import at_loss
+from study.distill.fitnet import FitNetAdapter, fitnet_loss
+from study.distill.kd import kd_loss
+from study.distill.lsp import local_structure, lsp_loss, union_edges
+from study.distill.params import validate_params
+from study.errors import UserInputError
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
+
+    from study.models.base import ModelOutput
+    from study.train_config import DistillConfig
+
+LayerMap = tuple[tuple[int, int], ...]
+
+
+class DistillMethod:
+    """One distillation method, built from its validated parameters.
+
+    The training loop minimises ``w_hard * H + w_term * term`` with ``(w_hard, w_term) =
+    weights()``, adding the term only in the epochs where ``active(epoch)`` holds.
+
+    Attributes:
+        needs_teacher: whether training needs a teacher (every method but ``none``).
+        needs_teacher_logits: whether :meth:`term` reads ``teacher.logits`` (a DGCNN teacher
+            skips its classifier otherwise).
+        needs_adapters: whether :meth:`make_adapters` builds trainable modules (the loop then
+            sizes them from one probe forward of each model).
+    """
+
+    needs_teacher: ClassVar[bool] = True
+    needs_teacher_logits: ClassVar[bool] = False
+    needs_adapters: ClassVar[bool] = False
+
+    def weights(self) -> tuple[float, float]:
+        """``(weight of the hard loss, weight of the term)``."""
+        return 1.0, 1.0
+
+    def active(self, epoch: int) -> bool:
+        """Whether the term is added in ``epoch`` (0-based)."""
+        return True
+
+    def precompute(self, teacher: ModelOutput, graph: Data) -> list[Tensor]:
+        """What :meth:`term` reads of the teacher on a fixed graph, computed once (under
+        ``no_grad``) and cached. Each tensor's rows are per node or per edge of ``graph``, so
+        that the loop can concatenate them over the graphs of a batch in batch order."""
+        return []
+
+    def make_adapters(
+        self, student_widths: Sequence[int], teacher_widths: Sequence[int]
+    ) -> nn.ModuleList | None:
+        """Trainable modules optimised with the student (one width per hidden layer of each)."""
+        return None
+
+    def term(
+        self,
+        student: ModelOutput,
+        teacher: ModelOutput,
+        *,
+        edge_index: Tensor | None,
+        precomputed: list[Tensor],
+        adapters: nn.ModuleList | None,
+        multilabel: bool,
+    ) -> Tensor:
+        """The unweighted loss term of one batch, a scalar.
+
+        Args:
+            student: the student's forward on the batch (with gradients).
+            teacher: the frozen teacher's forward on the same batch.
+            edge_index: ``[2, E]`` the batch's fixed graph; ``None`` for point clouds, whose
+                models report their own kNN graphs in ``edge_indices``.
+            precomputed: :meth:`precompute` of the batch's graphs, concatenated; ``[]`` when
+                nothing was precomputed (point clouds).
+            adapters: what :meth:`make_adapters` built.
+            multilabel: per-label sigmoid outputs (PPI) instead of one softmax per row.
+        """
+        raise NotImplementedError
+
+
+class NoDistillation(DistillMethod):
+    """The student trained alone on the hard labels."""
+
+    needs_teacher = False
+
+    def weights(self) -> tuple[float, float]:
+        return 1.0, 0.0
+
+    def active(self, epoch: int) -> bool:
+        return False
+
+    def term(self, student: ModelOutput, teacher: ModelOutput, **_: Any) -> Tensor:
+        raise RuntimeError("the student alone has no distillation term")
+
+
+class KnowledgeDistillation(DistillMethod):
+    """KD (Hinton et al. 2015): ``(1 - alpha) * H + alpha * kd_loss`` (see :func:`kd_loss`)."""
+
+    needs_teacher_logits = True
+
+    def __init__(self, params: KDParams) -> None:
+        self.temperature = params.temperature
+        self.alpha = params.alpha
+
+    def weights(self) -> tuple[float, float]:
+        return 1.0 - self.alpha, self.alpha
+
+    def term(
+        self, student: ModelOutput, teacher: ModelOutput, *, multilabel: bool, **_: Any
+    ) -> Tensor:
+        if student.logits is None or teacher.logits is None:
+            raise ValueError("kd needs the logits of both models (a forward ran with_logits=False)")
+        return kd_loss(
+            student.logits, teacher.logits, temperature=self.temperature, multilabel=multilabel
+        )
+
+
+class _LayerPairs(DistillMethod):
+    """A method comparing hidden layers pair by pair (``layer_map``), weighted by ``lambda``;
+    its term is the sum over the pairs."""
+
+    def __init__(self, lambda_: float, layer_map: LayerMap) -> None:
+        self.lambda_ = lambda_
+        self.layer_map = layer_map
+
+    def weights(self) -> tuple[float, float]:
+        return 1.0, self.lambda_
+
+    def _pairs(
+        self, student: ModelOutput, teacher: ModelOutput
+    ) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """``(pair index, z_s [N, F_s], z_t [N, F_t])`` for every pair of ``layer_map``."""
+        for pair, (s, t) in enumerate(self.layer_map):
+            yield pair, student.hidden[s], teacher.hidden[t]
+
+
+class FitNet(_LayerPairs):
+    """FitNet (Romero et al. 2015): ``MSE(adapter(z_s), z_t)`` per pair, a trained adapter each."""
+
+    needs_adapters = True
+
+    def __init__(self, params: FitNetParams) -> None:
+        super().__init__(params.lambda_, params.layer_map)
+
+    def make_adapters(
+        self, student_widths: Sequence[int], teacher_widths: Sequence[int]
+    ) -> nn.ModuleList:
+        return nn.ModuleList(
+            FitNetAdapter(student_widths[s], teacher_widths[t]) for s, t in self.layer_map
+        )
+
+    def term(
+        self,
+        student: ModelOutput,
+        teacher: ModelOutput,
+        *,
+        adapters: nn.ModuleList | None,
+        **_: Any,
+    ) -> Tensor:
+        if adapters is None:
+            raise ValueError("fitnet needs its adapters (make_adapters)")
+        terms = [
+            fitnet_loss(z_s, z_t, adapters[i]) for i, z_s, z_t in self._pairs(student, teacher)
+        ]
+        return torch.stack(terms).sum()
+
+
+class AttentionTransfer(_LayerPairs):
+    """AT (Zagoruyko and Komodakis 2017): mean squared difference of per-node attention maps."""
+
+    def __init__(self, params: ATParams) -> None:
+        super().__init__(params.lambda_, params.layer_map)
+        self.p = params.p
+
+    def term(self, student: ModelOutput, teacher: ModelOutput, **_: Any) -> Tensor:
+        terms = [at_loss(z_s, z_t, p=self.p) for _, z_s, z_t in self._pairs(student, teacher)]
+        return torch.stack(terms).sum()
+
+
+class LocalStructurePreserving(_LayerPairs):
+    """LSP (Yang et al. 2020): KL between the two models' local structures on each layer pair.
+
+    On a fixed graph the teacher's log local structures are precomputed once; on dynamic graphs
+    (DGCNN) both sides are evaluated on the union of the two models' kNN graphs (paper 3.5).
+
+    Args:
+        params: LSP's own parameters.
+        kernel_params: the chosen kernel's validated parameters; ``None``: its defaults.
+    """
+
+    def __init__(self, params: LSPParams, kernel_params: BaseModel | None = None) -> None:
+        super().__init__(params.lambda_, params.layer_map)
+        self.kernel = params.kernel
+        self.direction = params.direction
+        self.lsp_until_epoch = params.lsp_until_epoch
+        if kernel_params is None:
+            kernel_params = validate_params(f"kernel {self.kernel!r}", KERNELS.get(self.kernel), {})
+        #: By the names study files use: what :func:`lsp_loss` takes as ``**kernel_params``.
+        self.kernel_params: dict[str, Any] = (
+            {} if kernel_params is None else kernel_params.model_dump(by_alias=True)
+        )
+
+    def active(self, epoch: int) -> bool:
+        # The official code's schedule: LSP only in the first epochs.
+        return self.lsp_until_epoch is None or epoch < self.lsp_until_epoch
+
+    def precompute(self, teacher: ModelOutput, graph: Data) -> list[Tensor]:
+        """The teacher's ``[E]`` log local structure per layer pair."""
+        return [
+            local_structure(
+                teacher.hidden[t],
+                graph.edge_index,
+                kernel=self.kernel,
+                num_nodes=graph.num_nodes,
+                **self.kernel_params,
+            )
+            for _, t in self.layer_map
+        ]
+
+    def term(
+        self,
+        student: ModelOutput,
+        teacher: ModelOutput,
+        *,
+        edge_index: Tensor | None,
+        precomputed: list[Tensor],
+        **_: Any,
+    ) -> Tensor:
+        terms = []
+        for pair, z_s, z_t in self._pairs(student, teacher):
+            s_idx, t_idx = self.layer_map[pair]
+            kwargs: dict[str, Any] = dict(
+                kernel=self.kernel,
+                direction=self.direction,
+                num_nodes=z_s.shape[0],
+                **self.kernel_params,
+            )
+            if student.edge_indices is not None and teacher.edge_indices is not None:
+                # Dynamic graphs: both sides on the union of the two kNN graphs.
+                edges = union_edges(
+                    student.edge_indices[s_idx], teacher.edge_indices[t_idx], num_nodes=z_s.shape[0]
+                )
+                terms.append(lsp_loss(z_s, z_t, edges, **kwargs))
+                continue
+            if edge_index is None:
+                raise ValueError("lsp on a fixed graph needs its edge_index")
+            log_t = precomputed[pair] if precomputed else None
+            terms.append(lsp_loss(z_s, z_t, edge_index, teacher_log_ls=log_t, **kwargs))
+        return torch.stack(terms).sum()
+
+
+def build_method(cfg: DistillConfig) -> DistillMethod:
+    """The method ``cfg`` names, built from its validated parameters.
+
+    Parameters ``cfg.params`` leaves out take the schema's defaults. A method whose entry has
+    ``info["kernel_catalog"] == "kernels"`` (LSP) also takes the chosen kernel's parameters, beside
+    its own; its factory gets them validated as ``kernel_params=``.
+
+    Raises:
+        UserInputError: an unknown method, an unknown parameter (naming it and the valid ones), a
+            value out of range, or a factory that does not build a :class:`DistillMethod`.
+    """
+    entry = METHODS.get(cfg.method)
+    what = f"method {cfg.method!r}"
+    values = dict(cfg.params)
+    factory = entry.load()
+    if entry.info.get("kernel_catalog") == "kernels":
+        own_names = entry.param_names()
+        own = {k: v for k, v in values.items() if k in own_names}
+        params = validate_params(what, entry, own)
+        kernel = dict(params or {})["kernel"]  # the entry's schema, not necessarily LSPParams
+        kernel_entry = KERNELS.get(kernel)
+        rest = {k: v for k, v in values.items() if k not in own_names}
+        unknown = [k for k in rest if k not in kernel_entry.param_names()]
+        if unknown:
+            valid = ", ".join((*own_names, *kernel_entry.param_names()))
+            raise UserInputError(
+                f"{what} with kernel {kernel!r}: unknown parameter {unknown[0]!r} (valid: {valid})"
+            )
+        kernel_params = validate_params(f"{what}: kernel {kernel!r}", kernel_entry, rest)
+        method = factory(params, kernel_params=kernel_params)
+    elif entry.params is None:
+        validate_params(what, entry, values)  # refuses any key
+        method = factory()
+    else:
+        method = factory(validate_params(what, entry, values))
+    if not isinstance(method, DistillMethod):
+        raise UserInputError(
+            f"{what}: {entry.factory} built a {type(method).__name__}, "
+            "expected a study.distill.methods.DistillMethod"
+        )
+    return method
