@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from study.data.augment import augment_pointcloud
 from study.data.base import NodeTask, PointCloudSet, PointCloudTask, Task
 from study.distill.methods import DistillMethod, build_method
-from study.metrics import binary_auroc, macro_auroc
+from study.metrics import node_scores
 from study.models.base import ModelOutput
 from study.train_config import DistillConfig, TrainConfig
 
@@ -147,9 +147,10 @@ def evaluate(
 ) -> dict[str, float]:
     """Score ``model`` on one split of ``task``.
 
-    Returns ``{"score": headline, ...}``: accuracy (single-label nodes; plus ``auroc`` when
-    binary), micro-F1 (multi-label, logits thresholded at 0; plus macro ``auroc`` over labels), or
-    overall accuracy plus ``mean_class_accuracy`` (point clouds).
+    Returns ``{"score": headline, ...}``: for node tasks the task's ``metric`` (accuracy,
+    macro_f1, micro_f1 or auroc, see :func:`study.metrics.node_scores`) beside accuracy
+    (single-label) or micro-F1 (multi-label) and AUROC; for point clouds overall accuracy plus
+    ``mean_class_accuracy``.
     All fractions in [0, 1]. ``with_auroc=False`` leaves AUROC out: the per-epoch validation
     reads only the headline, and PPI's 121-label AUROC costs 0.4 s a call.
     """
@@ -159,13 +160,13 @@ def evaluate(
     try:
         if isinstance(task, PointCloudTask):
             return _evaluate_clouds(model, getattr(task, split), task.num_classes, dev)
-        return _evaluate_nodes(model, getattr(task, split), task.multilabel, dev, with_auroc)
+        return _evaluate_nodes(model, task, getattr(task, split), dev, with_auroc)
     finally:
         model.train(was_training)
 
 
 def _evaluate_nodes(
-    model: nn.Module, graphs: list[Data], multilabel: bool, dev: torch.device, with_auroc: bool
+    model: nn.Module, task: NodeTask, graphs: list[Data], dev: torch.device, with_auroc: bool
 ) -> dict[str, float]:
     all_logits, targets = [], []
     for graph in graphs:
@@ -173,21 +174,9 @@ def _evaluate_nodes(
         all_logits.append(_logits(forward(model, data))[data.mask].cpu())
         targets.append(data.y[data.mask].cpu())
     logits, y = torch.cat(all_logits), torch.cat(targets)
-    if multilabel:
-        pred, y = logits > 0, y.bool()
-        tp = (pred & y).sum().item()
-        fp = (pred & ~y).sum().item()
-        fn = (~pred & y).sum().item()
-        f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-        metrics = {"score": f1, "micro_f1": f1}
-        if with_auroc:
-            metrics["auroc"] = macro_auroc(logits, y)
-        return metrics
-    acc = (logits.argmax(-1) == y).float().mean().item() if len(y) else float("nan")
-    metrics = {"score": acc, "accuracy": acc}
-    if with_auroc and logits.shape[-1] == 2:  # binary: AUROC of the positive class's margin
-        metrics["auroc"] = binary_auroc(logits[:, 1] - logits[:, 0], y == 1)
-    return metrics
+    return node_scores(
+        logits, y, multilabel=task.multilabel, metric=task.metric, with_auroc=with_auroc
+    )
 
 
 def _evaluate_clouds(

@@ -9,12 +9,13 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
+from study.catalogs import KERNELS, METHODS, Direction
 from study.cli import main
-from study.distill.registry import DIRECTIONS, KERNEL_NAMES, METHODS
 from study.models import build_model
 from study.teachers import save_checkpoint
 
@@ -138,17 +139,17 @@ def sbm_teacher_file(tmp_path: Path) -> Path:
 
 def test_unknown_method(capsys: pytest.CaptureFixture, sbm_teacher_file: Path) -> None:
     code = main(_distill_argv(sbm_teacher_file, "--method", "kdd"))
-    _assert_usage_error(capsys, code, "'kdd'", "method", *METHODS)
+    _assert_usage_error(capsys, code, "'kdd'", "method", *METHODS.names())
 
 
 def test_unknown_kernel(capsys: pytest.CaptureFixture, sbm_teacher_file: Path) -> None:
     code = main(_distill_argv(sbm_teacher_file, "--kernel", "gauss"))
-    _assert_usage_error(capsys, code, "'gauss'", "kernel", *KERNEL_NAMES)
+    _assert_usage_error(capsys, code, "'gauss'", "kernel", *KERNELS.names())
 
 
 def test_unknown_direction(capsys: pytest.CaptureFixture, sbm_teacher_file: Path) -> None:
     code = main(_distill_argv(sbm_teacher_file, "--direction", "both"))
-    _assert_usage_error(capsys, code, "'both'", *DIRECTIONS)
+    _assert_usage_error(capsys, code, "'both'", *get_args(Direction))
 
 
 @pytest.mark.parametrize("command", ["teacher", "distill"])
@@ -290,7 +291,7 @@ def test_validate_unknown_method_in_a_study(capsys: pytest.CaptureFixture, tmp_p
     bad = tmp_path / "study.yaml"
     bad.write_text(text.replace("methods: [none, kd, lsp]", "methods: [none, kdd, lsp]"))
     line = _assert_usage_error(capsys, main(["validate", str(bad)]), str(bad), "'kdd'", "methods")
-    for name in METHODS:
+    for name in METHODS.names():
         assert name in line
 
     # The untouched file validates.

@@ -93,6 +93,7 @@ def save_atomic(state: dict, path: Path, force: bool) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into place."""
     if path.exists() and not force:  # checked again here: the file may have appeared meanwhile
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--graph-seed", type=int, default=0, help="dataset.options.seed")
     p.add_argument("--hidden-channels", type=int, default=64, help="teacher.options")
     p.add_argument("--dropout", type=float, default=0.3, help="teacher.options")
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0, help="weights and dropout")
