@@ -26,6 +26,7 @@ from study.context import load_study_task, study_latency, trial_device
 from study.data.base import io_channels
 from study.models import build_model
 from study.search import trial_params
+from study.teachers import read_checkpoint, teacher_cache_path
 
 TAG_LATENCY = "gds.latency"
 
@@ -34,6 +35,18 @@ def student_key(spec: StudySpec, config: dict[str, Any]) -> str:
     """The student architecture a trial's config builds, as a canonical JSON string."""
     plan = resolve_trial(spec, trial_params(config, spec.seeds))
     return json.dumps({"arch": plan.student.arch, **plan.student.build_kwargs()}, sort_keys=True)
+
+
+def teacher_model_spec(tracking_uri: str, teacher_run_id: str) -> dict[str, Any]:
+    """The ``build_model`` kwargs of the study's teacher, from its checkpoint artifact (the spec
+    travels with the weights; the run's ``teacher.*`` params are only text for people).
+
+    The checkpoint is taken from this machine's teacher cache, where the trials put it, else
+    downloaded into it."""
+    path = teacher_cache_path(teacher_run_id)
+    if not path.is_file():
+        tr.download_artifact(tracking_uri, teacher_run_id, tr.TEACHER_CHECKPOINT_ARTIFACT, path)
+    return dict(read_checkpoint(path)["spec"])
 
 
 def _measure_all(
@@ -73,18 +86,11 @@ def calibrate_latency(
     if not finished:
         return 0
     keys = {r["mlflow_run_id"]: student_key(spec, r["config"]) for r in finished}
-    teacher = client.get_run(teacher_run_id)
-    teacher_spec = {
-        k.removeprefix("teacher."): json.loads(v) if v[:1] in "[{" else _scalar(v)
-        for k, v in teacher.data.params.items()
-        if k.startswith("teacher.")
-    }
+    teacher_spec = teacher_model_spec(client.tracking_uri, teacher_run_id)
     remote = ray.remote(_measure_all).options(
         num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu
     )
-    figures = ray.get(
-        remote.remote(spec, sorted(set(keys.values())), teacher_spec or None, data_root)
-    )
+    figures = ray.get(remote.remote(spec, sorted(set(keys.values())), teacher_spec, data_root))
     now = int(time.time() * 1000)
     updates = dict(keys)
     if "teacher" in figures:
@@ -116,13 +122,3 @@ def calibrate_latency(
             fig["latency_ms_p90"],
         )
     return len(updates)
-
-
-def _scalar(text: str) -> Any:
-    """MLflow params are strings: the teacher's spec values back as numbers, bools or None."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"True": True, "False": False, "None": None}.get(text, text)

@@ -38,6 +38,7 @@ from typing import Any
 
 import pandas as pd
 
+from study import fileio
 from study import tracking as tr
 from study.errors import UserInputError
 
@@ -210,7 +211,7 @@ def _copy_student(client: Any, run_id: str, out: Path) -> dict[str, Any]:
             f"trial run {run_id} has no {tr.STUDENT_ARTIFACT_DIR}/ artifacts to export (it was run "
             "before trials logged their students; run the study again)"
         )
-    with export.staging_folder(out) as tmp:
+    with fileio.staging_folder(out) as tmp:
         # No progress bar: the command prints one report, not MLflow's download meter.
         with _env(_PROGRESS_ENV, "false"):
             local = Path(client.download_artifacts(run_id, tr.STUDENT_ARTIFACT_DIR, str(tmp)))
@@ -266,12 +267,9 @@ def _teacher_test_score(client: Any, teacher_run_id: str | None) -> float:
 
 
 def _hyperparameters(client: Any, run_id: str) -> dict[str, Any]:
-    from analysis.runs import type_param_column
-
+    """The trial's params as values (:func:`study.tracking.decode_param`), without its seed."""
     params = client.get_run(run_id).data.params
-    return {
-        k: type_param_column([v]).iloc[0] for k, v in sorted(params.items()) if k != tr.TAG_SEED
-    }
+    return {k: tr.decode_param(v) for k, v in sorted(params.items()) if k != tr.TAG_SEED}
 
 
 def _float(row: pd.Series, col: str) -> float:
