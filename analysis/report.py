@@ -21,6 +21,7 @@ end, so a failure leaves nothing behind and an existing report is only replaced 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -190,9 +191,7 @@ def _add_pareto_fronts(rep: _Report, summary: pd.DataFrame, datasets: list[objec
             f"[pareto.csv](pareto.csv) lists them.{_marker_note(s_ds)}",
         )
         rep.figure(
-            f"pareto_{_slug(ds)}",
-            lambda fig, s=s_ds, f=f_ds: plot_pareto(s, f, fig.add_subplot()),
-            f"Pareto front {ds}",
+            f"pareto_{_slug(ds)}", functools.partial(_draw_pareto, s_ds, f_ds), f"Pareto front {ds}"
         )
         rep.lines += ["", ablation.to_markdown(shown).rstrip("\n")]
 
@@ -203,6 +202,10 @@ def _marker_note(summary: pd.DataFrame) -> str:
     if len(archs) <= 1:
         return ""
     return f" Colour: method; marker: student architecture ({', '.join(sorted(map(str, archs)))})."
+
+
+def _draw_pareto(summary: pd.DataFrame, front: pd.DataFrame, fig: Figure) -> None:
+    plot_pareto(summary, front, fig.add_subplot())
 
 
 def _add_ablation_tables(rep: _Report, done: pd.DataFrame, teachers: pd.DataFrame) -> None:
@@ -250,14 +253,15 @@ def _add_sweep(
     xscale = ("log" if positive else "symlog") if log else None
     rep.section(title)
     for ds in table["dataset"].dropna().unique():
-        rep.figure(
-            f"{name}_{_slug(ds)}",
-            lambda fig, t=table.loc[table["dataset"] == ds], p=param, h=hue, x=xscale: (
-                plot_hyperparameter(t, p, fig.add_subplot(), hue=h, xscale=x)
-            ),
-            f"{title} {ds}",
-        )
+        draw = functools.partial(_draw_sweep, table.loc[table["dataset"] == ds], param, hue, xscale)
+        rep.figure(f"{name}_{_slug(ds)}", draw, f"{title} {ds}")
     rep.table(name, table)
+
+
+def _draw_sweep(
+    table: pd.DataFrame, param: str, hue: str | None, xscale: str | None, fig: Figure
+) -> None:
+    plot_hyperparameter(table, param, fig.add_subplot(), hue=hue, xscale=xscale)
 
 
 def _add_training_curves(

@@ -51,20 +51,22 @@ def teacher_model_spec(tracking_uri: str, teacher_run_id: str) -> dict[str, Any]
 
 def _measure_all(
     spec: StudySpec, keys: list[str], teacher_spec: dict[str, Any] | None, data_root: str | None
-) -> dict[str, dict[str, float]]:
-    """In a Ray task: time each architecture in turn (random weights; timing ignores them)."""
+) -> dict[str, dict[str, Any]]:
+    """In a Ray task: time each architecture in turn (random weights; timing ignores them).
+
+    Returns, per key (and ``"teacher"``): ``latency_ms_p50``/``p90`` (float), ``device`` (its
+    name) and ``threads``.
+    """
     device = trial_device(spec.resources.gpu)
     task = load_study_task(spec, data_root)
-    out: dict[str, dict[str, float]] = {}
-    models = {key: json.loads(key) for key in keys}
+    out: dict[str, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {key: json.loads(key) for key in keys}
     if teacher_spec is not None:
         models["teacher"] = teacher_spec
-    for key, kwargs in models.items():
-        kwargs = dict(kwargs)
-        arch = kwargs.pop("arch")
-        for k in ("in_channels", "out_channels"):
-            kwargs.pop(k, None)
-        model = build_model(arch, **kwargs, **io_channels(task)).to(device)
+    for key, model_spec in models.items():
+        # The channels come from the data the model is timed on, whatever the spec says.
+        kwargs: dict[str, Any] = {**model_spec, **io_channels(task)}
+        model = build_model(**kwargs).to(device)
         lat = study_latency(model, task, spec, device)
         out[key] = {**lat.as_metrics(), "device": lat.device_name, "threads": lat.threads}
     return out

@@ -254,10 +254,11 @@ def _write_torchscript(
     names = list(inspect.signature(wrapper.forward).parameters)
     info: dict[str, Any] = {"returns": "logits", "inputs": names}
     reasons: list[str] = []
-    expected = None
+    # The eager logits on the example inputs, which a compiled module must reproduce.
+    reference: tuple[tuple[Tensor, ...], Tensor] | None = None
     if inputs is not None:
         with torch.no_grad():
-            expected = wrapper(*inputs)
+            reference = (inputs, wrapper(*inputs))
     # torch.jit is deprecated upstream and warns on every call; the outcome goes in config.json.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -271,15 +272,15 @@ def _write_torchscript(
                 else:
                     with torch.no_grad():
                         compiled = torch.jit.trace(wrapper, inputs, check_trace=False)
-                if inputs is not None:
-                    _check_same(compiled, inputs, expected)
+                if reference is not None:
+                    _check_same(compiled, *reference)
                 torch.jit.save(compiled, str(path))
             except Exception as err:  # noqa: BLE001 - any failure means: try the next way
                 reasons.append(f"{method}: {_first_line(err)}")
                 path.unlink(missing_ok=True)
                 continue
             info.update(available=True, method=method, file=TORCHSCRIPT_FILE)
-            if method == "trace":
+            if method == "trace" and inputs is not None:  # a trace always has inputs
                 info["script_error"] = reasons[0]
                 info["traced_on_shapes"] = [list(t.shape) for t in inputs]
             return info
