@@ -84,14 +84,23 @@ def scratch_cwd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
     Session-wide, so module- and session-scoped fixtures (studies run once per module) are
     covered too; tests that need the repository use :data:`REPO`, never the working folder.
+    Ray puts the driver's working folder on its workers' ``sys.path``, which used to be how
+    they found this checkout; ``PYTHONPATH`` now says it, so workers and subprocesses import
+    the code under test, not another installed copy.
     """
     cwd = tmp_path_factory.mktemp("cwd")
     previous = Path.cwd()
+    previous_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), previous_path) if p)
     os.chdir(cwd)
     try:
         yield cwd
     finally:
         os.chdir(previous)
+        if previous_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous_path
 
 
 @pytest.fixture
