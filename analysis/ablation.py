@@ -360,13 +360,13 @@ def format_mean_std(mean: float, std: float, n: int | None = None, *, digits: in
     text = f"{float(mean):.{digits}f}"
     if not _isnan(std):
         text += f" ± {float(std):.{digits}f}"
-    if not _isnan(n):
+    if n is not None and not _isnan(n):
         text += f" (n={int(n)})"
     return text
 
 
-def _format_params(x: object) -> str:
-    if _isnan(x):
+def _format_params(x: float | None) -> str:
+    if x is None or _isnan(x):
         return ""
     x = float(x)
     if x >= 1e5:

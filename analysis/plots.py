@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
@@ -117,13 +118,14 @@ def plot_pareto(
             zorder=3,
             legend="auto",
         )
-    handles, labels = [], []
+    handles: list[Artist] = []
+    labels: list[str] = []
     legend = ax.get_legend()
     if legend is not None:
-        handles, labels = (
-            list(legend.legend_handles),
-            [_count_label(t.get_text()) for t in legend.texts],
-        )
+        for handle, text in zip(legend.legend_handles, legend.texts, strict=False):
+            if handle is not None:  # matplotlib types a handle it could not draw as None
+                handles.append(handle)
+                labels.append(_count_label(text.get_text()))
     f = front.loc[front[[x_mean, y_mean]].notna().all(axis=1)].sort_values(x_mean)
     if len(f):
         (line,) = ax.plot(

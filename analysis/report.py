@@ -21,10 +21,9 @@ end, so a failure leaves nothing behind and an existing report is only replaced 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -46,6 +45,7 @@ from analysis.runs import (
     load_teachers,
 )
 from study.errors import UserInputError
+from study.fileio import move_into_place, staging_folder
 from study.tracking import METRIC_TEST, METRIC_VAL, resolve_tracking_uri
 
 __all__ = ["write_report"]
@@ -122,10 +122,36 @@ def _best_runs(done: pd.DataFrame, methods: pd.DataFrame) -> dict[str, str]:
 
 
 def _plan(study: str, uri: str, runs: pd.DataFrame, teachers: pd.DataFrame, bar: tqdm) -> _Report:
+    """Compute every table and figure of the report (nothing is written yet)."""
     done = finished_trials(runs)
     rep = _Report()
     summary = ablation.config_summary(done)
     datasets = [d for d in summary["dataset"].dropna().unique()] if "dataset" in summary else []
+    _add_header(rep, study, uri, runs, done, summary, datasets)
+    bar.update()
+    _add_pareto_fronts(rep, summary, datasets)
+    bar.update()
+    _add_ablation_tables(rep, done, teachers)
+    bar.update()
+    _add_hyperparameter_sweeps(rep, done)
+    bar.update()
+    _add_training_curves(rep, done, datasets, uri)
+    rep.tables["configurations"] = summary
+    rep.tables["runs"] = runs
+    bar.update()
+    return rep
+
+
+def _add_header(
+    rep: _Report,
+    study: str,
+    uri: str,
+    runs: pd.DataFrame,
+    done: pd.DataFrame,
+    summary: pd.DataFrame,
+    datasets: list[object],
+) -> None:
+    """The title, where the runs come from, what they count, and how to read the tables."""
     devices = ", ".join(sorted(str(d) for d in done["device"].dropna().unique())) or "unknown"
     n_seeds = summary["n"]
     rep.lines += [
@@ -144,9 +170,10 @@ def _plan(study: str, uri: str, runs: pd.DataFrame, teachers: pd.DataFrame, bar:
         "and reported on test. Scores in percent. Paper rows: Yang et al., CVPR 2020 (no std "
         "published; latency on a GTX 1080Ti).",
     ]
-    bar.update()
 
-    # Pareto fronts, one per dataset.
+
+def _add_pareto_fronts(rep: _Report, summary: pd.DataFrame, datasets: list[object]) -> None:
+    """One accuracy-against-latency section per dataset: figure and the front's table."""
     front = pareto_front(summary, DEFAULT_OBJECTIVES, by="dataset")
     lead = [c for c in _FRONT_COLUMNS if c in front.columns]
     rep.pareto = front[lead + [c for c in front.columns if c not in lead]]
@@ -157,26 +184,32 @@ def _plan(study: str, uri: str, runs: pd.DataFrame, teachers: pd.DataFrame, bar:
             ablation.to_percent(f_ds, ablation.score_scale(s_ds[f"{METRIC_TEST}_mean"])),
             ["dataset", "method"],
         )
-        archs = s_ds["student_arch"].dropna().unique() if "student_arch" in s_ds.columns else []
-        markers = (
-            f" Colour: method; marker: student architecture ({', '.join(sorted(map(str, archs)))})."
-            if len(archs) > 1
-            else ""
-        )
         rep.section(
             f"Accuracy against latency: {ds}",
             f"{len(f_ds)} of {len(s_ds)} configurations are on the Pareto front (none is at "
             "least as good in test score and latency p50 and better in one); "
-            f"[pareto.csv](pareto.csv) lists them.{markers}",
+            f"[pareto.csv](pareto.csv) lists them.{_marker_note(s_ds)}",
         )
         rep.figure(
-            f"pareto_{_slug(ds)}",
-            lambda fig, s=s_ds, f=f_ds: plot_pareto(s, f, fig.add_subplot()),
-            f"Pareto front {ds}",
+            f"pareto_{_slug(ds)}", functools.partial(_draw_pareto, s_ds, f_ds), f"Pareto front {ds}"
         )
         rep.lines += ["", ablation.to_markdown(shown).rstrip("\n")]
-    bar.update()
 
+
+def _marker_note(summary: pd.DataFrame) -> str:
+    """The legend sentence for marker shapes, when more than one student architecture shows."""
+    archs = summary["student_arch"].dropna().unique() if "student_arch" in summary.columns else []
+    if len(archs) <= 1:
+        return ""
+    return f" Colour: method; marker: student architecture ({', '.join(sorted(map(str, archs)))})."
+
+
+def _draw_pareto(summary: pd.DataFrame, front: pd.DataFrame, fig: Figure) -> None:
+    plot_pareto(summary, front, fig.add_subplot())
+
+
+def _add_ablation_tables(rep: _Report, done: pd.DataFrame, teachers: pd.DataFrame) -> None:
+    """The paper's tables: methods always; LSP kernels and student sizes where there are any."""
     rep.section("Methods")
     rep.table("methods", ablation.method_table(done, teachers), latex=True)
     kernels = ablation.kernel_table(done)
@@ -187,59 +220,74 @@ def _plan(study: str, uri: str, runs: pd.DataFrame, teachers: pd.DataFrame, bar:
     if not students.empty:
         rep.section("Students")
         rep.table("students", students, latex=True)
-    bar.update()
 
-    # lambda is searched over orders of magnitude: always a log axis (symlog if 0 was tried).
-    for param, method, hue, title, log in (
-        ("lsp.lambda", "lsp", "lsp.kernel", "LSP lambda", True),
-        ("kd.temperature", "kd", None, "KD temperature", False),
-    ):
+
+# (param, method, hue, title, log axis): lambda is searched over orders of magnitude, so it is
+# always on a log axis (symlog if 0 was tried).
+_SWEEPS = (
+    ("lsp.lambda", "lsp", "lsp.kernel", "LSP lambda", True),
+    ("kd.temperature", "kd", None, "KD temperature", False),
+)
+
+
+def _add_hyperparameter_sweeps(rep: _Report, done: pd.DataFrame) -> None:
+    """Score against each searched hyperparameter of :data:`_SWEEPS` the study tried."""
+    for param, method, hue, title, log in _SWEEPS:
         if param not in done.columns:
             continue
         sub = done.loc[(done["method"] == method) & done[param].notna()]
         if sub.empty:
             continue
-        hue = hue if hue in sub.columns and sub[hue].notna().any() else None
-        factors = [hue, param] if hue else [param]
-        table = ablation.factor_table(sub, factors)
-        name = _slug(param.replace(".", "_"))
-        positive = (pd.to_numeric(sub[param], errors="coerce") > 0).all()
-        xscale = ("log" if positive else "symlog") if log else None
-        rep.section(title)
-        for ds in table["dataset"].dropna().unique():
-            rep.figure(
-                f"{name}_{_slug(ds)}",
-                lambda fig, t=table.loc[table["dataset"] == ds], p=param, h=hue, x=xscale: (
-                    plot_hyperparameter(t, p, fig.add_subplot(), hue=h, xscale=x)
-                ),
-                f"{title} {ds}",
-            )
-        rep.table(name, table)
-    bar.update()
+        _add_sweep(rep, sub, param, hue, title, log)
 
+
+def _add_sweep(
+    rep: _Report, sub: pd.DataFrame, param: str, hue: str | None, title: str, log: bool
+) -> None:
+    """One hyperparameter's section: a figure per dataset and the factor table."""
+    hue = hue if hue in sub.columns and sub[hue].notna().any() else None
+    factors = [hue, param] if hue else [param]
+    table = ablation.factor_table(sub, factors)
+    name = _slug(param.replace(".", "_"))
+    positive = (pd.to_numeric(sub[param], errors="coerce") > 0).all()
+    xscale = ("log" if positive else "symlog") if log else None
+    rep.section(title)
+    for ds in table["dataset"].dropna().unique():
+        draw = functools.partial(_draw_sweep, table.loc[table["dataset"] == ds], param, hue, xscale)
+        rep.figure(f"{name}_{_slug(ds)}", draw, f"{title} {ds}")
+    rep.table(name, table)
+
+
+def _draw_sweep(
+    table: pd.DataFrame, param: str, hue: str | None, xscale: str | None, fig: Figure
+) -> None:
+    plot_hyperparameter(table, param, fig.add_subplot(), hue=hue, xscale=xscale)
+
+
+def _add_training_curves(
+    rep: _Report, done: pd.DataFrame, datasets: list[object], uri: str
+) -> None:
+    """Validation score and training loss per epoch of each method's best run, per dataset."""
     best = _best_runs(done, rep.tables["methods"])
     history = load_history(list(best), tracking_uri=uri)
-    if not history.empty:
-        rep.section(
-            "Training curves",
-            "The best seed of each method's best configuration.",
-        )
-        for ds in datasets:
-            ids = set(done.loc[done["dataset"] == ds, "run_id"])
-            h = history.loc[history["run_id"].isin(ids)]
-            if h.empty:
-                continue
+    if history.empty:
+        return
+    rep.section(
+        "Training curves",
+        "The best seed of each method's best configuration.",
+    )
+    for ds in datasets:
+        ids = set(done.loc[done["dataset"] == ds, "run_id"])
+        h = history.loc[history["run_id"].isin(ids)]
+        if h.empty:
+            continue
 
-            def draw(fig: Figure, h: pd.DataFrame = h) -> None:
-                left, right = fig.subplots(1, 2)
-                plot_training_curves(h, left, key="epoch_val_score", labels=best)
-                plot_training_curves(h, right, key="train_loss", labels=best)
+        def draw(fig: Figure, h: pd.DataFrame = h) -> None:
+            left, right = fig.subplots(1, 2)
+            plot_training_curves(h, left, key="epoch_val_score", labels=best)
+            plot_training_curves(h, right, key="train_loss", labels=best)
 
-            rep.figure(f"training_curves_{_slug(ds)}", draw, f"Training curves {ds}")
-    rep.tables["configurations"] = summary
-    rep.tables["runs"] = runs
-    bar.update()
-    return rep
+        rep.figure(f"training_curves_{_slug(ds)}", draw, f"Training curves {ds}")
 
 
 def _write(rep: _Report, folder: Path, bar: tqdm) -> None:
@@ -260,12 +308,6 @@ def _write(rep: _Report, folder: Path, bar: tqdm) -> None:
         fig.savefig(folder / "figures" / f"{name}.svg", metadata={"Date": None})
     bar.update()
     (folder / "README.md").write_text("\n".join(rep.lines) + "\n")
-
-
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o777 & ~mask
 
 
 def write_report(
@@ -306,35 +348,19 @@ def write_report(
         teachers = load_teachers(study, tracking_uri=uri)
         bar.update()
         rep = _plan(study, uri, runs, teachers, bar)
-
-        missing = []
-        parent = out.parent
-        while not parent.exists():
-            missing.append(parent)
-            parent = parent.parent
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        try:
-            tmp.chmod(_umask_mode())
-            _write(rep, tmp, bar)
-            _check_out_dir(out, overwrite)  # it may have appeared while we worked
-            if out.exists():
-                old = tmp.with_name(tmp.name + ".old")
-                out.rename(old)
-                try:
-                    tmp.rename(out)
-                except BaseException:
-                    old.rename(out)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            for folder in missing:  # parents we created, innermost first
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
-            raise
+        _write_into_place(rep, out, overwrite, bar)
     return out
+
+
+def _write_into_place(rep: _Report, out: Path, overwrite: bool, bar: tqdm) -> None:
+    """Write the report in a hidden folder beside ``out``, then rename it to ``out``
+    (:mod:`study.fileio`): a failure leaves neither a partial report nor the parents made."""
+    with staging_folder(out) as tmp:
+        _write(rep, tmp, bar)
+        _check_out_dir(out, overwrite)  # it may have appeared while we worked
+        try:
+            move_into_place(tmp, out, replace=overwrite)
+        except FileExistsError:
+            raise UserInputError(
+                f"report folder {out} was filled while the report was written; not overwriting it"
+            ) from None

@@ -4,9 +4,10 @@ The only module of :mod:`analysis` that talks to MLflow. It reads the layout wri
 studies (see :mod:`study.tracking`): experiment = study name, trial runs tagged
 ``gds.role=trial``, teacher runs tagged ``gds.role=teacher``.
 
-MLflow stores params as strings; :func:`load_runs` types them back (``"100.0"`` -> float,
-``"16"`` -> int, ``"true"``/``"false"`` -> bool, ``"None"`` -> NA, anything else stays a string;
-a column mixing ints and floats becomes float).
+MLflow stores params as strings; :func:`load_runs` types them back with
+:func:`study.tracking.decode_param` (``"100.0"`` -> float, ``"16"`` -> int, ``"true"``/``"True"``
+-> bool, ``"null"``/``"None"`` -> NA, anything else stays a string), then per column (a column
+mixing ints and floats becomes float; see :func:`type_param_column`).
 
 Runs are read with ``MlflowClient(uri).search_runs`` (paged), the client form of
 ``mlflow.search_runs``: it takes the tracking URI as an argument instead of changing MLflow's
@@ -15,7 +16,6 @@ process-wide tracking URI, so reading a report never redirects a caller's own lo
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -40,6 +40,7 @@ from study.tracking import (
     TAG_STUDENT_ARCH,
     TAG_TEACHER_HASH,
     TAG_TEACHER_RUN,
+    decode_param,
     resolve_tracking_uri,
 )
 
@@ -75,29 +76,27 @@ _TEACHER_TAGS = {"dataset": TAG_DATASET, "device": TAG_DEVICE, "teacher_hash": T
 TEACHER_COLUMNS = ("study", "run_id", "run_name", "status", *_TEACHER_TAGS)
 HISTORY_COLUMNS = ("run_id", "key", "step", "value")
 
-_NA_TOKENS = frozenset({"", "none", "null", "<na>"})
-_INT_RE = re.compile(r"[+-]?\d+")
-
 
 # --------------------------------------------------------------------------------------------
 # Typing MLflow's string params
 # --------------------------------------------------------------------------------------------
-def _parse(text: Any) -> tuple[str, Any]:
-    """One param string -> (kind, value), kind in {"na", "bool", "int", "float", "str"}."""
+def _kind(text: Any) -> tuple[str, Any]:
+    """One param string -> (kind, value), kind in {"na", "bool", "int", "float", "str"}.
+
+    Lists and dicts count as "str": a column keeps their text (hashable, groupable).
+    """
     if text is None or (isinstance(text, float) and np.isnan(text)):
         return "na", None
-    s = str(text).strip()
-    low = s.lower()
-    if low in _NA_TOKENS:
+    value = decode_param(str(text).strip())
+    if value is None:
         return "na", None
-    if low in ("true", "false"):
-        return "bool", low == "true"
-    if _INT_RE.fullmatch(s):
-        return "int", int(s)
-    try:
-        return "float", float(s)
-    except ValueError:
-        return "str", s
+    if isinstance(value, bool):  # before int: bool is an int
+        return "bool", value
+    if isinstance(value, int):
+        return "int", value
+    if isinstance(value, float):
+        return "float", value
+    return "str", value
 
 
 def type_param_column(values: Sequence[Any]) -> pd.Series:
@@ -105,9 +104,10 @@ def type_param_column(values: Sequence[Any]) -> pd.Series:
 
     All bools -> ``bool`` (``boolean`` if some are NA); all ints -> ``int64`` (``Int64`` with NA);
     ints and floats -> ``float64`` (NA -> NaN); anything else, including a mix of numbers and
-    words, keeps the original strings (NA where missing).
+    words, keeps the original strings (NA where missing). Each value is read with
+    :func:`study.tracking.decode_param`, so ``null`` and the legacy ``None`` are NA.
     """
-    parsed = [_parse(v) for v in values]
+    parsed = [_kind(v) for v in values]
     kinds = {k for k, _ in parsed} - {"na"}
     has_na = any(k == "na" for k, _ in parsed)
     vals = [v for _, v in parsed]
@@ -119,9 +119,11 @@ def type_param_column(values: Sequence[Any]) -> pd.Series:
         return pd.Series(vals, dtype="Int64" if has_na else "int64")
     if kinds <= {"int", "float"}:
         return pd.Series([np.nan if v is None else float(v) for v in vals], dtype="float64")
-    # A mixed column keeps what the user wrote (e.g. "10" next to "auto"), not Python reprs.
+    # A mixed column keeps what the user wrote (e.g. "10" next to "auto"), not Python reprs;
+    # strings as decoded (a logged "16" is stored quoted), lists and dicts as their text.
     texts = [
-        None if k == "na" else str(t).strip() for (k, _), t in zip(parsed, values, strict=True)
+        None if k == "na" else v if isinstance(v, str) else str(t).strip()
+        for (k, v), t in zip(parsed, values, strict=True)
     ]
     return pd.Series(texts, dtype="object")
 

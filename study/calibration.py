@@ -26,6 +26,7 @@ from study.context import load_study_task, study_latency, trial_device
 from study.data.base import io_channels
 from study.models import build_model
 from study.search import trial_params
+from study.teachers import read_checkpoint, teacher_cache_path
 
 TAG_LATENCY = "gds.latency"
 
@@ -36,22 +37,36 @@ def student_key(spec: StudySpec, config: dict[str, Any]) -> str:
     return json.dumps({"arch": plan.student.arch, **plan.student.build_kwargs()}, sort_keys=True)
 
 
+def teacher_model_spec(tracking_uri: str, teacher_run_id: str) -> dict[str, Any]:
+    """The ``build_model`` kwargs of the study's teacher, from its checkpoint artifact (the spec
+    travels with the weights; the run's ``teacher.*`` params are only text for people).
+
+    The checkpoint is taken from this machine's teacher cache, where the trials put it, else
+    downloaded into it."""
+    path = teacher_cache_path(teacher_run_id)
+    if not path.is_file():
+        tr.download_artifact(tracking_uri, teacher_run_id, tr.TEACHER_CHECKPOINT_ARTIFACT, path)
+    return dict(read_checkpoint(path)["spec"])
+
+
 def _measure_all(
     spec: StudySpec, keys: list[str], teacher_spec: dict[str, Any] | None, data_root: str | None
-) -> dict[str, dict[str, float]]:
-    """In a Ray task: time each architecture in turn (random weights; timing ignores them)."""
+) -> dict[str, dict[str, Any]]:
+    """In a Ray task: time each architecture in turn (random weights; timing ignores them).
+
+    Returns, per key (and ``"teacher"``): ``latency_ms_p50``/``p90`` (float), ``device`` (its
+    name) and ``threads``.
+    """
     device = trial_device(spec.resources.gpu)
     task = load_study_task(spec, data_root)
-    out: dict[str, dict[str, float]] = {}
-    models = {key: json.loads(key) for key in keys}
+    out: dict[str, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {key: json.loads(key) for key in keys}
     if teacher_spec is not None:
         models["teacher"] = teacher_spec
-    for key, kwargs in models.items():
-        kwargs = dict(kwargs)
-        arch = kwargs.pop("arch")
-        for k in ("in_channels", "out_channels"):
-            kwargs.pop(k, None)
-        model = build_model(arch, **kwargs, **io_channels(task)).to(device)
+    for key, model_spec in models.items():
+        # The channels come from the data the model is timed on, whatever the spec says.
+        kwargs: dict[str, Any] = {**model_spec, **io_channels(task)}
+        model = build_model(**kwargs).to(device)
         lat = study_latency(model, task, spec, device)
         out[key] = {**lat.as_metrics(), "device": lat.device_name, "threads": lat.threads}
     return out
@@ -73,18 +88,11 @@ def calibrate_latency(
     if not finished:
         return 0
     keys = {r["mlflow_run_id"]: student_key(spec, r["config"]) for r in finished}
-    teacher = client.get_run(teacher_run_id)
-    teacher_spec = {
-        k.removeprefix("teacher."): json.loads(v) if v[:1] in "[{" else _scalar(v)
-        for k, v in teacher.data.params.items()
-        if k.startswith("teacher.")
-    }
+    teacher_spec = teacher_model_spec(client.tracking_uri, teacher_run_id)
     remote = ray.remote(_measure_all).options(
         num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu
     )
-    figures = ray.get(
-        remote.remote(spec, sorted(set(keys.values())), teacher_spec or None, data_root)
-    )
+    figures = ray.get(remote.remote(spec, sorted(set(keys.values())), teacher_spec, data_root))
     now = int(time.time() * 1000)
     updates = dict(keys)
     if "teacher" in figures:
@@ -116,13 +124,3 @@ def calibrate_latency(
             fig["latency_ms_p90"],
         )
     return len(updates)
-
-
-def _scalar(text: str) -> Any:
-    """MLflow params are strings: the teacher's spec values back as numbers, bools or None."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"True": True, "False": False, "None": None}.get(text, text)

@@ -24,21 +24,19 @@ what serving stacks load today.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import json
 import os
-import shutil
-import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from study import fileio
 from study.errors import UserInputError
 from study.models import build_model, count_parameters
 
@@ -99,9 +97,9 @@ def export_student(
     """Write ``model`` to a new folder ``out_dir``: weights, config and (where possible)
     TorchScript.
 
-    The files are written into a temporary folder beside ``out_dir`` and renamed at the end, so
-    ``out_dir`` never holds a partial export. The model itself is left untouched (a CPU copy in
-    eval mode is exported).
+    The files are written into a temporary folder beside ``out_dir`` and renamed at the end
+    (:func:`study.fileio.staging_folder`), so ``out_dir`` never holds a partial export. The
+    model itself is left untouched (a CPU copy in eval mode is exported).
 
     Args:
         model: a model built by :func:`~study.models.build_model` (it must carry ``model.spec``).
@@ -140,7 +138,7 @@ def export_student(
 
     cpu_model = copy.deepcopy(model).cpu().eval()
     inputs = _as_tuple(example_inputs)
-    with staging_folder(out) as tmp:
+    with fileio.staging_folder(out) as tmp:
         state = {k: v.detach().cpu().clone() for k, v in cpu_model.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_FILE)
         config["torchscript"] = _write_torchscript(cpu_model, inputs, tmp / TORCHSCRIPT_FILE)
@@ -222,31 +220,15 @@ def check_target(out: Path, key: str | None = None) -> None:
         raise UserInputError(f"{where} exists and is not a folder; not overwriting it")
 
 
-@contextlib.contextmanager
-def staging_folder(out: Path) -> Iterator[Path]:
-    """A new hidden folder beside ``out`` (same file system, so renaming it into place is
-    atomic), removed on leaving unless it was moved."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+def move_into_place(folder: Path, out: Path) -> None:
+    """Rename the complete export ``folder`` to ``out`` (:func:`study.fileio.move_into_place`);
+    an ``out`` filled by someone else meanwhile is a :class:`UserInputError` and left as it is."""
     try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def move_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``, which may be missing or an empty folder, never a full one."""
-    try:
-        if out.is_dir():
-            out.rmdir()  # refuses if something was written there since the check
-        os.rename(tmp, out)  # refuses a non-empty target folder
-    except OSError as err:
-        if out.exists():
-            raise UserInputError(
-                f"{out}: filled up while exporting; not overwriting it ({err.strerror})"
-            ) from None
-        raise
+        fileio.move_into_place(folder, out)
+    except FileExistsError as err:
+        raise UserInputError(
+            f"{out}: filled up while exporting; not overwriting it ({err.strerror})"
+        ) from None
 
 
 def _as_tuple(example_inputs: Tensor | tuple[Tensor, ...] | None) -> tuple[Tensor, ...] | None:
@@ -272,10 +254,11 @@ def _write_torchscript(
     names = list(inspect.signature(wrapper.forward).parameters)
     info: dict[str, Any] = {"returns": "logits", "inputs": names}
     reasons: list[str] = []
-    expected = None
+    # The eager logits on the example inputs, which a compiled module must reproduce.
+    reference: tuple[tuple[Tensor, ...], Tensor] | None = None
     if inputs is not None:
         with torch.no_grad():
-            expected = wrapper(*inputs)
+            reference = (inputs, wrapper(*inputs))
     # torch.jit is deprecated upstream and warns on every call; the outcome goes in config.json.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -289,15 +272,15 @@ def _write_torchscript(
                 else:
                     with torch.no_grad():
                         compiled = torch.jit.trace(wrapper, inputs, check_trace=False)
-                if inputs is not None:
-                    _check_same(compiled, inputs, expected)
+                if reference is not None:
+                    _check_same(compiled, *reference)
                 torch.jit.save(compiled, str(path))
             except Exception as err:  # noqa: BLE001 - any failure means: try the next way
                 reasons.append(f"{method}: {_first_line(err)}")
                 path.unlink(missing_ok=True)
                 continue
             info.update(available=True, method=method, file=TORCHSCRIPT_FILE)
-            if method == "trace":
+            if method == "trace" and inputs is not None:  # a trace always has inputs
                 info["script_error"] = reasons[0]
                 info["traced_on_shapes"] = [list(t.shape) for t in inputs]
             return info

@@ -38,6 +38,7 @@ from typing import Any
 
 import pandas as pd
 
+from study import fileio
 from study import tracking as tr
 from study.errors import UserInputError
 
@@ -210,7 +211,7 @@ def _copy_student(client: Any, run_id: str, out: Path) -> dict[str, Any]:
             f"trial run {run_id} has no {tr.STUDENT_ARTIFACT_DIR}/ artifacts to export (it was run "
             "before trials logged their students; run the study again)"
         )
-    with export.staging_folder(out) as tmp:
+    with fileio.staging_folder(out) as tmp:
         # No progress bar: the command prints one report, not MLflow's download meter.
         with _env(_PROGRESS_ENV, "false"):
             local = Path(client.download_artifacts(run_id, tr.STUDENT_ARTIFACT_DIR, str(tmp)))
@@ -266,12 +267,9 @@ def _teacher_test_score(client: Any, teacher_run_id: str | None) -> float:
 
 
 def _hyperparameters(client: Any, run_id: str) -> dict[str, Any]:
-    from analysis.runs import type_param_column
-
+    """The trial's params as values (:func:`study.tracking.decode_param`), without its seed."""
     params = client.get_run(run_id).data.params
-    return {
-        k: type_param_column([v]).iloc[0] for k, v in sorted(params.items()) if k != tr.TAG_SEED
-    }
+    return {k: tr.decode_param(v) for k, v in sorted(params.items()) if k != tr.TAG_SEED}
 
 
 def _float(row: pd.Series, col: str) -> float:
@@ -307,8 +305,6 @@ def select_and_export(
     """
     from mlflow.tracking import MlflowClient
 
-    from analysis.ablation import config_summary, score_scale
-    from analysis.runs import finished_trials, load_runs
     from study.export import check_target
 
     budget = check_budget(max_latency_ms)
@@ -316,6 +312,44 @@ def select_and_export(
     out = Path(os.path.abspath(out_dir))
     check_target(out, "--out")
     uri = tr.resolve_tracking_uri(tracking_uri)
+    choice = _choose(study, budget, uri)
+    client = MlflowClient(tracking_uri=uri)  # load_runs has checked that the store exists
+    teacher_score = _teacher_test_score(client, choice.teacher_run_id)
+    hyper = _hyperparameters(client, choice.source_run_id)
+    config = _copy_student(client, choice.source_run_id, out)
+    sel_id, version = _register(client, study, choice, budget, name, out)
+    return _result(study, choice, hyper, teacher_score, out, sel_id, name, version, config)
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """The configuration chosen and the run of it whose student is exported."""
+
+    row: pd.Series  # the configuration's row of config_summary: means over seeds
+    done: pd.DataFrame  # every finished trial of the study
+    candidates: int  # configurations within the budget
+    source_run_id: str
+    teacher_run_id: str
+
+    @property
+    def config_id(self) -> str:
+        return str(self.row["config_id"])
+
+    @property
+    def method(self) -> str:
+        return str(self.row.get("method"))
+
+    @property
+    def arch(self) -> str:
+        return str(self.row.get("student_arch"))
+
+
+def _choose(study: str, budget: float, uri: str) -> _Choice:
+    """Read the study's runs, choose the configuration (:func:`choose_config`) and its seed run
+    (:func:`pick_seed_run`)."""
+    from analysis.ablation import config_summary
+    from analysis.runs import finished_trials, load_runs
+
     runs = load_runs(study, tracking_uri=uri)  # UserInputError for an unknown study
     done = finished_trials(runs)
     if done.empty:
@@ -326,69 +360,108 @@ def select_and_export(
     row = choose_config(summary, budget)
     within = int((pd.to_numeric(summary[_P50], errors="coerce") <= budget).sum())
     seed_run = pick_seed_run(done, row["config_id"])
-    source_run_id = str(seed_run["run_id"])
+    return _Choice(
+        row=row,
+        done=done,
+        candidates=within,
+        source_run_id=str(seed_run["run_id"]),
+        teacher_run_id=str(seed_run.get("teacher_run_id") or ""),
+    )
 
-    client = MlflowClient(tracking_uri=uri)  # load_runs has checked that the store exists
-    teacher_run_id = str(seed_run.get("teacher_run_id") or "")
-    teacher_score = _teacher_test_score(client, teacher_run_id)
-    test = _float(row, _TEST)
-    scale = score_scale(pd.concat([done[tr.METRIC_TEST], pd.Series([teacher_score])]))
-    hyper = _hyperparameters(client, source_run_id)
 
-    config = _copy_student(client, source_run_id, out)
-
+def _register(
+    client: Any, study: str, choice: _Choice, budget: float, name: str, out: Path
+) -> tuple[str, str]:
+    """Log the export as a selection run's ``model/`` artifacts and register a new version of
+    ``name`` from them; returns ``(selection run id, model version)``. The run is marked
+    FAILED if anything here fails."""
     exp = client.get_experiment_by_name(study)
-    method, arch = str(row.get("method")), str(row.get("student_arch"))
-    version_tags = {
-        "study": study,
-        "config_id": str(row["config_id"]),
-        "teacher_run_id": teacher_run_id,
-        "method": method,
-        "student_arch": arch,
-        tr.METRIC_LATENCY_P50: f"{_float(row, _P50):.6g}",
-        tr.METRIC_TEST: f"{test:.6g}",
-    }
     sel = client.create_run(
         exp.experiment_id,
-        run_name=f"select-{row['config_id']}-{budget:g}ms",
-        tags={
-            tr.TAG_ROLE: ROLE_SELECTION,
-            tr.TAG_STUDY: study,
-            tr.TAG_CONFIG_ID: str(row["config_id"]),
-            tr.TAG_TEACHER_RUN: teacher_run_id,
-            tr.TAG_METHOD: method,
-            tr.TAG_STUDENT_ARCH: arch,
-            "source_run_id": source_run_id,
-        },
+        run_name=f"select-{choice.config_id}-{budget:g}ms",
+        tags=_selection_tags(study, choice),
     )
     sel_id = sel.info.run_id
     status = "FAILED"
     try:
-        client.log_param(sel_id, "max_latency_ms", f"{budget:g}")
-        client.log_param(sel_id, "config_id", str(row["config_id"]))
-        client.log_param(sel_id, "source_run_id", source_run_id)
-        client.log_param(sel_id, "model_name", name)
-        for key, col in (
-            (tr.METRIC_TEST, _TEST),
-            (tr.METRIC_LATENCY_P50, _P50),
-            (tr.METRIC_LATENCY_P90, f"{tr.METRIC_LATENCY_P90}_mean"),
-            (tr.METRIC_PARAMS, f"{tr.METRIC_PARAMS}_mean"),
-        ):
-            if math.isfinite(_float(row, col)):
-                client.log_metric(sel_id, key, _float(row, col))
+        _log_selection(client, sel_id, choice, budget, name)
         client.log_artifacts(sel_id, str(out), artifact_path=MODEL_ARTIFACT_DIR)
         _ensure_registered_model(client, name, study)
         source = client.get_run(sel_id).info.artifact_uri.rstrip("/") + f"/{MODEL_ARTIFACT_DIR}"
-        version = client.create_model_version(name, source=source, run_id=sel_id, tags=version_tags)
+        version = client.create_model_version(
+            name, source=source, run_id=sel_id, tags=_version_tags(study, choice)
+        )
         status = "FINISHED"
     finally:
         client.set_terminated(sel_id, status=status)
+    return sel_id, str(version.version)
 
+
+def _selection_tags(study: str, choice: _Choice) -> dict[str, str]:
+    return {
+        tr.TAG_ROLE: ROLE_SELECTION,
+        tr.TAG_STUDY: study,
+        tr.TAG_CONFIG_ID: choice.config_id,
+        tr.TAG_TEACHER_RUN: choice.teacher_run_id,
+        tr.TAG_METHOD: choice.method,
+        tr.TAG_STUDENT_ARCH: choice.arch,
+        "source_run_id": choice.source_run_id,
+    }
+
+
+def _version_tags(study: str, choice: _Choice) -> dict[str, str]:
+    return {
+        "study": study,
+        "config_id": choice.config_id,
+        "teacher_run_id": choice.teacher_run_id,
+        "method": choice.method,
+        "student_arch": choice.arch,
+        tr.METRIC_LATENCY_P50: f"{_float(choice.row, _P50):.6g}",
+        tr.METRIC_TEST: f"{_float(choice.row, _TEST):.6g}",
+    }
+
+
+# Metrics of a selection run: the configuration's means over seeds, where finite.
+_SELECTION_METRICS = (
+    (tr.METRIC_TEST, _TEST),
+    (tr.METRIC_LATENCY_P50, _P50),
+    (tr.METRIC_LATENCY_P90, f"{tr.METRIC_LATENCY_P90}_mean"),
+    (tr.METRIC_PARAMS, f"{tr.METRIC_PARAMS}_mean"),
+)
+
+
+def _log_selection(client: Any, sel_id: str, choice: _Choice, budget: float, name: str) -> None:
+    """The selection run's params (what was asked and chosen) and metrics."""
+    client.log_param(sel_id, "max_latency_ms", f"{budget:g}")
+    client.log_param(sel_id, "config_id", choice.config_id)
+    client.log_param(sel_id, "source_run_id", choice.source_run_id)
+    client.log_param(sel_id, "model_name", name)
+    for key, col in _SELECTION_METRICS:
+        if math.isfinite(_float(choice.row, col)):
+            client.log_metric(sel_id, key, _float(choice.row, col))
+
+
+def _result(
+    study: str,
+    choice: _Choice,
+    hyper: dict[str, Any],
+    teacher_score: float,
+    out: Path,
+    sel_id: str,
+    name: str,
+    version: str,
+    config: dict[str, Any],
+) -> SelectionResult:
+    from analysis.ablation import score_scale
+
+    row = choice.row
+    test = _float(row, _TEST)
+    scale = score_scale(pd.concat([choice.done[tr.METRIC_TEST], pd.Series([teacher_score])]))
     return SelectionResult(
         study=study,
-        config_id=str(row["config_id"]),
-        method=method,
-        student_arch=arch,
+        config_id=choice.config_id,
+        method=choice.method,
+        student_arch=choice.arch,
         hyperparameters=hyper,
         n_seeds=int(row.get("n", 1)),
         test_score=test,
@@ -396,16 +469,16 @@ def select_and_export(
         latency_ms_p50=_float(row, _P50),
         latency_ms_p90=_float(row, f"{tr.METRIC_LATENCY_P90}_mean"),
         num_params=_float(row, f"{tr.METRIC_PARAMS}_mean"),
-        teacher_run_id=teacher_run_id,
+        teacher_run_id=choice.teacher_run_id,
         teacher_test_score=teacher_score,
         loss_points=(teacher_score - test) * scale,
-        source_run_id=source_run_id,
+        source_run_id=choice.source_run_id,
         out_dir=out,
         selection_run_id=sel_id,
         model_name=name,
-        model_version=str(version.version),
+        model_version=version,
         torchscript=bool(config.get("torchscript", {}).get("available")),
-        candidates=within,
+        candidates=choice.candidates,
     )
 
 

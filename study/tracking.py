@@ -7,13 +7,24 @@ The layout (the contract ``analysis`` relies on):
 - one child run per trial: tags ``gds.role=trial``, ``mlflow.parentRunId``, ``method``,
   ``dataset``, ``seed``, ``config_id``, ``teacher_run_id``, ``device``; hyperparameters as params;
   per-epoch metrics; final metrics :data:`FINAL_METRICS`.
+
+MLflow stores a param as text: values are written with :func:`encode_param` and read back with
+:func:`decode_param`, the only pair that turns values into param text and back.
+
+Nothing here imports torch or Ray (``analysis`` imports this module); MLflow is imported late.
 """
 
 from __future__ import annotations
 
+import ast
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from study.fileio import atomic_write
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
@@ -83,10 +94,73 @@ def download_artifact(tracking_uri: str, run_id: str, artifact_path: str, dest: 
     stands at ``dest``, so a machine-wide cache can be filled by several workers at once)."""
     import mlflow
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=artifact_path, dst_path=tmp, tracking_uri=tracking_uri
-        )
-        os.replace(local, dest)
-    return dest
+    def download(tmp: Path) -> None:
+        # MLflow names the file after the artifact: fetch it beside ``tmp``, then take its place.
+        with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f"{tmp.name}.") as folder:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=artifact_path,
+                dst_path=folder,
+                tracking_uri=tracking_uri,
+            )
+            os.replace(local, tmp)
+
+    return atomic_write(dest, download)
+
+
+# --------------------------------------------------------------------------------------------
+# Params: values <-> MLflow's text
+# --------------------------------------------------------------------------------------------
+# How runs logged before encode_param (with ``str(value)``) spelt what JSON spells otherwise.
+_LEGACY = {
+    "True": True,
+    "False": False,
+    "None": None,
+    "nan": math.nan,
+    "inf": math.inf,
+    "-inf": -math.inf,
+}
+
+
+def encode_param(value: Any) -> str:
+    """The text to log as an MLflow param for ``value``; :func:`decode_param` reads it back.
+
+    JSON for everything (``16``, ``0.0001``, ``100.0``, ``true``, ``null``, ``[[-1, -1]]``,
+    ``{"a": 1}``), so ints stay ints and floats floats, except a string, which stays plain
+    text (``rbf``, not ``"rbf"``, in the MLflow UI) unless it would read back as something else
+    (``"16"``, ``"true"``, ``"None"`` are quoted). Tuples become lists.
+
+    Raises:
+        TypeError: a value JSON cannot hold (e.g. an object, a set).
+    """
+    if isinstance(value, str):
+        plain = _decode(value)
+        return value if isinstance(plain, str) and plain == value else json.dumps(value)
+    return json.dumps(value)
+
+
+def decode_param(text: str) -> Any:
+    """The value an MLflow param's text stands for: the inverse of :func:`encode_param`.
+
+    JSON is parsed; the Python spellings of runs logged before :func:`encode_param` (``True``,
+    ``False``, ``None``, ``nan``, ``inf``, and containers such as ``[True, None]`` or
+    ``{'a': 1}``) are read as such; any other text is the string itself.
+    """
+    return _decode(text)
+
+
+def _decode(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    if text in _LEGACY:
+        return _LEGACY[text]
+    if text[:1] in "[{(" and text.strip():
+        # A legacy str() of a container holding Python literals; literal_eval never runs code.
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return text
+        return list(value) if isinstance(value, tuple) else value
+    return text

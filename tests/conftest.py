@@ -1,16 +1,26 @@
-"""Shared fixtures: a session copy of the real offline data; tiny PPI files in PPI's layout."""
+"""Shared fixtures: a session copy of the real offline data; tiny PPI files in PPI's layout.
+
+The test run leaves the checkout as it found it: every test runs in a scratch working folder
+(MLflow puts a sqlite store's artifacts in ``./mlruns``, and the default store is
+``./mlflow.db``), and the session fails if ``mlruns/``, ``mlartifacts/`` or ``mlflow.db`` appear
+or change in the checkout all the same.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: What MLflow writes into the working folder when given none: these must not change in REPO.
+MLFLOW_LITTER = ("mlruns", "mlartifacts", "mlflow.db")
+_LITTER_KEY = pytest.StashKey[dict[str, tuple[int, int]]]()
 
 #: Graphs per split written by :func:`write_tiny_ppi` (the real PPI has 20 / 2 / 2).
 TINY_PPI_GRAPHS = {"train": 3, "valid": 2, "test": 2}
@@ -30,6 +40,67 @@ def shared_data_dir() -> Path | None:
         if c and (Path(c) / "planetoid").is_dir():
             return Path(c)
     return None
+
+
+def _litter_snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """MLflow's files in ``root``: path -> (size, mtime), runs two levels into the folders."""
+    seen: dict[str, tuple[int, int]] = {}
+    for name in MLFLOW_LITTER:
+        top = root / name
+        paths = [top, *top.glob("*"), *top.glob("*/*")] if top.is_dir() else [top]
+        for path in paths:
+            if path.exists():
+                st = path.stat()
+                seen[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return seen
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_LITTER_KEY] = _litter_snapshot(REPO)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if the tests wrote MLflow files into the checkout."""
+    before = session.config.stash.get(_LITTER_KEY, None)
+    if before is None:
+        return
+    after = _litter_snapshot(REPO)
+    changed = sorted(k for k in after if after[k] != before.get(k))
+    if changed:
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        shown = ", ".join(changed[:5]) + more
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"the tests wrote MLflow files into the checkout {REPO}: {shown}"
+        if reporter is not None:
+            reporter.write_sep("=", "FAILED: " + message, red=True)
+        else:
+            print(message)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_cwd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Run the session in a scratch folder, not the checkout.
+
+    Session-wide, so module- and session-scoped fixtures (studies run once per module) are
+    covered too; tests that need the repository use :data:`REPO`, never the working folder.
+    Ray puts the driver's working folder on its workers' ``sys.path``, which used to be how
+    they found this checkout; ``PYTHONPATH`` now says it, so workers and subprocesses import
+    the code under test, not another installed copy.
+    """
+    cwd = tmp_path_factory.mktemp("cwd")
+    previous = Path.cwd()
+    previous_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), previous_path) if p)
+    os.chdir(cwd)
+    try:
+        yield cwd
+    finally:
+        os.chdir(previous)
+        if previous_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous_path
 
 
 @pytest.fixture

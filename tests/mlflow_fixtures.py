@@ -11,8 +11,9 @@ Used by the analysis tests (and reusable by any test that needs a study to read 
     ])
 
 Each trial dict may hold: ``method`` (required), ``dataset`` (default ``"ppi"``), ``seed``
-(default 0), ``params`` (hyperparameters without method and seed; logged as strings with
-``method`` and ``seed`` added, as MLflow stores every param), ``metrics`` (final metrics),
+(default 0), ``params`` (hyperparameters without method and seed; logged as text with
+``method`` and ``seed`` added, by :func:`study.tracking.encode_param` as the trials log them, or
+by ``fill_study(..., encode=str)`` as runs logged before it did), ``metrics`` (final metrics),
 ``history`` (key -> list of per-epoch values, step = index), ``status`` (``FINISHED`` default,
 ``FAILED``, ``KILLED`` or ``RUNNING``), ``config_id`` (default: a hash of dataset, method and
 params, i.e. everything but the seed), ``device`` (default ``"cpu"``), ``student_arch``,
@@ -24,7 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -44,6 +48,7 @@ from study.tracking import (
     TAG_STUDY,
     TAG_TEACHER_HASH,
     TAG_TEACHER_RUN,
+    encode_param,
 )
 
 DEFAULT_TEACHER_METRICS = {"test_score": 0.976, "num_params": 3_640_000.0, "latency_ms_p50": 8.72}
@@ -55,12 +60,31 @@ def config_id_of(dataset: str, method: str, params: dict[str, Any]) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def _log(client: MlflowClient, run_id: str, params: dict, metrics: dict, history: dict) -> None:
+def artifact_root(tracking_uri: str) -> str | None:
+    """An artifact folder beside a sqlite store's file (``None`` for other stores).
+
+    Without one, MLflow puts a sqlite store's artifacts in ``./mlruns`` of the current folder,
+    which in a test run is the checkout.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(unquote(tracking_uri[len("sqlite:///") :].split("?", 1)[0]))
+    return (db.parent / f"{db.stem}-artifacts").absolute().as_uri()
+
+
+def _log(
+    client: MlflowClient,
+    run_id: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    history: dict[str, list[float]],
+    encode: Callable[[Any], str],
+) -> None:
     now = int(time.time() * 1000)
     ms = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
     for key, values in history.items():
         ms += [Metric(key, float(v), now + i, i) for i, v in enumerate(values)]
-    ps = [Param(k, str(v)) for k, v in params.items()]
+    ps = [Param(k, encode(v)) for k, v in params.items()]
     client.log_batch(run_id, metrics=ms, params=ps)
 
 
@@ -70,6 +94,7 @@ def fill_study(
     trials: list[dict[str, Any]],
     *,
     teachers: list[dict[str, Any]] | None = None,
+    encode: Callable[[Any], str] = encode_param,
 ) -> dict[str, Any]:
     """Create (or extend) experiment ``study``: a parent run, teacher runs and trial child runs.
 
@@ -80,6 +105,8 @@ def fill_study(
         teachers: Teacher runs, dicts with ``dataset``, ``metrics``, ``params``, ``hash``,
             ``status``; default one teacher per dataset of the trials with
             :data:`DEFAULT_TEACHER_METRICS`.
+        encode: How params become text: :func:`study.tracking.encode_param` (default), or
+            ``str`` for runs as logged before it.
 
     Returns:
         ``{"experiment_id", "parent_run_id", "teacher_run_ids": [...],
@@ -87,7 +114,10 @@ def fill_study(
     """
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(study)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(study)
+    if exp is not None:
+        exp_id = exp.experiment_id
+    else:
+        exp_id = client.create_experiment(study, artifact_location=artifact_root(tracking_uri))
     parent = client.create_run(
         exp_id, run_name=study, tags={TAG_ROLE: ROLE_STUDY, TAG_STUDY: study}
     ).info.run_id
@@ -110,7 +140,7 @@ def fill_study(
                 TAG_TEACHER_HASH: thash,
             },
         )
-        _log(client, run.info.run_id, t.get("params", {}), t.get("metrics", {}), {})
+        _log(client, run.info.run_id, t.get("params", {}), t.get("metrics", {}), {}, encode)
         client.set_terminated(run.info.run_id, t.get("status", "FINISHED"))
         teacher_ids.append(run.info.run_id)
     teacher_of = {
@@ -143,7 +173,8 @@ def fill_study(
             },
         )
         logged = {"method": method, "seed": seed, **params}
-        _log(client, run.info.run_id, logged, t.get("metrics", {}), t.get("history", {}))
+        metrics, history = t.get("metrics", {}), t.get("history", {})
+        _log(client, run.info.run_id, logged, metrics, history, encode)
         status = t.get("status", "FINISHED")
         if status != "RUNNING":
             client.set_terminated(run.info.run_id, status)
@@ -178,7 +209,7 @@ def example_trials(dataset: str = "ppi") -> list[dict[str, Any]]:
 
     Param types: ``lsp.lambda`` float (NaN off LSP), ``student.width`` int, ``student.dropout``
     0 and 0.5 (float), ``student.residual`` True/False/missing (boolean), ``at.p`` int/missing
-    (Int64), ``kd.alpha`` "None" on LSP and 0.5 on KD (float, NaN), ``lsp.kernel`` str.
+    (Int64), ``kd.alpha`` None on LSP and 0.5 on KD (float, NaN), ``lsp.kernel`` str.
     """
 
     def trial(cfg, method, seed, params, test, val, lat, n_params, **extra):
@@ -205,14 +236,14 @@ def example_trials(dataset: str = "ppi") -> list[dict[str, Any]]:
         "lsp.lambda": 100.0,
         "lsp.kernel": "rbf",
         "student.width": 16,
-        "kd.alpha": "None",
+        "kd.alpha": None,
         "student.residual": True,
     }
     poly10 = {
         "lsp.lambda": 10.0,
         "lsp.kernel": "poly",
         "student.width": 16,
-        "kd.alpha": "None",
+        "kd.alpha": None,
         "student.residual": False,
     }
     kd = {"kd.temperature": 4.0, "kd.alpha": 0.5, "student.width": 16}

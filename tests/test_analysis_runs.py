@@ -38,6 +38,8 @@ def store(tmp_path_factory):
         ],
     )
     fill_study(uri, "stuck", [{"method": "lsp", "status": "RUNNING"}])
+    # The same trials as alpha, with params logged as str(value) as before encode_param.
+    fill_study(uri, "legacy", example_trials("ppi"), encode=str)
     return {"uri": uri, "alpha": ids, "beta": beta}
 
 
@@ -84,6 +86,17 @@ def test_params_are_typed(store):
     assert df.loc["cfgB", "test_score"] == 0.9375
 
 
+def test_legacy_str_params_read_like_encoded_ones(store):
+    new = load_runs("alpha", tracking_uri=store["uri"]).set_index("run_name")
+    old = load_runs("legacy", tracking_uri=store["uri"]).set_index("run_name")
+    params = ["lsp.lambda", "lsp.kernel", "student.width", "student.dropout",
+              "student.residual", "at.p", "kd.alpha", "kd.temperature"]  # fmt: skip
+    for col in params:
+        assert old[col].dtype == new[col].dtype, col
+    pd.testing.assert_frame_equal(old[params], new[params])
+    assert old.loc["lsp-3", "lsp.lambda"] == 10.0 and old.loc["lsp-0", "student.residual"]
+
+
 def test_type_param_column_rules():
     assert type_param_column(["1", "2"]).dtype == "int64"
     assert type_param_column(["1", None]).dtype == "Int64"
@@ -94,6 +107,12 @@ def test_type_param_column_rules():
     assert mixed.tolist()[:2] == ["10", "auto"] and pd.isna(mixed.iloc[2])
     assert type_param_column(["None", None]).isna().all()
     assert type_param_column(["1e-3"]).tolist() == [0.001]
+    # encode_param's text: a quoted string reads as the string, null as NA.
+    assert type_param_column(['"16"', "auto", "null"]).tolist()[:2] == ["16", "auto"]
+    assert type_param_column(["null", "false"]).dtype == "boolean"
+    assert type_param_column(["100.0", "10.0"]).tolist() == [100.0, 10.0]
+    # Lists stay text, so a column can still be grouped on.
+    assert type_param_column(["[[-1, -1]]", "[[0, 1]]"]).tolist() == ["[[-1, -1]]", "[[0, 1]]"]
 
 
 def test_finished_trials_counts_only_finished_with_test_score(store):
@@ -137,7 +156,7 @@ def test_unknown_study_names_the_known_ones(store):
     with pytest.raises(UserInputError) as err:
         load_runs("nope", tracking_uri=store["uri"])
     msg = str(err.value)
-    assert "'nope'" in msg and "known: alpha, beta, stuck" in msg and "\n" not in msg
+    assert "'nope'" in msg and "known: alpha, beta, legacy, stuck" in msg and "\n" not in msg
     with pytest.raises(UserInputError, match="'nope'"):
         load_teachers("nope", tracking_uri=store["uri"])
 

@@ -14,6 +14,7 @@ import torch
 
 from study.data import load_task
 from study.data.modelnet40 import (
+    _cached,
     detect_modelnet40_format,
     load_modelnet40,
     round_robin_subset,
@@ -67,7 +68,9 @@ def test_real_subset(gds_data_root: Path) -> None:
 
 def test_cache_and_seeded_holdout(gds_data_root: Path) -> None:
     a = load_modelnet40(root=gds_data_root, seed=0)
-    assert list((gds_data_root / "modelnet40" / "processed").glob("modelnet40_text_P1024_*.npy"))
+    processed = gds_data_root / "modelnet40" / "processed"
+    assert list(processed.glob("modelnet40_text_P1024_*.npy"))
+    assert not [p.name for p in processed.iterdir() if ".partial-" in p.name]  # no half-writes
     b = load_modelnet40(root=gds_data_root, seed=0)
     c = load_modelnet40(root=gds_data_root, seed=1, cache=False)
     assert torch.equal(a.val.points, b.val.points) and torch.equal(a.test.points, b.test.points)
@@ -218,3 +221,23 @@ def test_missing_modelnet40(tmp_path: Path) -> None:
     assert str(tmp_path / "modelnet40") in str(err.value) and "GDS_DATA_ROOT" in str(err.value)
     with pytest.raises(UserInputError, match="format"):
         load_task("modelnet40", root=tmp_path, format="ply")
+
+
+def test_cache_write_is_atomic_and_optional(tmp_path: Path) -> None:
+    built: list[int] = []
+
+    def build() -> np.ndarray:
+        built.append(1)
+        return np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+
+    key = {"v": 1, "P": 2}
+    first = _cached(tmp_path / "cache", "text", key, build)
+    (cached,) = (tmp_path / "cache").iterdir()
+    assert cached.name.startswith("modelnet40_text_P2_") and cached.suffix == ".npy"
+    assert np.array_equal(np.load(cached), first)
+    again = _cached(tmp_path / "cache", "text", key, build)
+    assert np.array_equal(again, first) and len(built) == 1  # read back, not rebuilt
+    # A cache folder that cannot be made (a file is in the way) only costs the rebuild.
+    (tmp_path / "blocked").write_text("not a folder")
+    blocked = _cached(tmp_path / "blocked" / "cache", "text", key, build)
+    assert np.array_equal(blocked, first) and len(built) == 2

@@ -33,12 +33,14 @@ cache when the data folder is read-only): ``np.loadtxt`` over thousands of files
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +49,7 @@ from torch import Tensor
 from study.data.base import PointCloudSet, PointCloudTask
 from study.data.planetoid import missing_data_error, processed_dir_for
 from study.errors import UserInputError, choose
+from study.fileio import atomic_write
 from study.paths import data_root
 
 MODELNET40_FORMATS = ("auto", "text", "h5", "off")
@@ -313,7 +316,7 @@ def _load_text(
             "shapes": shapes,
         }
         points = _cached(
-            cache_dir, "text", key, lambda s=shapes: _parse_text(text_dir, s, num_points)
+            cache_dir, "text", key, functools.partial(_parse_text, text_dir, shapes, num_points)
         )
         out[split] = (points, labels[chosen])
     return _RawSplits(*out["train"], *out["test"], class_names)
@@ -429,7 +432,9 @@ def _load_off(
 # --- cache ----------------------------------------------------------------------------------------
 
 
-def _cached(cache_dir: Path | None, prefix: str, key: dict, build) -> np.ndarray:
+def _cached(
+    cache_dir: Path | None, prefix: str, key: dict[str, Any], build: Callable[[], np.ndarray]
+) -> np.ndarray:
     """``build()``'s array, read from / written to ``cache_dir`` under a hash of ``key``."""
     if cache_dir is None:
         return build()
@@ -438,16 +443,14 @@ def _cached(cache_dir: Path | None, prefix: str, key: dict, build) -> np.ndarray
     if path.is_file():
         return np.load(path)
     array = build()
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npy.tmp")
-    except OSError:
-        return array  # a cache we cannot write only costs time
-    try:
-        # Write then rename: concurrent trials may load the same data at once.
-        with os.fdopen(fd, "wb") as f:
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.save would add ".npy" to a path
             np.save(f, array)
-        os.replace(tmp, path)
+
+    try:
+        # Atomic: concurrent trials may load the same data at once.
+        atomic_write(path, save)
     except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        pass  # a cache we cannot write only costs time
     return array
