@@ -15,7 +15,6 @@ the data (another architecture, other feature or class counts) is caught in one 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from study.errors import UserInputError
+from study.fileio import atomic_write
 from study.models import build_model
-from study.models.user import HookedModel
+from study.models.user import USER_ARCH, HookedModel
 from study.paths import user_cache_dir
 
 CHECKPOINT_FORMAT = "gds-teacher/1"
@@ -49,15 +49,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 
@@ -144,7 +136,10 @@ def load_teacher_weights(
     path = Path(path)
     payload = _load_weights_only(path)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
-        model, _ = load_teacher(path, in_channels=in_channels, out_channels=out_channels)
+        arch = model_kwargs.get("arch")
+        model, _ = load_teacher(
+            path, in_channels=in_channels, out_channels=out_channels, arch=arch or USER_ARCH
+        )
         return model
     if not isinstance(payload, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in payload.items()
