@@ -224,7 +224,9 @@ def _log_teacher_run(
         client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            params=[Param(f"teacher.{k}", tr.encode_param(v)) for k, v in sorted(model.spec.items())],
+            params=[
+                Param(f"teacher.{k}", tr.encode_param(v)) for k, v in sorted(model.spec.items())
+            ],
         )
         with tempfile.TemporaryDirectory() as tmp:
             path = save_checkpoint(

@@ -88,7 +88,9 @@ def _find_or_start_run(
     }
     run = client.create_run(ctx.experiment_id, run_name=trial_name, tags=tags)
     run_id = run.info.run_id
-    client.log_batch(run_id, params=[Param(k, tr.encode_param(v)) for k, v in sorted(plan.params.items())])
+    client.log_batch(
+        run_id, params=[Param(k, tr.encode_param(v)) for k, v in sorted(plan.params.items())]
+    )
     return run_id
 
 
