@@ -26,6 +26,7 @@ import pandas as pd
 
 from analysis.paper import KERNEL_ROWS, METHOD_ROWS, OUR_SOURCE, PAPER_SOURCE, paper_frame
 from analysis.runs import FINISHED, TRIAL_COLUMNS, finished_trials
+from study.catalogs import METHODS, method_label
 from study.errors import choose
 from study.tracking import EXTRA_METRICS, FINAL_METRICS, METRIC_TEST, METRIC_VAL
 
@@ -51,14 +52,8 @@ __all__ = [
 SCORE_METRICS = (METRIC_TEST, METRIC_VAL)
 # Columns that differ between the seeds of one configuration by construction: never carried.
 _PER_RUN = frozenset({"run_id", "run_name", "status", "seed"})
-METHOD_LABELS = {
-    "teacher": "teacher",
-    "none": "student alone",
-    "kd": "KD",
-    "fitnet": "FitNet",
-    "at": "AT",
-    "lsp": "LSP",
-}
+#: Report labels in report order: the teacher, then every method of the catalog.
+METHOD_LABELS = {"teacher": "teacher", **{e.name: method_label(e.name) for e in METHODS}}
 _METHOD_ORDER = {m: i for i, m in enumerate(METHOD_LABELS)}
 _SOURCE_ORDER = {OUR_SOURCE: 0, PAPER_SOURCE: 1}
 
