@@ -1,96 +1,67 @@
 """Typed, validated study specs built from YAML: the contract between a study file and the runner.
 
-A study file is read with a safe YAML loader (no tags, no code) and checked completely before
-anything starts: pydantic (strict: ``true`` and ``"8"`` are not integers, NaN is not a number)
-checks types, ranges and unknown keys; the names of datasets, models, methods and kernels and
-their parameter schemas come from the catalogs (:mod:`study.catalogs`). Every problem raises
-:class:`~study.errors.UserInputError` with one line, ``<file>: <key.path>: <message>``, e.g.::
+A study file is read with a safe YAML loader (no tags, no code; YAML 1.2 floats; duplicate keys
+refused) and checked completely before anything starts. Pydantic, strict (``true`` and ``"8"``
+are not integers, NaN and infinity not numbers), checks types, ranges and unknown keys; every
+name (dataset, architecture, preset, method, kernel) and every parameter schema and default comes
+from the catalogs (:mod:`study.catalogs`). Every problem raises
+:class:`~study.errors.UserInputError` with one line, ``<file>: <key.path>: <message>``::
 
-    search_spaces/q.yaml: search.lsp.lambda: loguniform needs 0 < low < high, got [0, 10]
+    search_spaces/q.yaml: methods[1]: unknown method 'kdd' (valid: at, fitnet, kd, lsp, none)
     search_spaces/q.yaml: student.widht: unknown key (valid: arch, depth, ...)
 
-The schema (``search_spaces/quickstart.yaml`` is a commented example; defaults in brackets)::
+The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults in brackets)::
 
-    name: quickstart          # required; [A-Za-z0-9_.-]+; the MLflow experiment and Tune folder
-    description: "..."        # [""]
-    dataset:                  # required: exactly one of name, path, factory
-      name: cora              # a study.catalogs.DATASETS entry; options checked by its schema
-      path: graph.pt          # or a saved graph (relative to this file; a node task)
-      factory: "mod:fn"       # or a function returning the task (a node task)
-      options: {}             # [{}] keyword options of the loader (left out: its own default)
-      metric: accuracy        # [the dataset's] accuracy | macro_f1 | micro_f1 | auroc (node tasks)
-    teacher:                  # required; built-in keys, or factory/options/hidden
-      arch: gat               # a study.catalogs.MODELS entry: gat gcn sage mlp (node) | dgcnn
-      preset: null            # ppi_teacher ppi_student modelnet_teacher modelnet_student; then
-                              # only dropout beside it
-      width: 8                # size keys of the arch's schema (defaults there): width, depth,
-      depth: 2                # heads (gat), k, emb_dims, mlp (dgcnn), dropout
-      factory: "mod:fn"       # or a user model: fn(in_channels, out_channels, **options)
-      options: {}             # its keyword options (plain values)
-      hidden: [conv1]         # submodules whose outputs are the hidden features (required,
-                              # non-empty, when methods has fitnet, at or lsp)
-      checkpoint: null        # an existing teacher checkpoint (relative to this file)
+    name: quickstart            # required; [A-Za-z0-9_.-]+: the MLflow experiment, Tune folder
+    description: ""             # [""]
+    dataset:                    # required: exactly one of name, path, factory
+      name: cora                # a DATASETS entry; options checked by its schema, unset ones
+      path: graph.pt            #   left to the loader | a saved graph (relative to this file)
+      factory: "module:fn"      #   | a function returning the task (path, factory: node tasks)
+      options: {}               # [{}] the loader's keyword options
+      metric: accuracy          # [the dataset's] accuracy macro_f1 micro_f1 auroc (node tasks)
+    teacher:                    # required: built-in keys or factory keys
+      arch: gat                 # a MODELS entry (gat gcn sage mlp: node tasks; dgcnn: clouds)
+      preset: null              # a preset of the arch (ppi_teacher, ...): then only dropout
+      width: 8                  # the arch's size keys (width depth heads k emb_dims mlp
+      dropout: 0.6              #   dropout), defaults from its schema
+      factory: "module:fn"      # or a user model, fn(in_channels, out_channels, **options),
+      options: {}               #   with keyword options and the submodules whose outputs are
+      hidden: [conv1]           #   hidden features (non-empty when methods has fitnet/at/lsp)
+      checkpoint: null          # a trained teacher (relative to this file) instead of training
       train: {epochs: 200, lr: 0.005, weight_decay: 5.0e-4, optimizer: adam, momentum: 0.9,
-              batch_size: 32, eval_every: 1, seed: 0}   # every key optional (TrainConfig's)
-    student:                  # required; the teacher's keys minus checkpoint and train.seed
-    methods: [none, kd, fitnet, at, lsp]     # [all of study.catalogs.METHODS]
-    method_defaults:          # fixed values per method, over the catalog's defaults
-      lsp: {lambda: 100.0, kernel: rbf, sigma: 1.0, degree: 2.0, c: 0.0,
-            direction: student_teacher, lsp_until_epoch: null, layer_map: [[-1, -1]]}
-      kd: {temperature: 4.0, alpha: 0.9}
-      fitnet: {lambda: 1.0, layer_map: [[-1, -1]]}
-      at: {lambda: 1000.0, p: 1.0, layer_map: [[-1, -1]]}
-    search:                   # [{}] one dimension a line, each exactly one of
-      lsp.lambda: {loguniform: [1.0, 1000.0]}   # {choice: [...]} {uniform: [lo, hi]}
-      lsp.kernel: {choice: [rbf, linear]}       # {loguniform: [lo, hi]} {int: [lo, hi]}
-      student.width: {choice: [8, 16, 32]}      # {logint: [lo, hi]}
-    seeds: [0, 1]             # [[0]] each sampled configuration is trained once per seed
-    searcher: {algorithm: tpe, num_samples: 10, max_concurrent: null, seed: 0}
-    objectives: [{metric: val_score, mode: max}]
-    scheduler: null           # or {type: asha, grace_period: 10, reduction_factor: 3, max_t: null}
-    resources: {cpu: 1, gpu: 0}               # per trial
+              batch_size: 32, eval_every: 1, seed: 0}    # TrainConfig's defaults
+    student: {...}              # required; the teacher's keys but checkpoint and train.seed
+    methods: [none, kd, fitnet, at, lsp]   # [every METHODS entry]; a search dimension
+    method_defaults:            # per method, over the entry's defaults (LSP: and the kernels')
+      lsp: {lambda: 100.0, kernel: rbf, sigma: 1.0, direction: student_teacher,
+            lsp_until_epoch: null, layer_map: [[-1, -1]]}   # layer_map: fixed only
+    search:                     # [{}] one dimension a line: {choice: [...]}, {uniform: [lo, hi]},
+      lsp.lambda: {loguniform: [1.0, 1000.0]}  # {loguniform: ..}, {int: ..}, {logint: ..}
+      student.width: {choice: [8, 16]}         # student.options.NAME: factory students only
+    seeds: [0]                  # [[0]] each configuration runs once per seed
+    searcher: {algorithm: tpe, num_samples: 10, max_concurrent: null, seed: 0}  # nsga2 random grid
+    objectives: [{metric: val_score, mode: max}]  # val_score latency_ms_p50/p90 num_params
+    scheduler: null             # or {type: asha, grace_period: 10, reduction_factor: 3, max_t: ..}
+    resources: {cpu: 1, gpu: 0} # per trial; a fractional gpu shares one
     latency: {repeats: 30, warmup: 5, threads: 1}
     fault_tolerance: {checkpoint_every: 20, checkpoint_min_seconds: 30, max_failures: 0}
 
-Method defaults are each catalog entry's (the paper's): LSP lambda 100, the RBF kernel with
-sigma 1 (poly degree 2, c 0), KL(LS^s || LS^t), every epoch; KD temperature 4, alpha 0.9; FitNet
-lambda 1; AT lambda 1000, p 1. ``layer_map`` (fixed only) pairs ``[student layer, teacher
-layer]`` indices into the models' hidden features; ``[[-1, -1]]`` matches the last of each.
+Search: ``<method>.<param>`` (LSP: also its kernels' parameters) applies only to trials of that
+method, which must be in ``methods``, and a kernel's parameter (``lsp.sigma``: rbf; ``lsp.degree``,
+``lsp.c``: poly) only with that kernel; ``student.<key>`` applies to every trial, a size key
+only to the architectures that take it (``heads``: gat, ``k``: dgcnn). Either condition is on the
+searched ``lsp.kernel``/``student.arch``, or an error against the fixed one. Float parameters
+take every kind, integers ``int``/``logint``/``choice``, names and booleans ``choice``. ``grid``
+needs choices only and is enumerated per method (:func:`grid_configs`), ``num_samples`` [1]
+repeating it; otherwise ``num_samples`` [10] counts configurations, each run once per seed.
+``test_score`` is never an objective (it leaks the test set into model selection); a scheduler
+needs the one objective ``val_score``. Checks that need torch (a factory imports, its options
+fit, a file's contents, checkpoint keys, hidden names) are not made here: this imports no torch.
 
-Search dimensions and their conditions:
-
-- ``<method>.<param>`` for every parameter of a method's schema but ``layer_map``, and
-  ``lsp.<param>`` for every kernel's parameters, apply only to trials of that method, which
-  must be in ``methods``. A kernel's parameter (``lsp.sigma``: rbf; ``lsp.degree``, ``lsp.c``:
-  poly) applies only with that kernel (conditional on a searched ``lsp.kernel``, an error when
-  it is fixed to another kernel).
-- ``student.arch``, ``student.<size key>``, ``student.lr``, ``student.weight_decay`` apply to
-  every trial; a size key only some architectures take (``heads``: gat, ``k``: dgcnn) applies
-  only to those (conditional on a searched ``student.arch``). A preset fixes the sizes.
-  ``student.options.<name>`` (any plain values, or a numeric range) only for a factory student,
-  whose ``arch`` cannot be searched.
-- ``uniform``/``loguniform`` fit float parameters only; ``int``/``logint`` fit integer and float
-  parameters; names, literals and booleans take ``choice`` only.
-
-Searchers: ``tpe`` (default), ``nsga2`` (Optuna samplers), ``random``, ``grid``. ``num_samples``
-[10] counts configurations, so a study runs ``num_samples * len(seeds)`` trials; for ``grid``
-every dimension must be a ``choice``, the grid is enumerated per method (conditional dimensions
-only where they apply, see :func:`grid_configs`) and ``num_samples`` [1] repeats it.
-
-Objectives: one or several of ``val_score`` (mode [max]), ``latency_ms_p50``,
-``latency_ms_p90``, ``num_params`` (mode [min]). Never ``test_score``: choosing on the test split
-leaks it into model selection. A scheduler (``asha``) needs exactly one objective, ``val_score``,
-since Ray Tune schedulers take one metric and compare it as trials report it epoch by epoch.
-Resources: ``cpu`` > 0 [1], ``gpu`` >= 0 [0], fractional below 1 (trials share a GPU).
-Fault tolerance: a trial checkpoints every ``checkpoint_every`` [20] epochs, but at most once in
-``checkpoint_min_seconds`` [30], and is restarted up to ``max_failures`` [0] times.
-
-Checks that need torch (a factory imports, its options fit, a file's contents, checkpoint keys,
-hidden submodule names) are not made here: reading a study file imports no torch.
-
-A trial receives a flat dict such as ``{"method": "lsp", "lsp.lambda": 12.3,
-"student.width": 16, "seed": 1}``; :func:`resolve_trial` validates it against the spec and returns
-the student, its :class:`~study.train.TrainConfig` and the :class:`~study.train.DistillConfig`.
+A trial's flat dict (``{"method": "lsp", "lsp.lambda": 12.3, "student.width": 16, "seed": 1}``)
+is checked and resolved by :func:`resolve_trial` into the student, its
+:class:`~study.train_config.TrainConfig` and :class:`~study.train_config.DistillConfig`.
 """
 
 from __future__ import annotations
@@ -101,9 +72,9 @@ import math
 import numbers
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
 
@@ -113,26 +84,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from pydantic import dataclasses as pdc
 from pydantic.fields import FieldInfo
 
+from study import catalogs as cat
 from study import tracking
 from study.catalog import FACTORY_RE
-from study.catalogs import (
-    DATASETS,
-    KERNELS,
-    METHODS,
-    MODELS,
-    NODE,
-    NODE_METRICS,
-    POINTCLOUD,
-    PRESET_OVERRIDES,
-    TASK_WORDS,
-    WHOLE,
-    Count,
-    NonNegative,
-    Params,
-    Positive,
-    kernel_params,
-    preset_arch,
-)
 from study.errors import UserInputError, choose
 from study.train_config import DistillConfig, TrainConfig
 
@@ -144,10 +98,18 @@ OBJECTIVE_MODES: dict[str, str] = {
     tracking.METRIC_LATENCY_P90: "min",
     tracking.METRIC_PARAMS: "min",
 }
-_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 TEACHER_HASH_VERSION = 1  # bump when a teacher trained from the same spec would differ
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-NonNegInt = Annotated[int, Field(ge=0)]
+_NonNegInt = Annotated[int, Field(ge=0)]
+_Factory = Annotated[str, AfterValidator(lambda v: _factory_ref(v))]
+
+
+def _factory_ref(value: str) -> str:
+    if not FACTORY_RE.fullmatch(value):
+        raise ValueError(f"expected 'module:function' (e.g. my_models:build), got {value!r}")
+    return value
+
 
 # ---------------------------------------------------------------------------------------------
 # The specs
@@ -156,9 +118,8 @@ NonNegInt = Annotated[int, Field(ge=0)]
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """The dataset: a catalog ``name``, a saved graph at ``path`` (absolute) or a ``factory``
-    (``"module:function"``), with its keyword ``options``; ``metric`` overrides the headline
-    score of a node task; ``base_dir`` is the study file's folder (absolute)."""
+    """A catalog dataset ``name``, a saved graph at ``path`` or a ``factory``, with the loader's
+    ``options``; ``metric`` (node tasks) and ``base_dir`` (the study file's folder)."""
 
     name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -169,20 +130,19 @@ class DatasetSpec:
 
     @property
     def label(self) -> str:
-        """What tags and reports call it: the name, the file's stem or the factory."""
+        """For tags: the name, the file's stem or the factory."""
         return self.name or (Path(self.path).stem if self.path else str(self.factory))
 
     @property
     def kind(self) -> str:
-        """``"node"`` or ``"pointcloud"`` (a path or factory dataset is a node task)."""
-        return DATASETS.get(self.name).info.get("kind", NODE) if self.name else NODE
+        """``"node"`` or ``"pointcloud"``; a path or factory dataset is a node task."""
+        return cat.DATASETS.get(self.name).info.get("kind", cat.NODE) if self.name else cat.NODE
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model: a catalog ``arch`` with a preset or explicit sizes (the keys the architecture
-    does not take are ``None``), or a user ``factory`` with its ``options`` and ``hidden``
-    submodules (``arch`` ``None``)."""
+    """A catalog ``arch`` with a preset or sizes (keys the arch does not take are ``None``), or a
+    user ``factory`` (``arch`` ``None``) with its ``options`` and ``hidden`` submodules."""
 
     arch: str | None
     preset: str | None = None
@@ -198,12 +158,11 @@ class ModelSpec:
     hidden: tuple[str, ...] = ()
     base_dir: str | None = None
 
-    def __hash__(self) -> int:  # options is a dict: hash the canonical form
+    def __hash__(self) -> int:  # options is a dict
         return hash(stable_hash(self, 32))
 
     @property
     def label(self) -> str:
-        """The architecture or the factory."""
         return self.arch or str(self.factory)
 
     def build_kwargs(self) -> dict[str, Any]:
@@ -215,12 +174,8 @@ class ModelSpec:
                 "hidden": list(self.hidden),
                 "base_dir": self.base_dir,
             }
-        out: dict[str, Any] = {}
-        for f in fields(self)[1:9]:  # preset .. dropout
-            value = getattr(self, f.name)
-            if value is not None:
-                out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        values = {f.name: getattr(self, f.name) for f in fields(self)[1:9]}  # preset .. dropout
+        return {k: _listed(v) for k, v in values.items() if v is not None}
 
     def as_params(self, prefix: str) -> dict[str, Any]:
         """The set fields as flat ``{prefix.key: value}`` (lists for tuples), for logging."""
@@ -241,34 +196,26 @@ class TeacherSpec:
 
 @dataclass(frozen=True)
 class StudentSpec:
-    """The fixed part of the student; ``given`` holds the size keys the file set explicitly, so
-    that a searched ``student.arch`` can fill the other keys with that architecture's defaults."""
+    """The fixed student; ``given``: the size keys the file set (a searched arch fills the rest)."""
 
     model: ModelSpec
     train: TrainConfig
     given: dict[str, Any] = field(default_factory=dict)
 
     def model_for(self, arch: str | None, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
-        """The student model for ``arch`` with ``overrides`` over the explicitly given keys (for
-        a factory student ``arch`` is ignored and ``overrides`` are options)."""
+        """The model for ``arch`` with ``overrides`` over the given keys (for a factory student
+        ``arch`` is ignored and ``overrides`` are options)."""
         if self.model.factory is not None:
             return replace(self.model, options={**self.model.options, **(overrides or {})})
-        assert arch is not None
-        return _model_spec(arch, self.model.preset, {**self.given, **(overrides or {})})
+        return _model_spec(str(arch), self.model.preset, {**self.given, **(overrides or {})})
 
 
 @dataclass(frozen=True)
 class Dimension:
-    """One search dimension.
-
-    Attributes:
-        name: the flat key, e.g. ``"lsp.lambda"`` or ``"student.width"``.
-        kind: one of :data:`DIMENSION_KINDS`.
-        args: the choices, or ``(low, high)`` (both included).
-        method: the method whose trials it applies to; ``None`` for ``student.*`` (all trials).
-        condition: ``(key, values)``: it applies only where the searched dimension ``key`` took
-            one of ``values`` (``lsp.sigma`` needs ``lsp.kernel`` rbf); ``None``: always.
-    """
+    """One search dimension: ``name`` (``"lsp.lambda"``), ``kind`` (:data:`DIMENSION_KINDS`),
+    ``args`` (the choices, or ``(low, high)`` both included), the ``method`` whose trials it
+    applies to (``None``: all) and ``condition`` ``(key, values)``: it applies only where the
+    searched dimension ``key`` took one of ``values``."""
 
     name: str
     kind: str
@@ -293,18 +240,14 @@ class Dimension:
 
 @pdc.dataclass(frozen=True, config=_STRICT)
 class SearcherSpec:
-    """How configurations are proposed."""
-
     algorithm: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
-    num_samples: Count = 10
-    max_concurrent: Count | None = None
-    seed: NonNegInt = 0
+    num_samples: cat.Count = 10
+    max_concurrent: cat.Count | None = None
+    seed: _NonNegInt = 0
 
 
 @pdc.dataclass(frozen=True, config=_STRICT)
 class Objective:
-    """A metric to optimise and its direction."""
-
     metric: str
     mode: Literal["max", "min"]
 
@@ -314,44 +257,38 @@ class SchedulerSpec:
     """An early-stopping scheduler; ``max_t`` ``None`` means the student's epochs."""
 
     type: Literal["asha"] = "asha"
-    grace_period: Count = 10
+    grace_period: cat.Count = 10
     reduction_factor: Annotated[float, Field(gt=1)] = 3.0
-    max_t: Count | None = None
+    max_t: cat.Count | None = None
 
 
 @pdc.dataclass(frozen=True, config=_STRICT)
 class ResourceSpec:
-    """Per-trial resources; a fractional ``gpu`` lets trials share one."""
-
-    cpu: Positive = 1.0
-    gpu: NonNegative = 0.0
+    cpu: cat.Positive = 1.0
+    gpu: cat.NonNegative = 0.0
 
 
 @pdc.dataclass(frozen=True, config=_STRICT)
 class LatencySpec:
-    """How inference latency is timed."""
-
-    repeats: Count = 30
-    warmup: NonNegInt = 5
-    threads: Count = 1
+    repeats: cat.Count = 30
+    warmup: _NonNegInt = 5
+    threads: cat.Count = 1
 
 
 @pdc.dataclass(frozen=True, config=_STRICT)
 class FaultToleranceSpec:
-    """How a trial survives interruption: a checkpoint every ``checkpoint_every`` epochs but not
-    within ``checkpoint_min_seconds`` of the last one (what ``resume`` continues from; Tune
-    snapshots the experiment at each), and ``max_failures`` restarts of a failing trial."""
+    """A checkpoint every ``checkpoint_every`` epochs, not within ``checkpoint_min_seconds`` of
+    the last (Tune snapshots the experiment at each); ``max_failures`` restarts of a trial."""
 
-    checkpoint_every: Count = 20
-    checkpoint_min_seconds: NonNegative = 30.0
-    max_failures: NonNegInt = 0
+    checkpoint_every: cat.Count = 20
+    checkpoint_min_seconds: cat.NonNegative = 30.0
+    max_failures: _NonNegInt = 0
 
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A whole validated study. ``method_defaults`` holds, for every method of ``methods``, the
-    catalog's defaults overridden by the file's ``method_defaults``. ``search`` lists the
-    dimensions with those that others are conditional on (``student.arch``, ``lsp.kernel``) first.
+    """A validated study. ``method_defaults``: per method of ``methods``, the catalog's defaults
+    under the file's. ``search``: conditioning dimensions (``student.arch``, ``lsp.kernel``) first.
     """
 
     name: str
@@ -373,16 +310,13 @@ class StudySpec:
 
     @property
     def metrics(self) -> list[str]:
-        """The objective metrics, in order (what Optuna and Tune are given)."""
         return [o.metric for o in self.objectives]
 
     @property
     def modes(self) -> list[str]:
-        """The objective modes, in the order of :attr:`metrics`."""
         return [o.mode for o in self.objectives]
 
     def dimension(self, name: str) -> Dimension | None:
-        """The search dimension called ``name``, if searched."""
         return next((d for d in self.search if d.name == name), None)
 
     def dimensions_for(self, method: str) -> tuple[Dimension, ...]:
@@ -398,18 +332,14 @@ class StudySpec:
 
     @property
     def num_trials(self) -> int:
-        """Trials the study runs: each configuration once per seed."""
+        """Each configuration once per seed."""
         return self.num_configs * len(self.seeds)
 
 
 @dataclass(frozen=True)
 class TrialPlan:
-    """What one trial trains, resolved from the spec and the trial's sampled parameters.
-
-    ``params`` holds the hyperparameters that apply to this trial, flat, for logging: ``method``,
-    its own ``<method>.*`` keys (kernel parameters only for their kernel), every ``student.*`` key
-    (fixed ones included) and ``seed``. ``config_id`` is :func:`config_id` of ``params``.
-    """
+    """One trial resolved. ``params``: what applies to it, flat, for logging (``method``, its
+    ``<method>.*`` keys, every ``student.*`` key, ``seed``); ``config_id`` that without seed."""
 
     method: str
     seed: int
@@ -420,20 +350,6 @@ class TrialPlan:
     config_id: str
 
 
-# ---------------------------------------------------------------------------------------------
-# Input schemas (pydantic, strict) for the parts no catalog describes
-# ---------------------------------------------------------------------------------------------
-
-
-def _factory_ref(value: str) -> str:
-    if not FACTORY_RE.fullmatch(value):
-        raise ValueError(f"expected 'module:function' (e.g. my_models:build), got {value!r}")
-    return value
-
-
-Factory = Annotated[str, AfterValidator(_factory_ref)]
-
-
 class _Top(BaseModel):
     model_config = _STRICT
     name: str
@@ -442,46 +358,46 @@ class _Top(BaseModel):
     teacher: dict[str, Any]
     student: dict[str, Any]
     methods: Annotated[list[str], Field(min_length=1)] | None = None
-    method_defaults: dict[str, dict[str, Any]] = {}
+    method_defaults: dict[str, Any] = {}
     search: dict[str, Any] = {}
-    seeds: Annotated[list[NonNegInt], Field(min_length=1)] = [0]
+    seeds: Annotated[list[_NonNegInt], Field(min_length=1)] = [0]
     searcher: dict[str, Any] = {}
-    objectives: Annotated[list[dict[str, Any]], Field(min_length=1)] | None = None
+    objectives: Annotated[list[Any], Field(min_length=1)] | None = None
     scheduler: dict[str, Any] | None = None
     resources: dict[str, Any] = {}
     latency: dict[str, Any] = {}
     fault_tolerance: dict[str, Any] = {}
 
 
-class _Dataset(Params):
+class _Dataset(cat.Params):
     name: str | None = None
     path: str | None = None
-    factory: Factory | None = None
+    factory: _Factory | None = None
     options: dict[str, Any] = {}
     metric: str | None = None
 
 
-class _UserModel(Params):
-    factory: Factory
+class _UserModel(cat.Params):
+    factory: _Factory
     options: dict[str, Any] = {}
     hidden: list[Annotated[str, Field(min_length=1)]] = []
 
 
-class _Train(Params):
+class _Train(cat.Params):
     """TrainConfig's keys but ``device`` (the runner sets it from ``resources``)."""
 
-    epochs: Count = TrainConfig.epochs
-    lr: Positive = TrainConfig.lr
-    weight_decay: NonNegative = TrainConfig.weight_decay
+    epochs: cat.Count = TrainConfig.epochs
+    lr: cat.Positive = TrainConfig.lr
+    weight_decay: cat.NonNegative = TrainConfig.weight_decay
     optimizer: Literal["adam", "sgd"] = TrainConfig.optimizer
     momentum: Annotated[float, Field(ge=0, lt=1)] = TrainConfig.momentum
-    batch_size: Count = TrainConfig.batch_size
-    eval_every: Count = TrainConfig.eval_every
-    seed: NonNegInt = TrainConfig.seed
+    batch_size: cat.Count = TrainConfig.batch_size
+    eval_every: cat.Count = TrainConfig.eval_every
+    seed: _NonNegInt = TrainConfig.seed
 
 
 # ---------------------------------------------------------------------------------------------
-# Checking values: every failure is one line naming the file and the key path
+# Checking: every failure is one line naming the file and the key path
 # ---------------------------------------------------------------------------------------------
 
 
@@ -497,27 +413,21 @@ def _show(value: Any) -> str:
 
 
 def _type_word(value: Any) -> str:
-    for kind, word in ((bool, "a boolean"), (numbers.Integral, "an integer")):
+    for kind, word in (
+        (bool, "a boolean"),
+        (numbers.Integral, "an integer"),
+        (numbers.Real, "a number"),
+        (str, "a string"),
+        (list, "a list"),
+        (Mapping, "a mapping"),
+    ):
         if isinstance(value, kind):
             return word
-    for kind, word in ((numbers.Real, "a number"), (str, "a string"), (list, "a list")):
-        if isinstance(value, kind):
-            return word
-    return "null" if value is None else "a mapping" if isinstance(value, Mapping) else "a value"
+    return "null" if value is None else "a value"
 
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
-
-
-def _bounds(low: Any, high: Any, low_open: bool, high_open: bool) -> str:
-    if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}"
-    if low is not None:
-        return f"{'>' if low_open else '>='} {_num(low)}"
-    if high is not None:
-        return f"{'<' if high_open else '<='} {_num(high)}"
-    return ""
 
 
 def _join(path: str, key: str | int) -> str:
@@ -529,21 +439,24 @@ def _same(a: Any, b: Any) -> bool:
     return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
+def _listed(value: Any) -> Any:
+    return [_listed(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def _fields(cls: Any) -> dict[str, tuple[str, FieldInfo]]:
-    """A pydantic model's or dataclass's fields by the key files use: ``{key: (name, info)}``."""
+    """A pydantic model's or dataclass's fields by the keys files use: ``{key: (name, info)}``."""
     found = getattr(cls, "__pydantic_fields__", None) or {}
     return {info.alias or name: (name, info) for name, info in found.items()}
 
 
 def _unwrap(ann: Any) -> tuple[Any, list[Any], bool]:
-    """``(type, constraints, nullable)`` of an annotation (``Annotated`` and ``| None`` off)."""
+    """``(type, constraints, nullable)`` of an annotation, ``Annotated`` and ``| None`` off."""
     meta: list[Any] = []
     nullable = False
     while True:
         if get_origin(ann) is Annotated:
             ann, *extra = get_args(ann)
-            for m in extra:
-                meta.extend(m.metadata if isinstance(m, FieldInfo) else [m])
+            meta += [x for m in extra for x in (m.metadata if isinstance(m, FieldInfo) else [m])]
         elif get_origin(ann) in (Union, types.UnionType) and type(None) in get_args(ann):
             rest = [a for a in get_args(ann) if a is not type(None)]
             nullable, ann = True, rest[0] if len(rest) == 1 else Union[tuple(rest)]  # noqa: UP007
@@ -552,62 +465,60 @@ def _unwrap(ann: Any) -> tuple[Any, list[Any], bool]:
 
 
 def _ann_at(cls: Any, loc: tuple[Any, ...]) -> tuple[Any, list[Any]]:
-    """The annotation and constraints of the value at ``loc`` inside ``cls``."""
+    """The annotation and constraints of the value at ``loc`` (pydantic's) inside ``cls``."""
     ann: Any = cls
     meta: list[Any] = []
     for item in loc:
-        ann, more, _ = _unwrap(ann)
+        ann = _unwrap(ann)[0]
         if isinstance(item, str) and item in _fields(ann):
             info = _fields(ann)[item][1]
             ann, meta = info.annotation, list(info.metadata)
-            continue
-        args = get_args(ann)
-        if get_origin(ann) is dict:
-            ann, meta = args[1], []
-        elif args and isinstance(item, int):
+        elif get_origin(ann) is dict:
+            ann, meta = get_args(ann)[1], []
+        elif isinstance(item, int) and get_args(ann):
+            args = get_args(ann)
             ann, meta = (args[0] if args[-1] is Ellipsis or len(args) == 1 else args[item]), []
     return ann, meta
 
 
-def _plural(desc: str) -> str:
-    """``"integers >= 1"`` for ``"an integer >= 1"``."""
-    return re.sub(r"(integer|number|string|mapping|boolean)", r"\1s", desc.split(" ", 1)[1], 1)
-
-
-def _expect(ann: Any, meta: list[Any] = []) -> str:  # noqa: B006 - never mutated
-    """``"an integer >= 1"``: what an annotation accepts, in words."""
+def _expect(ann: Any, meta: list[Any] | None = None) -> str:
+    """What an annotation accepts, in words: ``"an integer >= 1"``, ``"a list of strings"``."""
     ann, more, nullable = _unwrap(ann)
-    meta = [*meta, *more]
+    meta = [*(meta or []), *more]
     origin, args = get_origin(ann), get_args(ann)
     nonempty = any(isinstance(m, at.MinLen) and m.min_length > 0 for m in meta)
     if origin is Literal:
         word = "one of " + ", ".join(map(str, args))
     elif origin in (list, tuple):
         size = f"{len(args)} " if origin is tuple and args[-1] is not Ellipsis else ""
-        word = f"a {'non-empty ' if nonempty else ''}list of {size}{_plural(_expect(args[0]))}"
+        elem = _expect(args[0]).split(" ", 1)[1]
+        elem = re.sub(r"(integer|number|string|mapping|boolean)", r"\1s", elem, count=1)
+        word = f"a {'non-empty ' if nonempty else ''}list of {size}{elem}"
     else:
-        word = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
-            ann, "a mapping"
-        )
-        if WHOLE in meta:
-            word = "a whole number"
-        if nonempty:
-            word = word.replace("a ", "a non-empty ", 1)
+        types_ = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+        word = "a whole number" if cat.WHOLE in meta else types_.get(ann, "a mapping")
+        word = word.replace("a ", "a non-empty ", 1) if nonempty else word
         lo = next((m for m in meta if isinstance(m, (at.Ge, at.Gt))), None)
         hi = next((m for m in meta if isinstance(m, (at.Le, at.Lt))), None)
         low = None if lo is None else getattr(lo, "ge", getattr(lo, "gt", None))
         high = None if hi is None else getattr(hi, "le", getattr(hi, "lt", None))
-        bounds = _bounds(low, high, isinstance(lo, at.Gt), isinstance(hi, at.Lt))
-        word = f"{word} {bounds}" if bounds else word
+        if low is not None and high is not None:
+            word += f" in {'(' if isinstance(lo, at.Gt) else '['}{_num(low)}, {_num(high)}"
+            word += ")" if isinstance(hi, at.Lt) else "]"
+        elif low is not None:
+            word += f" {'>' if isinstance(lo, at.Gt) else '>='} {_num(low)}"
+        elif high is not None:
+            word += f" {'<' if isinstance(hi, at.Lt) else '<='} {_num(high)}"
     return f"{word} or null" if nullable else word
 
 
-#: Literal fields whose unknown value is named by another word.
-_NAME_WORDS = {"algorithm": "searcher", "type": "scheduler"}
+@cache
+def _adapter(cls: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(cls)
 
 
 class _Check:
-    """Value checks that fail with ``<source>: <path>: <message>``."""
+    """Checks that fail with ``<source>: <path>: <message>``."""
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -620,18 +531,17 @@ class _Check:
         self.fail(path, f"expected {what}, got {_show(value)} ({_type_word(value)})")
 
     def mapping(self, value: Any, path: str, keys: Any = None) -> dict[str, Any]:
-        """A mapping (``null``: empty) with only ``keys`` (any if ``None``); nulls dropped."""
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
+        """A mapping (``null``: empty) with only ``keys`` (any if ``None``), nulls dropped (a
+        null takes the default)."""
+        if not isinstance(value, Mapping | None):
             self.expected(path, "a mapping", value)
-        for key in value:
+        for key in value or {}:
             if keys is not None and key not in keys:
                 self.fail(_join(path, key), f"unknown key (valid: {', '.join(sorted(keys))})")
-        return {k: v for k, v in value.items() if v is not None}
+        return {k: v for k, v in (value or {}).items() if v is not None}
 
     def plain(self, value: Any, path: str) -> Any:
-        """A JSON-like value (str, finite number, bool, null, lists and string-keyed mappings)."""
+        """A JSON-like value: strings, finite numbers, booleans, null, lists, string-keyed maps."""
         if value is None or isinstance(value, (str, bool)):
             return value
         if isinstance(value, numbers.Integral):
@@ -642,47 +552,42 @@ class _Check:
             return float(value)
         if isinstance(value, (list, tuple)):
             return [self.plain(v, _join(path, i)) for i, v in enumerate(value)]
-        if isinstance(value, Mapping):
-            for key in value:
-                if not isinstance(key, str):
-                    self.fail(path, f"keys must be strings, got {_show(key)} ({_type_word(key)})")
-            return {k: self.plain(v, _join(path, k)) for k, v in value.items()}
-        self.expected(path, "a string, number, boolean, list or mapping", value)
+        if not isinstance(value, Mapping):
+            self.expected(path, "a string, number, boolean, list or mapping", value)
+        for key in value:
+            if not isinstance(key, str):
+                self.fail(path, f"keys must be strings, got {_show(key)} ({_type_word(key)})")
+        return {k: self.plain(v, _join(path, k)) for k, v in value.items()}
 
     def validate(self, cls: Any, data: Any, path: str, strip: int = 0) -> Any:
-        """``data`` (plain) validated by the pydantic class ``cls``; the first error, at ``path``
-        plus its location (the first ``strip`` parts of which ``path`` already names)."""
+        """Plain ``data`` validated by the pydantic type ``cls``; its first error becomes one line
+        at ``path`` plus the error's location (but its first ``strip`` parts)."""
         try:
             return _adapter(cls).validate_json(json.dumps(data), strict=True)
         except ValidationError as err:
             error = err.errors(include_url=False)[0]
-            loc = tuple(error["loc"])
-            where = path
-            for item in loc[strip:]:
-                where = _join(where, item)
-            kind, value = error["type"], error.get("input")
-            ann, meta = _ann_at(cls, loc)
-            if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-                valid = sorted(_fields(_unwrap(_ann_at(cls, loc[:-1])[0])[0]))
-                self.fail(where, f"unknown key (valid: {', '.join(valid)})")
-            if kind == "missing":
-                self.fail(where, "required key is missing")
-            if kind in ("value_error", "assertion_error"):
-                message = error["msg"].split(", ", 1)[1]
-                got = f", got {_show(value)}" if "got" not in message else ""
-                self.fail(where, message + got)
-            if kind == "literal_error" and isinstance(value, str) and isinstance(loc[-1], str):
-                word = _NAME_WORDS.get(loc[-1], loc[-1])
-                try:
-                    choose(word, value, get_args(_unwrap(ann)[0]))
-                except UserInputError as exc:
-                    self.fail(where, str(exc))
-            if kind.endswith(("_type", "_parsing")) or kind in ("literal_error", "model_type"):
-                self.expected(where, _expect(ann, meta), value)
-            self.fail(where, f"expected {_expect(ann, meta)}, got {_show(value)}")
+        loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+        where = path
+        for item in loc[strip:]:
+            where = _join(where, item)
+        ann, meta = _ann_at(cls, loc)
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+            valid = ", ".join(sorted(_fields(_unwrap(_ann_at(cls, loc[:-1])[0])[0])))
+            self.fail(where, f"unknown key (valid: {valid})")
+        if kind == "missing":
+            self.fail(where, "required key is missing")
+        if kind in ("value_error", "assertion_error"):  # a catalog's or our own validator
+            message = error["msg"].split(", ", 1)[1]
+            self.fail(where, message + ("" if "got" in message else f", got {_show(value)}"))
+        if kind == "literal_error" and isinstance(value, str) and isinstance(loc[-1], str):
+            word = {"algorithm": "searcher", "type": "scheduler"}.get(loc[-1], loc[-1])
+            self.name(value, where, word, get_args(_unwrap(ann)[0]))
+        if kind.endswith(("_type", "_parsing")) or kind == "literal_error":
+            self.expected(where, _expect(ann, meta), value)
+        self.fail(where, f"expected {_expect(ann, meta)}, got {_show(value)}")
 
     def param(self, cls: Any, key: str, value: Any, path: str) -> Any:
-        """One parameter ``key`` of the schema ``cls``, validated, at ``path``."""
+        """The parameter ``key`` of the schema ``cls``, validated, at ``path``."""
         return getattr(self.validate(cls, {key: value}, path, strip=1), _fields(cls)[key][0])
 
     def name(self, value: Any, path: str, kind: str, valid: Any) -> str:
@@ -694,10 +599,14 @@ class _Check:
             self.fail(path, str(err))
         return value
 
-
-@lru_cache(maxsize=None)
-def _adapter(cls: Any) -> TypeAdapter[Any]:
-    return TypeAdapter(cls)
+    def file(self, given: str, base: Path, path: str) -> str:
+        """An existing file, relative to the study file's folder, made absolute (for Ray workers
+        in other working directories)."""
+        where = Path(given).expanduser()
+        where = (where if where.is_absolute() else base / where).resolve()
+        if not where.is_file():
+            self.fail(path, f"no such file {str(where)!r}")
+        return str(where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -789,64 +698,55 @@ def read_study_mapping(text: str, source: str) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def _method_schemas(method: str) -> dict[str, Any]:
-    """``{parameter: schema}`` of a method; LSP's kernel parameters beside its own."""
-    entry = METHODS.get(method)
-    out = {key: entry.params for key in entry.param_names()}
-    if entry.info.get("kernel_catalog"):
-        for kernel in KERNELS:
-            out.update({k: kernel.params for k in kernel.param_names() if k not in out})
+def _method_params(method: str) -> dict[str, tuple[Any, Any]]:
+    """``{parameter: (schema, default)}`` of a method; LSP's kernels' parameters beside its own."""
+    entry = cat.METHODS.get(method)
+    out = {k: (entry.params, v) for k, v in entry.defaults().items()}
+    for kernel in cat.KERNELS if entry.info.get("kernel_catalog") else ():
+        out.update({k: (kernel.params, v) for k, v in kernel.defaults().items() if k not in out})
     return out
 
 
-def _method_defaults(method: str) -> dict[str, Any]:
-    entry = METHODS.get(method)
-    out = entry.defaults()
-    if entry.info.get("kernel_catalog"):
-        for kernel in KERNELS:
-            out.update({k: v for k, v in kernel.defaults().items() if k not in out})
-    return out
-
-
-def _kernel_param_names() -> set[str]:
-    return {k for kernel in KERNELS for k in kernel.param_names()}
+def _kernel_keys() -> set[str]:
+    return {k for kernel in cat.KERNELS for k in kernel.param_names()}
 
 
 def _archs_taking(key: str) -> tuple[str, ...]:
-    return tuple(e.name for e in MODELS if key in e.param_names())
+    return tuple(e.name for e in cat.MODELS if key in e.param_names())
 
 
 def _size_keys() -> list[str]:
-    return sorted({k for e in MODELS for k in e.param_names()})
+    return sorted({k for e in cat.MODELS for k in e.param_names()})
 
 
 def _kinds(schema: Any, key: str) -> tuple[str, ...]:
     """The dimension kinds a parameter takes, from its annotation."""
     info = _fields(schema)[key][1]
     ann, meta, _ = _unwrap(info.annotation)
-    if ann is float and WHOLE not in [*info.metadata, *meta]:
+    if ann is float and cat.WHOLE not in [*info.metadata, *meta]:
         return DIMENSION_KINDS
     return ("choice", "int", "logint") if ann in (int, float) else ("choice",)
 
 
 def _search_params() -> dict[str, Any]:
-    """Every searchable key and the schema that checks it (``None``: ``student.arch``)."""
+    """Every searchable key (not ``student.options.*``) and the schema that checks it."""
     out: dict[str, Any] = {
         "student.arch": None,
         "student.lr": _Train,
         "student.weight_decay": _Train,
     }
+    for e in cat.MODELS:
+        out.update({f"student.{k}": e.params for k in e.param_names() if f"student.{k}" not in out})
+    for m in cat.METHODS:
+        out.update({f"{m.name}.{k}": s for k, (s, _) in _method_params(m.name).items()})
     scalar = (int, float, str, bool)
-    for e in MODELS:
-        for k in e.param_names():
-            if _unwrap(_fields(e.params)[k][1].annotation)[0] in scalar:
-                out.setdefault(f"student.{k}", e.params)
-    for m in METHODS:
-        for k, schema in _method_schemas(m.name).items():
-            ann = _unwrap(_fields(schema)[k][1].annotation)[0]
-            if ann in scalar or get_origin(ann) is Literal:
-                out[f"{m.name}.{k}"] = schema
-    return out
+    return {
+        k: s
+        for k, s in out.items()
+        if s is None
+        or (t := _unwrap(_fields(s)[k.partition(".")[2]][1].annotation)[0]) in scalar
+        or get_origin(t) is Literal
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -858,12 +758,8 @@ _TRAIN_DIMS = ("lr", "weight_decay")
 
 
 def parse_study_spec(data: Any, source: str) -> StudySpec:
-    """Validate a study mapping (as loaded from YAML) completely and build the spec.
-
-    Args:
-        data: the loaded YAML document.
-        source: the file it came from, for messages; relative paths (``dataset.path``,
-            ``teacher.checkpoint``) are taken relative to its folder.
+    """Validate a study mapping (as loaded from YAML) completely and build the spec; relative
+    paths (``dataset.path``, ``teacher.checkpoint``) are taken from the folder of ``source``.
 
     Raises:
         UserInputError: the first problem, as ``<source>: <key.path>: <message>``.
@@ -878,20 +774,20 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
         )
     base = Path(source).parent.resolve()
     dataset = _parse_dataset(chk, top.dataset, base)
-    methods = _parse_methods(chk, top.methods)
-    method_defaults = _parse_method_defaults(chk, top.method_defaults, methods)
-    hidden_for = tuple(m for m in methods if "layer_map" in METHODS.get(m).param_names())
+    methods = cat.METHODS.names() if top.methods is None else top.methods
+    for i, method in enumerate(methods):
+        chk.name(method, f"methods[{i}]", "method", cat.METHODS.names())
+    methods = _unique(chk, methods, "methods", "method")
+    defaults = _parse_method_defaults(chk, top.method_defaults, methods)
+    hidden_for = tuple(m for m in methods if "layer_map" in cat.METHODS.get(m).param_names())
     teacher = _parse_model(chk, top.teacher, "teacher", dataset, base, hidden_for)
-    student = _parse_model(
-        chk, top.student, "student", dataset, base, hidden_for, "student.arch" in top.search
-    )
+    searched = "student.arch" in top.search
+    student = _parse_model(chk, top.student, "student", dataset, base, hidden_for, searched)
     sd = chk.mapping(top.searcher, "searcher")
-    if sd.get("algorithm") == "grid":
-        sd.setdefault("num_samples", 1)
+    sd.setdefault("num_samples", 1) if sd.get("algorithm") == "grid" else None
     searcher = chk.validate(SearcherSpec, sd, "searcher")
-    search = _parse_search(chk, top.search, methods, method_defaults, student[0], dataset, searcher)
+    search = _parse_search(chk, top.search, methods, defaults, student[0], dataset, searcher)
     objectives = _parse_objectives(chk, top.objectives)
-    scheduler = _parse_scheduler(chk, top.scheduler, objectives, student[1].epochs)
     resources = chk.validate(ResourceSpec, chk.mapping(top.resources, "resources"), "resources")
     if resources.gpu > 1 and not resources.gpu.is_integer():
         chk.fail(
@@ -899,6 +795,7 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
             "Ray shares a GPU only in fractions below 1; above 1 use a whole number, "
             f"got {_num(resources.gpu)}",
         )
+    ft = chk.mapping(top.fault_tolerance, "fault_tolerance")
     return StudySpec(
         name=top.name,
         description=top.description,
@@ -906,37 +803,24 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
         teacher=TeacherSpec(teacher[0], teacher[1], teacher[3]),
         student=StudentSpec(student[0], student[1], student[2]),
         methods=methods,
-        method_defaults=method_defaults,
+        method_defaults=defaults,
         search=search,
         seeds=_unique(chk, top.seeds, "seeds", "seed"),
         searcher=searcher,
         objectives=objectives,
-        scheduler=scheduler,
+        scheduler=_parse_scheduler(chk, top.scheduler, objectives, student[1].epochs),
         resources=resources,
         latency=chk.validate(LatencySpec, chk.mapping(top.latency, "latency"), "latency"),
         source=source,
-        fault_tolerance=chk.validate(
-            FaultToleranceSpec,
-            chk.mapping(top.fault_tolerance, "fault_tolerance"),
-            "fault_tolerance",
-        ),
+        fault_tolerance=chk.validate(FaultToleranceSpec, ft, "fault_tolerance"),
     )
 
 
-def _unique(chk: _Check, values: list[Any], path: str, word: str) -> tuple[Any, ...]:
+def _unique(chk: _Check, values: Any, path: str, word: str) -> tuple[Any, ...]:
     for i, value in enumerate(values):
         if value in values[:i]:
             chk.fail(f"{path}[{i}]", f"{word} {_show(value)} is listed twice")
     return tuple(values)
-
-
-def _file(chk: _Check, given: str, base: Path, path: str) -> str:
-    """An existing file, relative to the study file's folder, made absolute (for Ray workers)."""
-    where = Path(given).expanduser()
-    where = (where if where.is_absolute() else base / where).resolve()
-    if not where.is_file():
-        chk.fail(path, f"no such file {str(where)!r}")
-    return str(where)
 
 
 def _parse_dataset(chk: _Check, raw: dict[str, Any], base: Path) -> DatasetSpec:
@@ -945,38 +829,26 @@ def _parse_dataset(chk: _Check, raw: dict[str, Any], base: Path) -> DatasetSpec:
     if len(given) != 1:
         got = " and ".join(given) or "none of them"
         chk.fail("dataset", f"expected exactly one of name, path or factory, got {got}")
-    kind, options, path = NODE, d.options, None
+    kind, options, path = cat.NODE, d.options, None
     if d.name is not None:
-        entry = DATASETS.get(chk.name(d.name, "dataset.name", "dataset", DATASETS.names()))
-        kind = entry.info.get("kind", NODE)
+        entry = cat.DATASETS.get(chk.name(d.name, "dataset.name", "dataset", cat.DATASETS.names()))
+        kind = entry.info.get("kind", cat.NODE)
         if "root" in options:
-            chk.fail(
-                "dataset.options.root",
-                "the data folder is not a study option (it is GDS_DATA_ROOT or --data-root)",
-            )
+            chk.fail("dataset.options.root", "the data folder is GDS_DATA_ROOT, not a study option")
         if entry.params is None and options:
             chk.fail(f"dataset.options.{next(iter(options))}", f"{d.name} takes no options")
         if entry.params is not None:
-            checked = chk.validate(entry.params, options, "dataset.options")
-            options = checked.model_dump(by_alias=True, exclude_unset=True, exclude_none=True)
-    elif d.path is not None:
-        path = _file(chk, d.path, base, "dataset.path")
-    if d.metric is not None:
-        chk.name(d.metric, "dataset.metric", "metric", NODE_METRICS)
-        if kind != NODE:
-            chk.fail(
-                "dataset.metric",
-                f"applies only to node tasks, but dataset {d.name!r} is a {TASK_WORDS[kind]} task",
+            options = chk.validate(entry.params, options, "dataset.options").model_dump(
+                by_alias=True, exclude_unset=True, exclude_none=True
             )
+    elif d.path is not None:
+        path = chk.file(d.path, base, "dataset.path")
+    if d.metric is not None:
+        chk.name(d.metric, "dataset.metric", "metric", cat.NODE_METRICS)
+        if kind != cat.NODE:
+            what = f"dataset {d.name!r} is a {cat.TASK_WORDS[kind]} task"
+            chk.fail("dataset.metric", f"applies only to node tasks, but {what}")
     return DatasetSpec(d.name, options, path, d.factory, d.metric, str(base))
-
-
-def _parse_methods(chk: _Check, raw: list[str] | None) -> tuple[str, ...]:
-    if raw is None:
-        return METHODS.names()
-    for i, value in enumerate(raw):
-        chk.name(value, f"methods[{i}]", "method", METHODS.names())
-    return _unique(chk, raw, "methods", "method")
 
 
 def _parse_method_defaults(
@@ -984,50 +856,41 @@ def _parse_method_defaults(
 ) -> dict[str, dict[str, Any]]:
     # Defaults of methods not in `methods` are validated too, then unused: toggling a method in
     # `methods` should not force editing this block.
-    given = chk.mapping(raw, "method_defaults", METHODS.names())
-    merged = {m: _method_defaults(m) for m in methods}
-    for method, values in given.items():
-        path = f"method_defaults.{method}"
-        schemas = _method_schemas(method)
-        checked = {
-            k: chk.param(schemas[k], k, v, f"{path}.{k}")
-            for k, v in chk.mapping(values, path, schemas).items()
-        }
-        if method in merged:
-            merged[method].update(checked)
+    merged = {m: {k: v for k, (_, v) in _method_params(m).items()} for m in methods}
+    for method, values in chk.mapping(raw, "method_defaults", cat.METHODS.names()).items():
+        path, params = f"method_defaults.{method}", _method_params(method)
+        for k, v in chk.mapping(values, path, params).items():
+            merged.get(method, {})[k] = chk.param(params[k][0], k, v, f"{path}.{k}")
     return merged
 
 
 def _parse_train(chk: _Check, raw: Any, path: str, *, allow_seed: bool) -> TrainConfig:
     d = chk.mapping(raw, path)
     if not allow_seed and "seed" in d:
-        chk.fail(
-            f"{path}.seed",
-            "the student's seed comes from `seeds` (each configuration runs once per seed)",
-        )
+        chk.fail(f"{path}.seed", "the student's seed comes from `seeds` (one run per seed)")
     if "device" in d:
         chk.fail(f"{path}.device", "the runner sets the device from `resources` (gpu > 0: cuda)")
     return TrainConfig(**chk.validate(_Train, d, path).model_dump(exclude_unset=True))
 
 
 def _check_arch_kind(chk: _Check, arch: str, path: str, dataset: DatasetSpec) -> None:
-    kind, arch_kind = dataset.kind, MODELS.get(arch).info.get("kind", NODE)
+    kind, arch_kind = dataset.kind, cat.MODELS.get(arch).info.get("kind", cat.NODE)
     if arch_kind != kind:
-        fitting = ", ".join(e.name for e in MODELS if e.info.get("kind", NODE) == kind)
+        fitting = ", ".join(e.name for e in cat.MODELS if e.info.get("kind", cat.NODE) == kind)
         chk.fail(
             path,
-            f"{arch} is a {TASK_WORDS[arch_kind]} model, but dataset {dataset.label!r} is "
-            f"a {TASK_WORDS[kind]} task (valid here: {fitting})",
+            f"{arch} is a {cat.TASK_WORDS[arch_kind]} model, but dataset {dataset.label!r} is "
+            f"a {cat.TASK_WORDS[kind]} task (valid here: {fitting})",
         )
 
 
 def _model_spec(arch: str, preset: str | None, given: Mapping[str, Any]) -> ModelSpec:
-    """The model of ``arch``: a preset (plus its open keys) or sizes over the arch defaults."""
+    """The model of ``arch``: a preset (plus its open keys) or sizes over the arch's defaults."""
     if preset is not None:
-        return ModelSpec(arch, preset, **{k: given[k] for k in PRESET_OVERRIDES if k in given})
-    values = {k: given.get(k, default) for k, default in MODELS.get(arch).defaults().items()}
-    if values.get("mlp") is not None:
-        values["mlp"] = tuple(values["mlp"])
+        return ModelSpec(arch, preset, **{k: given[k] for k in cat.PRESET_OVERRIDES if k in given})
+    values: dict[str, Any] = {}
+    for k, v in cat.MODELS.get(arch).defaults().items():
+        values[k] = tuple(given.get(k, v)) if k == "mlp" else given.get(k, v)
     return ModelSpec(arch, None, **values)
 
 
@@ -1040,80 +903,70 @@ def _parse_model(
     hidden_for: tuple[str, ...],
     arch_searched: bool = False,
 ) -> tuple[ModelSpec, TrainConfig, dict[str, Any], str | None]:
-    """``(model, train, explicitly given size keys, checkpoint)`` of the teacher or student."""
+    """``(model, train, the size keys given, checkpoint)`` of ``teacher`` or ``student``."""
     teacher = path == "teacher"
-    extra = ("checkpoint",) if teacher else ()
-    keys = ("arch", "preset", "factory", "options", "hidden", "train", *_size_keys(), *extra)
-    d = chk.mapping(raw, path, keys)
+    keys = ["arch", "preset", "factory", "options", "hidden", "train", *_size_keys()]
+    d = chk.mapping(raw, path, keys + ["checkpoint"] * teacher)
     train = _parse_train(chk, d.pop("train", None), f"{path}.train", allow_seed=teacher)
     checkpoint = d.pop("checkpoint", None)
     if checkpoint is not None:
         where = f"{path}.checkpoint"
-        checkpoint = _file(chk, chk.validate(str, checkpoint, where), base, where)
+        checkpoint = chk.file(chk.validate(str, checkpoint, where), base, where)
     if "factory" in d:
         other = next((k for k in d if k not in ("factory", "options", "hidden")), None)
         if other is not None:
             chk.fail(
                 f"{path}.{other}",
-                f"a model is either built in (arch, preset, sizes) or a factory with options "
+                "a model is either built in (arch, preset, sizes) or a factory with options "
                 f"and hidden, not both ({path}.factory is set)",
             )
         user = chk.validate(_UserModel, d, path)
         if hidden_for and not user.hidden:
             chk.fail(
                 f"{path}.hidden",
-                f"expected a non-empty list of submodule names ({'/'.join(hidden_for)} in methods "
-                f"match hidden features), got {_show(d.get('hidden', []))}",
+                f"expected a non-empty list of submodule names ({'/'.join(hidden_for)} in "
+                f"methods match hidden features), got {_show(d.get('hidden', []))}",
             )
-        model = ModelSpec(None, None, factory=user.factory, options=user.options)
-        model = replace(model, hidden=tuple(user.hidden), base_dir=str(base))
-        return model, train, {}, checkpoint
+        model = ModelSpec(None, factory=user.factory, options=user.options, base_dir=str(base))
+        return replace(model, hidden=tuple(user.hidden)), train, {}, checkpoint
     for key in ("options", "hidden"):
         if key in d:
             chk.fail(f"{path}.{key}", f"applies only to a factory model ({path}.factory)")
-    presets = [p for e in MODELS for p in e.info.get("presets", {})]
-    preset = (
-        None if "preset" not in d else chk.name(d["preset"], f"{path}.preset", "preset", presets)
-    )
+    presets = [p for e in cat.MODELS for p in e.info.get("presets", {})]
+    preset = d.get("preset") and chk.name(d["preset"], f"{path}.preset", "preset", presets)
     if "arch" not in d:
         if preset is None:
-            chk.fail(
-                f"{path}.arch", f"required key is missing (valid: {', '.join(MODELS.names())})"
-            )
-        arch = str(preset_arch(preset))
+            names = ", ".join(cat.MODELS.names())
+            chk.fail(f"{path}.arch", f"required key is missing (valid: {names})")
+        arch = str(cat.preset_arch(preset))
     else:
-        arch = chk.name(d["arch"], f"{path}.arch", "architecture", MODELS.names())
-        if preset is not None and preset_arch(preset) != arch:
-            chk.fail(
-                f"{path}.preset",
-                f"preset {preset!r} builds a {preset_arch(preset)} model, but arch is {arch!r}",
-            )
+        arch = chk.name(d["arch"], f"{path}.arch", "architecture", cat.MODELS.names())
+        if preset is not None and cat.preset_arch(preset) != arch:
+            builds = f"builds a {cat.preset_arch(preset)} model, but arch is {arch!r}"
+            chk.fail(f"{path}.preset", f"preset {preset!r} {builds}")
     _check_arch_kind(chk, arch, f"{path}.arch", dataset)
     given: dict[str, Any] = {}
-    for key in _size_keys():
-        if key not in d:
-            continue
-        where = f"{path}.{key}"
-        if preset is not None and key not in PRESET_OVERRIDES:
+    for key in (k for k in _size_keys() if k in d):
+        where, takers = f"{path}.{key}", _archs_taking(key)
+        if preset is not None and key not in cat.PRESET_OVERRIDES:
             chk.fail(where, f"must be absent with a preset (preset {preset!r} fixes it)")
-        takers = _archs_taking(key)
         if arch not in takers and not arch_searched:
             chk.fail(where, f"applies only to arch {'/'.join(takers)}, but {path}.arch is {arch!r}")
-        schema = MODELS.get(arch if arch in takers else takers[0]).params
+        schema = cat.MODELS.get(arch if arch in takers else takers[0]).params
         given[key] = chk.param(schema, key, d[key], where)
     return _model_spec(arch, preset, given), train, given, checkpoint
 
 
-def _param_check(chk: _Check, name: str, arch: str | None) -> tuple[Any, tuple[str, ...]]:
+def _param_check(chk: _Check, name: str, arch: str | None) -> tuple[Callable[..., Any], Any]:
     """``(check(value, path) -> value, the dimension kinds it takes)`` of a search key."""
     prefix, _, key = name.partition(".")
-    if prefix == "student" and key.startswith("options."):
+    if name.startswith("student.options."):
         return chk.plain, DIMENSION_KINDS
     if name == "student.arch":
-        return (lambda v, p: chk.name(v, p, "architecture", MODELS.names())), ("choice",)
+        return (lambda v, p: chk.name(v, p, "architecture", cat.MODELS.names())), ("choice",)
     schema = _search_params()[name]
-    if prefix == "student" and arch is not None and key in MODELS.get(arch).param_names():
-        schema = MODELS.get(arch).params
+    if prefix == "student" and arch is not None and key in cat.MODELS.get(arch).param_names():
+        schema = cat.MODELS.get(arch).params
     return (lambda v, p: chk.param(schema, key, v, p)), _kinds(schema, key)
 
 
@@ -1133,10 +986,9 @@ def _parse_dimension(chk: _Check, name: str, raw: Any, check: Any, kinds: Any) -
             where = f"{path}.choice[{i}]"
             if isinstance(value, (list, Mapping)):
                 chk.expected(where, "a single value", value)
-            checked = check(value, where)
-            if any(_same(checked, v) for v in out):
+            out.append(check(value, where))
+            if any(_same(out[-1], v) for v in out[:-1]):
                 chk.fail(where, f"value {_show(value)} is listed twice")
-            out.append(checked)
         return Dimension(name, kind, tuple(out))
     if "int" not in kinds:
         chk.fail(path, f"{kind} does not fit a name; use {{choice: [...]}}")
@@ -1147,10 +999,12 @@ def _parse_dimension(chk: _Check, name: str, raw: Any, check: Any, kinds: Any) -
     if not isinstance(args, list) or len(args) != 2:
         chk.expected(path, f"{kind} with a [low, high] pair", args)
     integral = kind in ("int", "logint")
-    for value in args:
-        if isinstance(value, bool) or not isinstance(value, int if integral else (int, float)):
-            what = "integers" if integral else "numbers"
-            chk.fail(path, f"{kind} needs two {what}, got {_show(args)}")
+    if any(
+        isinstance(a, bool) or not isinstance(a, int if integral else (int, float)) for a in args
+    ):
+        chk.fail(
+            path, f"{kind} needs two {'integers' if integral else 'numbers'}, got {_show(args)}"
+        )
     low, high = args
     if kind == "loguniform" and (low <= 0 or low >= high):
         chk.fail(path, f"loguniform needs 0 < low < high, got {_show(args)}")
@@ -1167,7 +1021,7 @@ def _parse_search(
     chk: _Check,
     raw: dict[str, Any],
     methods: tuple[str, ...],
-    method_defaults: dict[str, dict[str, Any]],
+    defaults: dict[str, dict[str, Any]],
     student: ModelSpec,
     dataset: DatasetSpec,
     searcher: SearcherSpec,
@@ -1175,22 +1029,20 @@ def _parse_search(
     dims: dict[str, Dimension] = {}
     valid = _search_params()
     # Conditioning dimensions first, so conditions can refer to them.
-    order = [n for n in _CONDITIONING if n in raw] + [n for n in raw if n not in _CONDITIONING]
-    for name in order:
+    for name in [n for n in _CONDITIONING if n in raw] + [n for n in raw if n not in _CONDITIONING]:
         path = f"search.{name}"
         if name in ("method", "seed"):
             chk.fail(path, f"the {name} is not searched here: it comes from `{name}s`")
         prefix, _, key = name.partition(".")
-        option = prefix == "student" and key.startswith("options.") and len(key) > 8
+        option = name.startswith("student.options.") and len(name) > 16
         if name not in valid and not option:
             keys = ", ".join([*sorted(valid), "student.options.<name>"])
             chk.fail(path, f"unknown search dimension (valid: {keys})")
         method = None if prefix == "student" else prefix
         if method is not None and method not in methods:
+            listed = f"[{', '.join(methods)}]"
             chk.fail(
-                path,
-                f"searches a parameter of method {method!r}, which is not in methods "
-                f"[{', '.join(methods)}]",
+                path, f"searches a parameter of method {method!r}, which is not in methods {listed}"
             )
         if method is None and key not in _TRAIN_DIMS and (student.factory is None) == option:
             chk.fail(
@@ -1200,51 +1052,33 @@ def _parse_search(
                 else f"applies only to a built-in student, but student.factory is "
                 f"{student.factory!r}; search its options as student.options.<name>",
             )
+        if method is None and student.preset and key not in (*cat.PRESET_OVERRIDES, *_TRAIN_DIMS):
+            fixes = f"student.preset {student.preset!r} fixes the {key}"
+            chk.fail(path, f"{fixes}; drop the preset to search it")
         dim = _parse_dimension(chk, name, raw[name], *_param_check(chk, name, student.arch))
         if searcher.algorithm == "grid" and dim.kind != "choice":
             chk.fail(
                 path, f"the grid searcher needs every dimension to be a choice, got {dim.kind}"
             )
         condition = None
-        if method is not None and key in _kernel_param_names() - set(
-            METHODS.get(method).param_names()
+        if method is not None and key in _kernel_keys() - set(
+            cat.METHODS.get(method).param_names()
         ):
-            kernels = tuple(e.name for e in KERNELS if key in e.param_names())
-            fixed = method_defaults[method]["kernel"]
-            on = f"{method}.kernel"
+            kernels = tuple(e.name for e in cat.KERNELS if key in e.param_names())
+            on, fixed = f"{method}.kernel", defaults[method]["kernel"]
             condition = _condition(chk, path, dims.get(on), on, fixed, kernels, "kernel")
-        if method is None and student.preset is not None:
-            if key not in (*PRESET_OVERRIDES, *_TRAIN_DIMS):
-                chk.fail(
-                    path,
-                    f"student.preset {student.preset!r} fixes the {key}; drop the preset to "
-                    "search it",
-                )
         if name == "student.arch":
             for i, arch in enumerate(dim.args):
                 _check_arch_kind(chk, arch, f"{path}.choice[{i}]", dataset)
         elif method is None and not option and key not in _TRAIN_DIMS:
-            condition = _condition(
-                chk,
-                path,
-                dims.get("student.arch"),
-                "student.arch",
-                student.arch,
-                _archs_taking(key),
-                "arch",
-            )
+            on, takers = "student.arch", _archs_taking(key)
+            condition = _condition(chk, path, dims.get(on), on, student.arch, takers, "arch")
         dims[name] = replace(dim, method=method, condition=condition)
     return tuple(dims.values())
 
 
 def _condition(
-    chk: _Check,
-    path: str,
-    searched: Dimension | None,
-    on: str,
-    fixed: Any,
-    needed: tuple[str, ...],
-    what: str,
+    chk: _Check, path: str, searched: Dimension | None, on: str, fixed: Any, needed: Any, what: str
 ) -> tuple[str, tuple[Any, ...]] | None:
     """The condition of a dimension that applies only when ``on`` is one of ``needed``."""
     if searched is None:
@@ -1253,19 +1087,14 @@ def _condition(
         return None
     useful = tuple(v for v in searched.args if v in needed)
     if not useful:
-        chk.fail(
-            path,
-            f"applies only to {what} {'/'.join(needed)}, which search.{on} never "
-            f"chooses ({_show(list(searched.args))})",
-        )
+        never = f"search.{on} never chooses ({_show(list(searched.args))})"
+        chk.fail(path, f"applies only to {what} {'/'.join(needed)}, which {never}")
     return None if len(useful) == len(searched.args) else (on, useful)
 
 
-def _parse_objectives(chk: _Check, raw: list[dict[str, Any]] | None) -> tuple[Objective, ...]:
-    if raw is None:
-        return (Objective(tracking.METRIC_VAL, "max"),)
+def _parse_objectives(chk: _Check, raw: list[Any] | None) -> tuple[Objective, ...]:
     out: list[Objective] = []
-    for i, item in enumerate(raw):
+    for i, item in enumerate([{"metric": tracking.METRIC_VAL}] if raw is None else raw):
         path = f"objectives[{i}]"
         d = chk.mapping(item, path, ("metric", "mode"))
         metric = d.get("metric")
@@ -1279,8 +1108,8 @@ def _parse_objectives(chk: _Check, raw: list[dict[str, Any]] | None) -> tuple[Ob
             chk.name(metric, f"{path}.metric", "objective metric", OBJECTIVE_MODES)
             if any(o.metric == metric for o in out):
                 chk.fail(f"{path}.metric", f"metric {metric!r} is listed twice")
-        d = {"mode": OBJECTIVE_MODES.get(str(metric), "max"), **d}
-        out.append(chk.validate(Objective, d, path))
+        mode = OBJECTIVE_MODES.get(str(metric), "max")
+        out.append(chk.validate(Objective, {"mode": mode, **d}, path))
     return tuple(out)
 
 
@@ -1293,15 +1122,15 @@ def _parse_scheduler(
     if len(objectives) != 1:
         chk.fail(
             "scheduler",
-            f"Ray Tune schedulers take a single metric, but this study has "
-            f"{len(objectives)} objectives ({', '.join(o.metric for o in objectives)}); "
-            "drop the scheduler or keep one objective",
+            f"Ray Tune schedulers take a single metric, but this study has {len(objectives)} "
+            f"objectives ({', '.join(o.metric for o in objectives)}); drop the scheduler or keep "
+            "one objective",
         )
     if objectives[0].metric != tracking.METRIC_VAL:
         chk.fail(
             "scheduler",
-            f"{spec.type} stops trials on a metric reported every epoch, which only "
-            f"val_score is; the objective is {objectives[0].metric}",
+            f"{spec.type} stops trials on a metric reported every epoch, which only val_score "
+            f"is; the objective is {objectives[0].metric}",
         )
     max_t = spec.max_t if spec.max_t is not None else epochs
     if spec.grace_period > max_t:
@@ -1320,31 +1149,29 @@ def _parse_scheduler(
 
 
 def grid_configs(spec: StudySpec) -> list[dict[str, Any]]:
-    """Every configuration of a grid (all dimensions ``choice``), without seeds.
-
-    Enumerated per method over the dimensions that apply to it, so a method's configurations are
-    not multiplied by other methods' dimensions, nor an rbf trial by the poly degree.
+    """Every configuration of a grid (all dimensions ``choice``), without seeds, enumerated per
+    method over the dimensions that apply to it (so not multiplied by other methods' dimensions,
+    nor an rbf trial by the poly degree).
 
     Raises:
         ValueError: a dimension is not a ``choice``.
     """
     out: list[dict[str, Any]] = []
+
+    def expand(method: str, dims: tuple[Dimension, ...], partial: dict[str, Any]) -> None:
+        if not dims:
+            out.append({"method": method, **partial})
+        elif not dims[0].applies(method, partial):
+            expand(method, dims[1:], partial)
+        else:
+            for value in dims[0].args:
+                expand(method, dims[1:], {**partial, dims[0].name: value})
+
     for method in spec.methods:
-        dims = spec.dimensions_for(method)
-        for dim in dims:
+        for dim in spec.dimensions_for(method):
             if dim.kind != "choice":
                 raise ValueError(f"grid_configs: {dim.name} is {dim.kind}, not a choice")
-
-        def expand(i: int, partial: dict[str, Any], method: str = method, dims: Any = dims) -> None:
-            if i == len(dims):
-                out.append({"method": method, **partial})
-            elif not dims[i].applies(method, partial):
-                expand(i + 1, partial)
-            else:
-                for value in dims[i].args:
-                    expand(i + 1, {**partial, dims[i].name: value})
-
-        expand(0, {})
+        expand(method, spec.dimensions_for(method), {})
     return out
 
 
@@ -1362,30 +1189,22 @@ def _check_value(chk: _Check, spec: StudySpec, dim: Dimension, value: Any, path:
     # Samplers map through exp/log: allow the last bit of rounding at the ends.
     slack = 1e-9 * max(abs(low), abs(high), 1.0)
     if not low - slack <= value <= high + slack:
-        chk.fail(
-            path, f"expected a value of {dim.kind} [{_num(low)}, {_num(high)}], got {_show(value)}"
-        )
-    return check(min(max(int(value) if integral else float(value), low), high), path)
-
-
-def _listed(value: Any) -> Any:
-    return [_listed(v) for v in value] if isinstance(value, (list, tuple)) else value
+        chk.fail(path, f"expected a value of {dim.kind} [{_num(low)}, {_num(high)}], got {value}")
+    value = int(value) if integral else float(value)  # type: ignore[call-overload]
+    return check(min(max(value, low), high), path)
 
 
 def resolve_trial(spec: StudySpec, params: Mapping[str, Any]) -> TrialPlan:
-    """Resolve one trial's flat sampled parameters against the spec.
-
-    Args:
-        spec: the study.
-        params: ``{"method": ..., "seed": ..., "<dim>": value, ...}`` as the searcher gave them;
-            values of dimensions that do not apply to the method (another method's, ``lsp.sigma``
-            with a linear kernel) are ignored, those that apply must be present.
+    """Resolve one trial's flat sampled parameters (``{"method": ..., "seed": ..., "<dim>":
+    value}``, as the searcher gave them) against the spec. Values of dimensions that do not apply
+    to the method (another method's, ``lsp.sigma`` with a linear kernel) are ignored; those that
+    apply must be present.
 
     Returns:
-        The plan: student model with the sampled dimensions applied (a factory student's sampled
-        options merged into its options), its TrainConfig (trial seed, sampled ``lr``/
-        ``weight_decay``), the DistillConfig (catalog defaults < the file's ``method_defaults`` <
-        sampled; for LSP only the chosen kernel's parameters) and the flat params for logging.
+        The student with the sampled dimensions (a factory student's sampled options merged into
+        its options), its TrainConfig (the trial's seed, sampled ``lr``/``weight_decay``), the
+        DistillConfig (catalog defaults < the file's ``method_defaults`` < sampled; for LSP only
+        the chosen kernel's parameters) and the flat params for logging.
 
     Raises:
         UserInputError: params that do not belong to this spec (a stale or foreign trial).
@@ -1402,41 +1221,38 @@ def resolve_trial(spec: StudySpec, params: Mapping[str, Any]) -> TrialPlan:
         chk.expected("params.seed", "an integer", seed)
     if seed not in spec.seeds:
         chk.fail("params.seed", f"expected one of the study's seeds {list(spec.seeds)}, got {seed}")
-    known = {d.name for d in spec.search}
+    known = {d.name for d in spec.search} | {"method", "seed"}
     for key in params:
-        if key not in ("method", "seed") and key not in known:
-            valid = ", ".join(sorted(known | {"method", "seed"}))
+        if key not in known:
+            valid = ", ".join(sorted(known))
             chk.fail(f"params.{key}", f"not a parameter of study {spec.name!r} (valid: {valid})")
-
     sampled: dict[str, Any] = {}
     for dim in spec.search:  # conditioning dimensions come first
-        if not dim.applies(method, sampled):
-            continue
-        if dim.name not in params:
-            chk.fail(f"params.{dim.name}", f"missing: a search dimension of {method} trials")
-        sampled[dim.name] = _check_value(chk, spec, dim, params[dim.name], f"params.{dim.name}")
+        if dim.applies(method, sampled):
+            if dim.name not in params:
+                chk.fail(f"params.{dim.name}", f"missing: a search dimension of {method} trials")
+            sampled[dim.name] = _check_value(chk, spec, dim, params[dim.name], f"params.{dim.name}")
 
     ours = {d.key: sampled[d.name] for d in spec.search if d.method is None and d.name in sampled}
     arch = ours.pop("arch", spec.student.model.arch)
     train = {k: ours.pop(k) for k in _TRAIN_DIMS if k in ours}
-    if spec.student.model.factory is not None:
-        ours = {k.partition(".")[2]: v for k, v in ours.items()}
-    student = spec.student.model_for(arch, ours)
+    student = spec.student.model_for(arch, {k.removeprefix("options."): v for k, v in ours.items()})
     student_train = replace(spec.student.train, seed=int(seed), **train)
-
     values = dict(spec.method_defaults[method])
-    values.update({d.key: sampled[d.name] for d in spec.search if d.name in sampled and d.method})
-    if "kernel" in values and METHODS.get(method).info.get("kernel_catalog"):
-        other = _kernel_param_names() - set(kernel_params(values["kernel"]))
+    values.update({d.key: sampled[d.name] for d in spec.search if d.method and d.name in sampled})
+    if "kernel" in values and cat.METHODS.get(method).info.get("kernel_catalog"):
+        other = _kernel_keys() - set(cat.kernel_params(values["kernel"]))
         values = {k: v for k, v in values.items() if k not in other}
-    distill = DistillConfig(method=method, params=values)
-
-    flat: dict[str, Any] = {"method": method}
-    flat.update({f"{method}.{k}": _listed(v) for k, v in values.items()})
+    flat: dict[str, Any] = {
+        "method": method,
+        **{f"{method}.{k}": _listed(v) for k, v in values.items()},
+    }
     flat.update(student.as_params("student"))
-    flat["student.lr"] = student_train.lr
-    flat["student.weight_decay"] = student_train.weight_decay
+    flat.update(
+        {"student.lr": student_train.lr, "student.weight_decay": student_train.weight_decay}
+    )
     flat["seed"] = int(seed)
+    distill = DistillConfig(method=method, params=values)
     return TrialPlan(method, int(seed), student, student_train, distill, flat, config_id(flat))
 
 
@@ -1471,68 +1287,32 @@ def _canonical(obj: Any) -> Any:
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:
-    """A short hash of ``obj`` that is stable across processes, machines and key order.
-
-    SHA-256 of canonical JSON (sorted keys; dataclasses as dicts, tuples as lists, integral
-    floats as ints), first ``length`` hex characters.
-    """
+    """A short hash of ``obj``, stable across processes, machines and key order: SHA-256 of
+    canonical JSON (sorted keys; dataclasses as dicts, tuples as lists, integral floats as ints),
+    first ``length`` hex characters."""
     text = json.dumps(_canonical(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
 def config_id(params: Mapping[str, Any]) -> str:
-    """The id of a configuration: :func:`stable_hash` of its params without ``seed``, so the
-    runs of one configuration over several seeds share it (pass :attr:`TrialPlan.params`)."""
+    """:func:`stable_hash` of a configuration's params without ``seed``, so the runs of one
+    configuration over several seeds share it (pass :attr:`TrialPlan.params`)."""
     return stable_hash({k: v for k, v in params.items() if k != "seed"})
 
 
 def teacher_hash(spec: StudySpec) -> str:
-    """The hash a teacher is cached under: its model (a factory with its options and hidden
-    submodules), training (seed included, device not) and checkpoint, and the dataset (name,
-    path or factory, options, metric); the student and the search do not enter. Keys that are
-    unset (a built-in model's factory, a named dataset's path) are left out, so that the hashes
-    of built-in teachers stay what they were."""
-    train = {
-        f.name: getattr(spec.teacher.train, f.name)
-        for f in fields(TrainConfig)
-        if f.name != "device"
+    """The hash a teacher is cached under: its model (a factory's options and hidden names too),
+    training (seed included, device not), checkpoint and the dataset (name, path or factory,
+    options, metric); not the student or the search. Unset keys are left out, so built-in
+    teachers keep the hashes they had before user models and datasets existed."""
+    train = {f.name: getattr(spec.teacher.train, f.name) for f in fields(TrainConfig)}
+    del train["device"]
+    model = _canonical(spec.teacher.model)
+    model = {
+        k: v for k, v in model.items() if v or k not in ("factory", "options", "hidden", "base_dir")
     }
-    model = {k: v for k, v in _canonical(spec.teacher.model).items() if v or k not in _NEW_MODEL}
     ds = spec.dataset
     dataset = {"name": ds.name, "options": ds.options}
     dataset.update({k: getattr(ds, k) for k in ("path", "factory", "metric") if getattr(ds, k)})
-    return stable_hash(
-        {
-            "version": TEACHER_HASH_VERSION,
-            "dataset": dataset,
-            "teacher": {"model": model, "train": train, "checkpoint": spec.teacher.checkpoint},
-        }
-    )
-
-
-_NEW_MODEL = ("factory", "options", "hidden", "base_dir")
-
-__all__ = [
-    "DatasetSpec",
-    "Dimension",
-    "FaultToleranceSpec",
-    "LatencySpec",
-    "ModelSpec",
-    "Objective",
-    "ResourceSpec",
-    "SchedulerSpec",
-    "SearcherSpec",
-    "StudentSpec",
-    "StudySpec",
-    "TeacherSpec",
-    "TrialPlan",
-    "config_id",
-    "grid_configs",
-    "load_study_spec",
-    "parse_study_spec",
-    "parse_study_text",
-    "read_study_mapping",
-    "resolve_trial",
-    "stable_hash",
-    "teacher_hash",
-]
+    teacher = {"model": model, "train": train, "checkpoint": spec.teacher.checkpoint}
+    return stable_hash({"version": TEACHER_HASH_VERSION, "dataset": dataset, "teacher": teacher})

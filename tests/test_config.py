@@ -298,8 +298,8 @@ BAD = [
         "unknown nested key",
         _set("student.widht", 8),
         "student.widht",
-        "unknown key (valid: arch, depth, dropout, emb_dims, factory, heads, hidden, k, mlp, options, "
-        "preset, train, width)",
+        "unknown key (valid: arch, depth, dropout, emb_dims, factory, heads, hidden, k, mlp, "
+        "options, preset, train, width)",
     ),
     ("wrong type", _set("student.width", "eight"), "student.width", "expected an integer >= 1"),
     (
