@@ -739,14 +739,13 @@ def _search_params() -> dict[str, Any]:
         out.update({f"student.{k}": e.params for k in e.param_names() if f"student.{k}" not in out})
     for m in cat.METHODS:
         out.update({f"{m.name}.{k}": s for k, (s, _) in _method_params(m.name).items()})
-    scalar = (int, float, str, bool)
-    return {
-        k: s
-        for k, s in out.items()
-        if s is None
-        or (t := _unwrap(_fields(s)[k.partition(".")[2]][1].annotation)[0]) in scalar
-        or get_origin(t) is Literal
-    }
+    return {k: s for k, s in out.items() if s is None or _scalar(s, k.partition(".")[2])}
+
+
+def _scalar(schema: Any, key: str) -> bool:
+    """Whether a parameter holds one value (searchable), not a list (``layer_map``, ``mlp``)."""
+    ann = _unwrap(_fields(schema)[key][1].annotation)[0]
+    return ann in (int, float, str, bool) or get_origin(ann) is Literal
 
 
 # ---------------------------------------------------------------------------------------------
@@ -784,7 +783,8 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
     searched = "student.arch" in top.search
     student = _parse_model(chk, top.student, "student", dataset, base, hidden_for, searched)
     sd = chk.mapping(top.searcher, "searcher")
-    sd.setdefault("num_samples", 1) if sd.get("algorithm") == "grid" else None
+    if sd.get("algorithm") == "grid":
+        sd.setdefault("num_samples", 1)  # the grid once
     searcher = chk.validate(SearcherSpec, sd, "searcher")
     search = _parse_search(chk, top.search, methods, defaults, student[0], dataset, searcher)
     objectives = _parse_objectives(chk, top.objectives)
@@ -933,7 +933,7 @@ def _parse_model(
         if key in d:
             chk.fail(f"{path}.{key}", f"applies only to a factory model ({path}.factory)")
     presets = [p for e in cat.MODELS for p in e.info.get("presets", {})]
-    preset = d.get("preset") and chk.name(d["preset"], f"{path}.preset", "preset", presets)
+    preset = chk.name(d["preset"], f"{path}.preset", "preset", presets) if "preset" in d else None
     if "arch" not in d:
         if preset is None:
             names = ", ".join(cat.MODELS.names())
@@ -999,12 +999,10 @@ def _parse_dimension(chk: _Check, name: str, raw: Any, check: Any, kinds: Any) -
     if not isinstance(args, list) or len(args) != 2:
         chk.expected(path, f"{kind} with a [low, high] pair", args)
     integral = kind in ("int", "logint")
-    if any(
-        isinstance(a, bool) or not isinstance(a, int if integral else (int, float)) for a in args
-    ):
-        chk.fail(
-            path, f"{kind} needs two {'integers' if integral else 'numbers'}, got {_show(args)}"
-        )
+    number = int if integral else (int, float)
+    if any(isinstance(a, bool) or not isinstance(a, number) for a in args):
+        what = "integers" if integral else "numbers"
+        chk.fail(path, f"{kind} needs two {what}, got {_show(args)}")
     low, high = args
     if kind == "loguniform" and (low <= 0 or low >= high):
         chk.fail(path, f"loguniform needs 0 < low < high, got {_show(args)}")
@@ -1040,10 +1038,8 @@ def _parse_search(
             chk.fail(path, f"unknown search dimension (valid: {keys})")
         method = None if prefix == "student" else prefix
         if method is not None and method not in methods:
-            listed = f"[{', '.join(methods)}]"
-            chk.fail(
-                path, f"searches a parameter of method {method!r}, which is not in methods {listed}"
-            )
+            listed = f"which is not in methods [{', '.join(methods)}]"
+            chk.fail(path, f"searches a parameter of method {method!r}, {listed}")
         if method is None and key not in _TRAIN_DIMS and (student.factory is None) == option:
             chk.fail(
                 path,
@@ -1057,13 +1053,11 @@ def _parse_search(
             chk.fail(path, f"{fixes}; drop the preset to search it")
         dim = _parse_dimension(chk, name, raw[name], *_param_check(chk, name, student.arch))
         if searcher.algorithm == "grid" and dim.kind != "choice":
-            chk.fail(
-                path, f"the grid searcher needs every dimension to be a choice, got {dim.kind}"
-            )
+            needs = "the grid searcher needs every dimension to be a choice"
+            chk.fail(path, f"{needs}, got {dim.kind}")
         condition = None
-        if method is not None and key in _kernel_keys() - set(
-            cat.METHODS.get(method).param_names()
-        ):
+        own = set(cat.METHODS.get(method).param_names()) if method else set()
+        if method is not None and key in _kernel_keys() - own:  # lsp.sigma: only with rbf
             kernels = tuple(e.name for e in cat.KERNELS if key in e.param_names())
             on, fixed = f"{method}.kernel", defaults[method]["kernel"]
             condition = _condition(chk, path, dims.get(on), on, fixed, kernels, "kernel")
