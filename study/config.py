@@ -702,7 +702,7 @@ def _method_params(method: str) -> dict[str, tuple[Any, Any]]:
     """``{parameter: (schema, default)}`` of a method; LSP's kernels' parameters beside its own."""
     entry = cat.METHODS.get(method)
     out = {k: (entry.params, v) for k, v in entry.defaults().items()}
-    for kernel in cat.KERNELS if entry.info.get("kernel_catalog") else ():
+    for kernel in cat.KERNELS if "kernel" in out else ():  # a method that takes a kernel
         out.update({k: (kernel.params, v) for k, v in kernel.defaults().items() if k not in out})
     return out
 
@@ -1234,7 +1234,7 @@ def resolve_trial(spec: StudySpec, params: Mapping[str, Any]) -> TrialPlan:
     student_train = replace(spec.student.train, seed=int(seed), **train)
     values = dict(spec.method_defaults[method])
     values.update({d.key: sampled[d.name] for d in spec.search if d.method and d.name in sampled})
-    if "kernel" in values and cat.METHODS.get(method).info.get("kernel_catalog"):
+    if "kernel" in cat.METHODS.get(method).param_names():  # only the chosen kernel's
         other = _kernel_keys() - set(cat.kernel_params(values["kernel"]))
         values = {k: v for k, v in values.items() if k not in other}
     flat: dict[str, Any] = {
