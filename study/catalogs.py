@@ -39,6 +39,8 @@ def _whole(x: float) -> float:
     return x
 
 
+#: The validator of a float that must be a whole number (config offers it int/logint ranges).
+WHOLE = AfterValidator(_whole)
 LayerMap = tuple[tuple[int, int], ...]
 #: The last hidden layer of the student and of the teacher.
 DEFAULT_LAYER_MAP: LayerMap = ((-1, -1),)
@@ -56,7 +58,7 @@ class RBFParams(Params):
 
 
 class PolyParams(Params):
-    degree: Annotated[float, Field(ge=1), AfterValidator(_whole)] = 2.0
+    degree: Annotated[float, Field(ge=1), WHOLE] = 2.0
     c: float = 0.0
 
 

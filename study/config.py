@@ -1,99 +1,67 @@
 """Typed, validated study specs built from YAML: the contract between a study file and the runner.
 
-A study file is read with a safe YAML loader (no tags, no code) and checked completely before
-anything starts: unknown keys at every level, types, ranges and the consistency of keys that
-depend on each other. Every problem raises :class:`~study.errors.UserInputError` with one line,
-``<file>: <key.path>: <what was expected, and what was found>``, e.g.::
+A study file is read with a safe YAML loader (no tags, no code; YAML 1.2 floats; duplicate keys
+refused) and checked completely before anything starts. Pydantic, strict (``true`` and ``"8"``
+are not integers, NaN and infinity not numbers), checks types, ranges and unknown keys; every
+name (dataset, architecture, preset, method, kernel) and every parameter schema and default comes
+from the catalogs (:mod:`study.catalogs`). Every problem raises
+:class:`~study.errors.UserInputError` with one line, ``<file>: <key.path>: <message>``::
 
-    search_spaces/q.yaml: search.lsp.lambda: loguniform needs 0 < low < high, got [0, 10]
+    search_spaces/q.yaml: methods[1]: unknown method 'kdd' (valid: at, fitnet, kd, lsp, none)
     search_spaces/q.yaml: student.widht: unknown key (valid: arch, depth, ...)
 
-The schema (``search_spaces/quickstart.yaml`` is a commented example; defaults in brackets)::
+The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults in brackets)::
 
-    name: quickstart          # required; [A-Za-z0-9_.-]+; the MLflow experiment and Tune folder
-    description: "..."        # [""]
-    dataset:                  # required
-      name: cora              # cora citeseer pubmed ppi modelnet40 synthetic_sbm synthetic_shapes
-      options: {}             # [{}] keyword options of load_task(name, **options)
-    teacher:                  # required
-      arch: gat               # gat gcn sage mlp (node tasks) | dgcnn (point clouds); may be
-                              # left out when a preset names it
-      preset: null            # ppi_teacher ppi_student (gat) modelnet_teacher modelnet_student
-                              # (dgcnn); with a preset, width/depth/heads/k/emb_dims/mlp are absent
-      width: 8                # gat [8]: per-head hidden width;  dgcnn [64]: first EdgeConv width;
-                              # gcn [16], sage [64], mlp [64]: hidden width
-      depth: 2                # gat [2]: GATConv layers incl. output; dgcnn [4]: EdgeConv layers;
-                              # gcn/sage/mlp [2]: layers incl. output
-      heads: 8                # gat only [8]
-      k: 20                   # dgcnn only [20]: kNN size
-      emb_dims: 1024          # dgcnn only [1024]: per-point embedding before pooling
-      mlp: [512, 256]         # dgcnn only [[512, 256]]: classifier hidden widths
-      dropout: 0.6            # gat [0.6], others [0.5]; allowed beside a preset
-      checkpoint: null        # an existing teacher checkpoint (relative to this file), used
-                              # instead of training one
-      train:                  # every key optional; defaults are TrainConfig's
-        {epochs: 200, lr: 0.005, weight_decay: 5.0e-4, optimizer: adam, momentum: 0.9,
-         batch_size: 32, eval_every: 1, seed: 0}
-    student:                  # required; the teacher's keys minus checkpoint and train.seed
-      arch: gat               # (each trial's seed comes from `seeds`)
-      width: 8
-      train: {epochs: 200, lr: 0.005, weight_decay: 5.0e-4}
-    methods: [none, kd, fitnet, at, lsp]     # [all five]; the method is a search dimension
-    method_defaults:          # fixed values per method, over the built-in defaults below
-      lsp: {lambda: 100.0, kernel: rbf, sigma: 1.0, degree: 2.0, c: 0.0,
-            direction: student_teacher, lsp_until_epoch: null, layer_map: [[-1, -1]]}
-      kd: {temperature: 4.0, alpha: 0.9}
-      fitnet: {lambda: 1.0, layer_map: [[-1, -1]]}
-      at: {lambda: 1000.0, p: 1.0, layer_map: [[-1, -1]]}
-    search:                   # [{}] one dimension a line, each exactly one of
-      lsp.lambda: {loguniform: [1.0, 1000.0]}   # {choice: [...]} {uniform: [lo, hi]}
-      lsp.kernel: {choice: [rbf, linear]}       # {loguniform: [lo, hi]} {int: [lo, hi]}
-      student.width: {choice: [8, 16, 32]}      # {logint: [lo, hi]}
-    seeds: [0, 1]             # [[0]] each sampled configuration is trained once per seed
-    searcher: {algorithm: tpe, num_samples: 10, max_concurrent: null, seed: 0}
-    objectives: [{metric: val_score, mode: max}]
-    scheduler: null           # or {type: asha, grace_period: 10, reduction_factor: 3, max_t: null}
-    resources: {cpu: 1, gpu: 0}               # per trial
+    name: quickstart            # required; [A-Za-z0-9_.-]+: the MLflow experiment, Tune folder
+    description: ""             # [""]
+    dataset:                    # required: exactly one of name, path, factory
+      name: cora                # a DATASETS entry; options checked by its schema, unset ones
+      path: graph.pt            #   left to the loader | a saved graph (relative to this file)
+      factory: "module:fn"      #   | a function returning the task (path, factory: node tasks)
+      options: {}               # [{}] the loader's keyword options
+      metric: accuracy          # [the dataset's] accuracy macro_f1 micro_f1 auroc (node tasks)
+    teacher:                    # required: built-in keys or factory keys
+      arch: gat                 # a MODELS entry (gat gcn sage mlp: node tasks; dgcnn: clouds)
+      preset: null              # a preset of the arch (ppi_teacher, ...): then only dropout
+      width: 8                  # the arch's size keys (width depth heads k emb_dims mlp
+      dropout: 0.6              #   dropout), defaults from its schema
+      factory: "module:fn"      # or a user model, fn(in_channels, out_channels, **options),
+      options: {}               #   with keyword options and the submodules whose outputs are
+      hidden: [conv1]           #   hidden features (non-empty when methods has fitnet/at/lsp)
+      checkpoint: null          # a trained teacher (relative to this file) instead of training
+      train: {epochs: 200, lr: 0.005, weight_decay: 5.0e-4, optimizer: adam, momentum: 0.9,
+              batch_size: 32, eval_every: 1, seed: 0}    # TrainConfig's defaults
+    student: {...}              # required; the teacher's keys but checkpoint and train.seed
+    methods: [none, kd, fitnet, at, lsp]   # [every METHODS entry]; a search dimension
+    method_defaults:            # per method, over the entry's defaults (LSP: and the kernels')
+      lsp: {lambda: 100.0, kernel: rbf, sigma: 1.0, direction: student_teacher,
+            lsp_until_epoch: null, layer_map: [[-1, -1]]}   # layer_map: fixed only
+    search:                     # [{}] one dimension a line: {choice: [...]}, {uniform: [lo, hi]},
+      lsp.lambda: {loguniform: [1.0, 1000.0]}  # {loguniform: ..}, {int: ..}, {logint: ..}
+      student.width: {choice: [8, 16]}         # student.options.NAME: factory students only
+    seeds: [0]                  # [[0]] each configuration runs once per seed
+    searcher: {algorithm: tpe, num_samples: 10, max_concurrent: null, seed: 0}  # nsga2 random grid
+    objectives: [{metric: val_score, mode: max}]  # val_score latency_ms_p50/p90 num_params
+    scheduler: null             # or {type: asha, grace_period: 10, reduction_factor: 3, max_t: ..}
+    resources: {cpu: 1, gpu: 0} # per trial; a fractional gpu shares one
     latency: {repeats: 30, warmup: 5, threads: 1}
     fault_tolerance: {checkpoint_every: 20, checkpoint_min_seconds: 30, max_failures: 0}
 
-Built-in method defaults follow the paper: LSP lambda 100, the RBF kernel with sigma 1, poly
-degree 2 and c 0, the direction KL(LS^s || LS^t), LSP in every epoch; KD temperature 4, alpha 0.9;
-FitNet lambda 1; AT lambda 1000 (beta of the AT code), p 1. ``layer_map`` (fitnet, at, lsp;
-fixed only) pairs
-``[student layer, teacher layer]`` indices into the models' hidden features; the default (also
-for null), ``[[-1, -1]]``, matches the last hidden layer of each.
+Search: ``<method>.<param>`` (LSP: also its kernels' parameters) applies only to trials of that
+method, which must be in ``methods``, and a kernel's parameter (``lsp.sigma``: rbf; ``lsp.degree``,
+``lsp.c``: poly) only with that kernel; ``student.<key>`` applies to every trial, a size key
+only to the architectures that take it (``heads``: gat, ``k``: dgcnn). Either condition is on the
+searched ``lsp.kernel``/``student.arch``, or an error against the fixed one. Float parameters
+take every kind, integers ``int``/``logint``/``choice``, names and booleans ``choice``. ``grid``
+needs choices only and is enumerated per method (:func:`grid_configs`), ``num_samples`` [1]
+repeating it; otherwise ``num_samples`` [10] counts configurations, each run once per seed.
+``test_score`` is never an objective (it leaks the test set into model selection); a scheduler
+needs the one objective ``val_score``. Checks that need torch (a factory imports, its options
+fit, a file's contents, checkpoint keys, hidden names) are not made here: this imports no torch.
 
-Search dimensions and their conditions:
-
-- ``lsp.{lambda,kernel,sigma,degree,c,direction,lsp_until_epoch}``, ``kd.{temperature,alpha}``,
-  ``fitnet.lambda``, ``at.{lambda,p}`` apply only to trials of their method, which must be in
-  ``methods``. ``lsp.sigma`` applies only with the rbf kernel, ``lsp.degree``/``lsp.c`` only
-  with poly (conditional on ``lsp.kernel`` when that is searched, an error when it is fixed to
-  another kernel).
-- ``student.{arch,width,depth,heads,k,dropout,lr,weight_decay}`` apply to every trial;
-  ``student.heads`` only to gat and ``student.k`` only to dgcnn students (conditional on
-  ``student.arch`` when that is searched). A student preset fixes arch/width/depth/heads/k.
-- ``uniform``/``loguniform`` give floats and fit float parameters only; ``int``/``logint``
-  fit integer and float parameters; names (kernel, direction, arch) take ``choice`` only.
-
-Searchers: ``tpe`` (default), ``nsga2`` (Optuna samplers), ``random``, ``grid``. ``num_samples``
-[10] counts configurations, so a study runs ``num_samples * len(seeds)`` trials; for ``grid``
-every dimension must be a ``choice``, the grid is enumerated per method (conditional dimensions
-only where they apply, see :func:`grid_configs`) and ``num_samples`` [1] repeats it.
-
-Objectives: one or several of ``val_score`` (mode [max]), ``latency_ms_p50``,
-``latency_ms_p90``, ``num_params`` (mode [min]). Never ``test_score``: choosing on the test split
-leaks it into model selection. A scheduler (``asha``) needs exactly one objective, ``val_score``,
-since Ray Tune schedulers take one metric and compare it as trials report it epoch by epoch.
-Resources: ``cpu`` > 0 [1], ``gpu`` >= 0 [0], fractional below 1 (trials share a GPU).
-Fault tolerance: a trial checkpoints every ``checkpoint_every`` [20] epochs, but at most once in
-``checkpoint_min_seconds`` [30] (what ``resume`` continues from; more often costs time, see Ray's
-snapshot warning), and is restarted from its last checkpoint up to ``max_failures`` [0] times.
-
-A trial receives a flat dict such as ``{"method": "lsp", "lsp.lambda": 12.3,
-"student.width": 16, "seed": 1}``; :func:`resolve_trial` validates it against the spec and returns
-the student, its :class:`~study.train.TrainConfig` and the :class:`~study.train.DistillConfig`.
+A trial's flat dict (``{"method": "lsp", "lsp.lambda": 12.3, "student.width": 16, "seed": 1}``)
+is checked and resolved by :func:`resolve_trial` into the student, its
+:class:`~study.train_config.TrainConfig` and :class:`~study.train_config.DistillConfig`.
 """
 
 from __future__ import annotations
@@ -103,85 +71,25 @@ import json
 import math
 import numbers
 import re
-from collections.abc import Iterable, Mapping
+import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
 
+import annotated_types as at
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import dataclasses as pdc
+from pydantic.fields import FieldInfo
 
+from study import catalogs as cat
 from study import tracking
+from study.catalog import FACTORY_RE
 from study.errors import UserInputError, choose
 from study.train_config import DistillConfig, TrainConfig
 
-# ---------------------------------------------------------------------------------------------
-# Valid names. Hard-coded so that reading a study file imports neither torch nor PyG; they mirror
-# study.distill.registry (METHODS, KERNEL_NAMES, DIRECTIONS), study.models.registry
-# (ARCHITECTURES and its presets) and study.data.registry (DATASETS). A test keeps them in step.
-# ---------------------------------------------------------------------------------------------
-
-#: Distillation methods (``none`` = the student trained alone).
-METHODS: tuple[str, ...] = ("none", "kd", "fitnet", "at", "lsp")
-#: LSP kernels.
-KERNELS: tuple[str, ...] = ("linear", "poly", "rbf", "l2", "l1_official")
-#: LSP KL directions: the paper's KL(LS^s || LS^t) and the official code's KL(LS^t || LS^s).
-DIRECTIONS: tuple[str, ...] = ("student_teacher", "teacher_student")
-#: Model architectures.
-ARCHS: tuple[str, ...] = ("gat", "gcn", "sage", "mlp", "dgcnn")
-#: Paper presets and the architecture each builds.
-PRESET_ARCH: dict[str, str] = {
-    "ppi_teacher": "gat",
-    "ppi_student": "gat",
-    "modelnet_teacher": "dgcnn",
-    "modelnet_student": "dgcnn",
-}
-PRESETS: tuple[str, ...] = tuple(PRESET_ARCH)
-#: Datasets and the kind of task each is: node classification or point-cloud recognition.
-DATASET_KINDS: dict[str, str] = {
-    "cora": "node",
-    "citeseer": "node",
-    "pubmed": "node",
-    "ppi": "node",
-    "synthetic_sbm": "node",
-    "modelnet40": "pointcloud",
-    "synthetic_shapes": "pointcloud",
-}
-DATASETS: tuple[str, ...] = tuple(DATASET_KINDS)
-#: The kind of task each architecture solves.
-ARCH_KINDS: dict[str, str] = {
-    "gat": "node",
-    "gcn": "node",
-    "sage": "node",
-    "mlp": "node",
-    "dgcnn": "pointcloud",
-}
-_KIND_WORDS = {"node": "node-classification", "pointcloud": "point-cloud"}
-
-#: Size keys each architecture takes without a preset, and their defaults (GAT: Velickovic et
-#: al. 2018 on Cora; GCN: Kipf and Welling 2017 on Cora; GraphSAGE and MLP: the same two-layer
-#: shape, a little wider; DGCNN: Wang et al. 2019 on ModelNet40). Only gat takes ``heads`` and
-#: only dgcnn ``k``/``emb_dims``/``mlp``, which is what makes those keys conditional on a
-#: searched ``student.arch``.
-ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gat": {"width": 8, "depth": 2, "heads": 8, "dropout": 0.6},
-    "gcn": {"width": 16, "depth": 2, "dropout": 0.5},
-    "sage": {"width": 64, "depth": 2, "dropout": 0.5},
-    "mlp": {"width": 64, "depth": 2, "dropout": 0.5},
-    "dgcnn": {
-        "width": 64,
-        "depth": 4,
-        "k": 20,
-        "emb_dims": 1024,
-        "mlp": (512, 256),
-        "dropout": 0.5,
-    },
-}
-#: Keys a preset leaves open.
-PRESET_OVERRIDES: tuple[str, ...] = ("dropout",)
-
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
-SEARCHERS: tuple[str, ...] = ("tpe", "nsga2", "random", "grid")
-SCHEDULERS: tuple[str, ...] = ("asha",)
 DIMENSION_KINDS: tuple[str, ...] = ("choice", "uniform", "loguniform", "int", "logint")
 #: Metrics a study may optimise, with their natural direction.
 OBJECTIVE_MODES: dict[str, str] = {
@@ -190,36 +98,17 @@ OBJECTIVE_MODES: dict[str, str] = {
     tracking.METRIC_LATENCY_P90: "min",
     tracking.METRIC_PARAMS: "min",
 }
-MODES: tuple[str, ...] = ("max", "min")
-
-#: DistillConfig's layer map: the last hidden layer of the student and of the teacher.
-DEFAULT_LAYER_MAP: tuple[tuple[int, int], ...] = next(
-    f.default for f in fields(DistillConfig) if f.name == "layer_map"
-)
-
-#: Built-in per-method defaults (the paper's where it gives them).
-BUILTIN_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "kd": {"temperature": 4.0, "alpha": 0.9},
-    "fitnet": {"lambda": 1.0, "layer_map": DEFAULT_LAYER_MAP},
-    # AT: beta = 1000 on the mean squared map difference, as Zagoruyko & Komodakis' code has it.
-    "at": {"lambda": 1000.0, "p": 1.0, "layer_map": DEFAULT_LAYER_MAP},
-    "lsp": {
-        "lambda": 100.0,
-        "kernel": "rbf",
-        "sigma": 1.0,
-        "degree": 2.0,
-        "c": 0.0,
-        "direction": "student_teacher",
-        "lsp_until_epoch": None,
-        "layer_map": DEFAULT_LAYER_MAP,
-    },
-}
-#: The LSP parameters each kernel reads; the others do not apply to it.
-KERNEL_PARAMS: dict[str, tuple[str, ...]] = {"poly": ("degree", "c"), "rbf": ("sigma",)}
-
-_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 TEACHER_HASH_VERSION = 1  # bump when a teacher trained from the same spec would differ
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+_NonNegInt = Annotated[int, Field(ge=0)]
+_Factory = Annotated[str, AfterValidator(lambda v: _factory_ref(v))]
+
+
+def _factory_ref(value: str) -> str:
+    if not FACTORY_RE.fullmatch(value):
+        raise ValueError(f"expected 'module:function' (e.g. my_models:build), got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,18 +118,33 @@ TEACHER_HASH_VERSION = 1  # bump when a teacher trained from the same spec would
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset by name and the keyword options of ``load_task(name, **options)``."""
+    """A catalog dataset ``name``, a saved graph at ``path`` or a ``factory``, with the loader's
+    ``options``; ``metric`` (node tasks) and ``base_dir`` (the study file's folder)."""
 
-    name: str
+    name: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+    factory: str | None = None
+    metric: str | None = None
+    base_dir: str = ""
+
+    @property
+    def label(self) -> str:
+        """For tags: the name, the file's stem or the factory."""
+        return self.name or (Path(self.path).stem if self.path else str(self.factory))
+
+    @property
+    def kind(self) -> str:
+        """``"node"`` or ``"pointcloud"``; a path or factory dataset is a node task."""
+        return cat.DATASETS.get(self.name).info.get("kind", cat.NODE) if self.name else cat.NODE
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One architecture: a preset, or explicit sizes (the keys the architecture does not take
-    are ``None``)."""
+    """A catalog ``arch`` with a preset or sizes (keys the arch does not take are ``None``), or a
+    user ``factory`` (``arch`` ``None``) with its ``options`` and ``hidden`` submodules."""
 
-    arch: str
+    arch: str | None
     preset: str | None = None
     width: int | None = None
     depth: int | None = None
@@ -249,19 +153,35 @@ class ModelSpec:
     emb_dims: int | None = None
     mlp: tuple[int, ...] | None = None
     dropout: float | None = None
+    factory: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    hidden: tuple[str, ...] = ()
+    base_dir: str | None = None
+
+    def __hash__(self) -> int:  # options is a dict
+        return hash(stable_hash(self, 32))
+
+    @property
+    def label(self) -> str:
+        return self.arch or str(self.factory)
 
     def build_kwargs(self) -> dict[str, Any]:
         """Keywords for ``build_model(self.arch, in_channels=..., out_channels=..., **kwargs)``."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "arch" or value is None:
-                continue
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        if self.factory is not None:
+            return {
+                "factory": self.factory,
+                "options": dict(self.options),
+                "hidden": list(self.hidden),
+                "base_dir": self.base_dir,
+            }
+        values = {f.name: getattr(self, f.name) for f in fields(self)[1:9]}  # preset .. dropout
+        return {k: _listed(v) for k, v in values.items() if v is not None}
 
     def as_params(self, prefix: str) -> dict[str, Any]:
         """The set fields as flat ``{prefix.key: value}`` (lists for tuples), for logging."""
+        if self.factory is not None:
+            opts = {f"{prefix}.options.{k}": v for k, v in self.options.items()}
+            return {f"{prefix}.factory": self.factory, f"{prefix}.hidden": [*self.hidden], **opts}
         return {f"{prefix}.{k}": v for k, v in {"arch": self.arch, **self.build_kwargs()}.items()}
 
 
@@ -276,30 +196,26 @@ class TeacherSpec:
 
 @dataclass(frozen=True)
 class StudentSpec:
-    """The fixed part of the student; ``given`` holds the model keys the file set explicitly, so
-    that a searched ``student.arch`` can fill the other keys with that architecture's defaults."""
+    """The fixed student; ``given``: the size keys the file set (a searched arch fills the rest)."""
 
     model: ModelSpec
     train: TrainConfig
     given: dict[str, Any] = field(default_factory=dict)
 
-    def model_for(self, arch: str, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
-        """The student model for ``arch`` with ``overrides`` over the explicitly given keys."""
-        return _model_spec(arch, self.model.preset, {**self.given, **(overrides or {})})
+    def model_for(self, arch: str | None, overrides: Mapping[str, Any] | None = None) -> ModelSpec:
+        """The model for ``arch`` with ``overrides`` over the given keys (for a factory student
+        ``arch`` is ignored and ``overrides`` are options)."""
+        if self.model.factory is not None:
+            return replace(self.model, options={**self.model.options, **(overrides or {})})
+        return _model_spec(str(arch), self.model.preset, {**self.given, **(overrides or {})})
 
 
 @dataclass(frozen=True)
 class Dimension:
-    """One search dimension.
-
-    Attributes:
-        name: the flat key, e.g. ``"lsp.lambda"`` or ``"student.width"``.
-        kind: one of :data:`DIMENSION_KINDS`.
-        args: the choices, or ``(low, high)`` (both included).
-        method: the method whose trials it applies to; ``None`` for ``student.*`` (all trials).
-        condition: ``(key, values)``: it applies only where the searched dimension ``key`` took
-            one of ``values`` (``lsp.sigma`` needs ``lsp.kernel`` rbf); ``None``: always.
-    """
+    """One search dimension: ``name`` (``"lsp.lambda"``), ``kind`` (:data:`DIMENSION_KINDS`),
+    ``args`` (the choices, or ``(low, high)`` both included), the ``method`` whose trials it
+    applies to (``None``: all) and ``condition`` ``(key, values)``: it applies only where the
+    searched dimension ``key`` took one of ``values``."""
 
     name: str
     kind: str
@@ -322,68 +238,57 @@ class Dimension:
         return on in sampled and any(_same(sampled[on], v) for v in values)
 
 
-@dataclass(frozen=True)
+@pdc.dataclass(frozen=True, config=_STRICT)
 class SearcherSpec:
-    """How configurations are proposed."""
-
-    algorithm: str = "tpe"
-    num_samples: int = 10
-    max_concurrent: int | None = None
-    seed: int = 0
+    algorithm: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    num_samples: cat.Count = 10
+    max_concurrent: cat.Count | None = None
+    seed: _NonNegInt = 0
 
 
-@dataclass(frozen=True)
+@pdc.dataclass(frozen=True, config=_STRICT)
 class Objective:
-    """A metric to optimise and its direction."""
-
     metric: str
     mode: Literal["max", "min"]
 
 
-@dataclass(frozen=True)
+@pdc.dataclass(frozen=True, config=_STRICT)
 class SchedulerSpec:
     """An early-stopping scheduler; ``max_t`` ``None`` means the student's epochs."""
 
-    type: str = "asha"
-    grace_period: int = 10
-    reduction_factor: float = 3.0
-    max_t: int | None = None
+    type: Literal["asha"] = "asha"
+    grace_period: cat.Count = 10
+    reduction_factor: Annotated[float, Field(gt=1)] = 3.0
+    max_t: cat.Count | None = None
 
 
-@dataclass(frozen=True)
+@pdc.dataclass(frozen=True, config=_STRICT)
 class ResourceSpec:
-    """Per-trial resources; a fractional ``gpu`` lets trials share one."""
-
-    cpu: float = 1.0
-    gpu: float = 0.0
+    cpu: cat.Positive = 1.0
+    gpu: cat.NonNegative = 0.0
 
 
-@dataclass(frozen=True)
+@pdc.dataclass(frozen=True, config=_STRICT)
 class LatencySpec:
-    """How inference latency is timed."""
-
-    repeats: int = 30
-    warmup: int = 5
-    threads: int = 1
+    repeats: cat.Count = 30
+    warmup: _NonNegInt = 5
+    threads: cat.Count = 1
 
 
-@dataclass(frozen=True)
+@pdc.dataclass(frozen=True, config=_STRICT)
 class FaultToleranceSpec:
-    """How a trial survives interruption: a checkpoint every ``checkpoint_every`` epochs but not
-    within ``checkpoint_min_seconds`` of the last one (what ``resume`` continues from; Tune
-    snapshots the experiment at each, so fast epochs must not checkpoint every few seconds), and
-    ``max_failures`` automatic restarts of a failing trial."""
+    """A checkpoint every ``checkpoint_every`` epochs, not within ``checkpoint_min_seconds`` of
+    the last (Tune snapshots the experiment at each); ``max_failures`` restarts of a trial."""
 
-    checkpoint_every: int = 20
-    checkpoint_min_seconds: float = 30.0
-    max_failures: int = 0
+    checkpoint_every: cat.Count = 20
+    checkpoint_min_seconds: cat.NonNegative = 30.0
+    max_failures: _NonNegInt = 0
 
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A whole validated study. ``method_defaults`` holds, for every method of ``methods``, the
-    built-in defaults overridden by the file's ``method_defaults``. ``search`` lists the
-    dimensions with those that others are conditional on (``student.arch``, ``lsp.kernel``) first.
+    """A validated study. ``method_defaults``: per method of ``methods``, the catalog's defaults
+    under the file's. ``search``: conditioning dimensions (``student.arch``, ``lsp.kernel``) first.
     """
 
     name: str
@@ -405,16 +310,13 @@ class StudySpec:
 
     @property
     def metrics(self) -> list[str]:
-        """The objective metrics, in order (what Optuna and Tune are given)."""
         return [o.metric for o in self.objectives]
 
     @property
     def modes(self) -> list[str]:
-        """The objective modes, in the order of :attr:`metrics`."""
         return [o.mode for o in self.objectives]
 
     def dimension(self, name: str) -> Dimension | None:
-        """The search dimension called ``name``, if searched."""
         return next((d for d in self.search if d.name == name), None)
 
     def dimensions_for(self, method: str) -> tuple[Dimension, ...]:
@@ -430,18 +332,14 @@ class StudySpec:
 
     @property
     def num_trials(self) -> int:
-        """Trials the study runs: each configuration once per seed."""
+        """Each configuration once per seed."""
         return self.num_configs * len(self.seeds)
 
 
 @dataclass(frozen=True)
 class TrialPlan:
-    """What one trial trains, resolved from the spec and the trial's sampled parameters.
-
-    ``params`` holds the hyperparameters that apply to this trial, flat, for logging: ``method``,
-    its own ``<method>.*`` keys (kernel parameters only for their kernel), every ``student.*`` key
-    (fixed ones included) and ``seed``. ``config_id`` is :func:`config_id` of ``params``.
-    """
+    """One trial resolved. ``params``: what applies to it, flat, for logging (``method``, its
+    ``<method>.*`` keys, every ``student.*`` key, ``seed``); ``config_id`` that without seed."""
 
     method: str
     seed: int
@@ -452,61 +350,88 @@ class TrialPlan:
     config_id: str
 
 
+class _Top(BaseModel):
+    model_config = _STRICT
+    name: str
+    description: str = ""
+    dataset: dict[str, Any]
+    teacher: dict[str, Any]
+    student: dict[str, Any]
+    methods: Annotated[list[str], Field(min_length=1)] | None = None
+    method_defaults: dict[str, Any] = {}
+    search: dict[str, Any] = {}
+    seeds: Annotated[list[_NonNegInt], Field(min_length=1)] = [0]
+    searcher: dict[str, Any] = {}
+    objectives: Annotated[list[Any], Field(min_length=1)] | None = None
+    scheduler: dict[str, Any] | None = None
+    resources: dict[str, Any] = {}
+    latency: dict[str, Any] = {}
+    fault_tolerance: dict[str, Any] = {}
+
+
+class _Dataset(cat.Params):
+    name: str | None = None
+    path: str | None = None
+    factory: _Factory | None = None
+    options: dict[str, Any] = {}
+    metric: str | None = None
+
+
+class _UserModel(cat.Params):
+    factory: _Factory
+    options: dict[str, Any] = {}
+    hidden: list[Annotated[str, Field(min_length=1)]] = []
+
+
+class _Train(cat.Params):
+    """TrainConfig's keys but ``device`` (the runner sets it from ``resources``)."""
+
+    epochs: cat.Count = TrainConfig.epochs
+    lr: cat.Positive = TrainConfig.lr
+    weight_decay: cat.NonNegative = TrainConfig.weight_decay
+    optimizer: Literal["adam", "sgd"] = TrainConfig.optimizer
+    momentum: Annotated[float, Field(ge=0, lt=1)] = TrainConfig.momentum
+    batch_size: cat.Count = TrainConfig.batch_size
+    eval_every: cat.Count = TrainConfig.eval_every
+    seed: _NonNegInt = TrainConfig.seed
+
+
 # ---------------------------------------------------------------------------------------------
-# Checking values: every failure is one line naming the file and the key path
+# Checking: every failure is one line naming the file and the key path
 # ---------------------------------------------------------------------------------------------
 
 
 def _show(value: Any) -> str:
     text = repr(tuple(value) if isinstance(value, tuple) else value)
     if isinstance(value, (list, tuple, dict)):
-        text = json.dumps(value, default=repr) if _jsonable(value) else text
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            pass
     text = " ".join(text.split())
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def _type_word(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, numbers.Integral):
-        return "an integer"
-    if isinstance(value, numbers.Real):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return type(value).__name__
+    for kind, word in (
+        (bool, "a boolean"),
+        (numbers.Integral, "an integer"),
+        (numbers.Real, "a number"),
+        (str, "a string"),
+        (list, "a list"),
+        (Mapping, "a mapping"),
+    ):
+        if isinstance(value, kind):
+            return word
+    return "null" if value is None else "a value"
 
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
 
 
-def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
-    if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}"
-    if low is not None:
-        return f"{'>' if low_open else '>='} {_num(low)}"
-    if high is not None:
-        return f"{'<' if high_open else '<='} {_num(high)}"
-    return ""
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+def _join(path: str, key: str | int) -> str:
+    return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -514,8 +439,86 @@ def _same(a: Any, b: Any) -> bool:
     return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
+def _listed(value: Any) -> Any:
+    return [_listed(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _fields(cls: Any) -> dict[str, tuple[str, FieldInfo]]:
+    """A pydantic model's or dataclass's fields by the keys files use: ``{key: (name, info)}``."""
+    found = getattr(cls, "__pydantic_fields__", None) or {}
+    return {info.alias or name: (name, info) for name, info in found.items()}
+
+
+def _unwrap(ann: Any) -> tuple[Any, list[Any], bool]:
+    """``(type, constraints, nullable)`` of an annotation, ``Annotated`` and ``| None`` off."""
+    meta: list[Any] = []
+    nullable = False
+    while True:
+        if get_origin(ann) is Annotated:
+            ann, *extra = get_args(ann)
+            meta += [x for m in extra for x in (m.metadata if isinstance(m, FieldInfo) else [m])]
+        elif get_origin(ann) in (Union, types.UnionType) and type(None) in get_args(ann):
+            rest = [a for a in get_args(ann) if a is not type(None)]
+            nullable, ann = True, rest[0] if len(rest) == 1 else Union[tuple(rest)]  # noqa: UP007
+        else:
+            return ann, meta, nullable
+
+
+def _ann_at(cls: Any, loc: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """The annotation and constraints of the value at ``loc`` (pydantic's) inside ``cls``."""
+    ann: Any = cls
+    meta: list[Any] = []
+    for item in loc:
+        ann = _unwrap(ann)[0]
+        if isinstance(item, str) and item in _fields(ann):
+            info = _fields(ann)[item][1]
+            ann, meta = info.annotation, list(info.metadata)
+        elif get_origin(ann) is dict:
+            ann, meta = get_args(ann)[1], []
+        elif isinstance(item, int) and get_args(ann):
+            args = get_args(ann)
+            ann, meta = (args[0] if args[-1] is Ellipsis or len(args) == 1 else args[item]), []
+    return ann, meta
+
+
+def _expect(ann: Any, meta: list[Any] | None = None) -> str:
+    """What an annotation accepts, in words: ``"an integer >= 1"``, ``"a list of strings"``."""
+    ann, more, nullable = _unwrap(ann)
+    meta = [*(meta or []), *more]
+    origin, args = get_origin(ann), get_args(ann)
+    nonempty = any(isinstance(m, at.MinLen) and m.min_length > 0 for m in meta)
+    if origin is Literal:
+        word = "one of " + ", ".join(map(str, args))
+    elif origin in (list, tuple):
+        size = f"{len(args)} " if origin is tuple and args[-1] is not Ellipsis else ""
+        elem = _expect(args[0]).split(" ", 1)[1]
+        elem = re.sub(r"(integer|number|string|mapping|boolean)", r"\1s", elem, count=1)
+        word = f"a {'non-empty ' if nonempty else ''}list of {size}{elem}"
+    else:
+        types_ = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+        word = "a whole number" if cat.WHOLE in meta else types_.get(ann, "a mapping")
+        word = word.replace("a ", "a non-empty ", 1) if nonempty else word
+        lo = next((m for m in meta if isinstance(m, (at.Ge, at.Gt))), None)
+        hi = next((m for m in meta if isinstance(m, (at.Le, at.Lt))), None)
+        low = None if lo is None else getattr(lo, "ge", getattr(lo, "gt", None))
+        high = None if hi is None else getattr(hi, "le", getattr(hi, "lt", None))
+        if low is not None and high is not None:
+            word += f" in {'(' if isinstance(lo, at.Gt) else '['}{_num(low)}, {_num(high)}"
+            word += ")" if isinstance(hi, at.Lt) else "]"
+        elif low is not None:
+            word += f" {'>' if isinstance(lo, at.Gt) else '>='} {_num(low)}"
+        elif high is not None:
+            word += f" {'<' if isinstance(hi, at.Lt) else '<='} {_num(high)}"
+    return f"{word} or null" if nullable else word
+
+
+@cache
+def _adapter(cls: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(cls)
+
+
 class _Check:
-    """Value checks that fail with ``<source>: <path>: <message>``."""
+    """Checks that fail with ``<source>: <path>: <message>``."""
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -527,42 +530,67 @@ class _Check:
     def expected(self, path: str, what: str, value: Any) -> NoReturn:
         self.fail(path, f"expected {what}, got {_show(value)} ({_type_word(value)})")
 
-    def mapping(
-        self,
-        value: Any,
-        path: str,
-        keys: Iterable[str] | None = None,
-        required: Iterable[str] = (),
-    ) -> dict[str, Any]:
-        """A mapping with string keys, only ``keys`` (any if ``None``), ``required`` present."""
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
+    def mapping(self, value: Any, path: str, keys: Any = None) -> dict[str, Any]:
+        """A mapping (``null``: empty) with only ``keys`` (any if ``None``), nulls dropped (a
+        null takes the default)."""
+        if not isinstance(value, Mapping | None):
             self.expected(path, "a mapping", value)
-        valid = None if keys is None else sorted(keys)
+        for key in value or {}:
+            if keys is not None and key not in keys:
+                self.fail(_join(path, key), f"unknown key (valid: {', '.join(sorted(keys))})")
+        return {k: v for k, v in (value or {}).items() if v is not None}
+
+    def plain(self, value: Any, path: str) -> Any:
+        """A JSON-like value: strings, finite numbers, booleans, null, lists, string-keyed maps."""
+        if value is None or isinstance(value, (str, bool)):
+            return value
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real):
+            if not math.isfinite(value):
+                self.fail(path, f"expected a finite number, got {_show(value)}")
+            return float(value)
+        if isinstance(value, (list, tuple)):
+            return [self.plain(v, _join(path, i)) for i, v in enumerate(value)]
+        if not isinstance(value, Mapping):
+            self.expected(path, "a string, number, boolean, list or mapping", value)
         for key in value:
             if not isinstance(key, str):
                 self.fail(path, f"keys must be strings, got {_show(key)} ({_type_word(key)})")
-            if valid is not None and key not in valid:
-                self.fail(_join(path, key), f"unknown key (valid: {', '.join(valid)})")
-        for key in required:
-            if value.get(key) is None:
-                self.fail(_join(path, key), "required key is missing")
-        return dict(value)
+        return {k: self.plain(v, _join(path, k)) for k, v in value.items()}
 
-    def listing(self, value: Any, path: str, *, nonempty: bool = True) -> list[Any]:
-        if not isinstance(value, (list, tuple)):
-            self.expected(path, "a list", value)
-        if nonempty and not value:
-            self.fail(path, "expected a non-empty list, got []")
-        return list(value)
+    def validate(self, cls: Any, data: Any, path: str, strip: int = 0) -> Any:
+        """Plain ``data`` validated by the pydantic type ``cls``; its first error becomes one line
+        at ``path`` plus the error's location (but its first ``strip`` parts)."""
+        try:
+            return _adapter(cls).validate_json(json.dumps(data), strict=True)
+        except ValidationError as err:
+            error = err.errors(include_url=False)[0]
+        loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+        where = path
+        for item in loc[strip:]:
+            where = _join(where, item)
+        ann, meta = _ann_at(cls, loc)
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+            valid = ", ".join(sorted(_fields(_unwrap(_ann_at(cls, loc[:-1])[0])[0])))
+            self.fail(where, f"unknown key (valid: {valid})")
+        if kind == "missing":
+            self.fail(where, "required key is missing")
+        if kind in ("value_error", "assertion_error"):  # a catalog's or our own validator
+            message = error["msg"].split(", ", 1)[1]
+            self.fail(where, message + ("" if "got" in message else f", got {_show(value)}"))
+        if kind == "literal_error" and isinstance(value, str) and isinstance(loc[-1], str):
+            word = {"algorithm": "searcher", "type": "scheduler"}.get(loc[-1], loc[-1])
+            self.name(value, where, word, get_args(_unwrap(ann)[0]))
+        if kind.endswith(("_type", "_parsing")) or kind == "literal_error":
+            self.expected(where, _expect(ann, meta), value)
+        self.fail(where, f"expected {_expect(ann, meta)}, got {_show(value)}")
 
-    def string(self, value: Any, path: str) -> str:
-        if not isinstance(value, str):
-            self.expected(path, "a string", value)
-        return value
+    def param(self, cls: Any, key: str, value: Any, path: str) -> Any:
+        """The parameter ``key`` of the schema ``cls``, validated, at ``path``."""
+        return getattr(self.validate(cls, {key: value}, path, strip=1), _fields(cls)[key][0])
 
-    def name(self, value: Any, path: str, kind: str, valid: Iterable[str]) -> str:
+    def name(self, value: Any, path: str, kind: str, valid: Any) -> str:
         if not isinstance(value, str):
             self.expected(path, f"a {kind} name (one of {', '.join(sorted(valid))})", value)
         try:
@@ -571,165 +599,14 @@ class _Check:
             self.fail(path, str(err))
         return value
 
-    def integer(
-        self, value: Any, path: str, *, low: int | None = None, high: int | None = None
-    ) -> int:
-        bounds = _bounds(low, high, False, False)
-        what = "an integer" + (f" {bounds}" if bounds else "")
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            self.expected(path, what, value)
-        if (low is not None and value < low) or (high is not None and value > high):
-            self.fail(path, f"expected {what}, got {_show(value)}")
-        return int(value)
-
-    def number(
-        self,
-        value: Any,
-        path: str,
-        *,
-        low: float | None = None,
-        high: float | None = None,
-        low_open: bool = False,
-        high_open: bool = False,
-    ) -> float:
-        bounds = _bounds(low, high, low_open, high_open)
-        what = "a number" + (f" {bounds}" if bounds else "")
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            self.expected(path, what, value)
-        x = float(value)
-        if not math.isfinite(x):
-            self.fail(path, f"expected a finite number, got {_show(value)}")
-        if low is not None and (x < low or (low_open and x == low)):
-            self.fail(path, f"expected {what}, got {_show(value)}")
-        if high is not None and (x > high or (high_open and x == high)):
-            self.fail(path, f"expected {what}, got {_show(value)}")
-        return x
-
-    def plain(self, value: Any, path: str) -> Any:
-        """A JSON-like value (str, number, bool, null, lists and string-keyed mappings of them)."""
-        if value is None or isinstance(value, (str, bool)):
-            return value
-        if isinstance(value, numbers.Real):
-            return self.number(value, path) if not isinstance(value, numbers.Integral) else value
-        if isinstance(value, (list, tuple)):
-            return [self.plain(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, Mapping):
-            return {k: self.plain(v, _join(path, k)) for k, v in self.mapping(value, path).items()}
-        self.expected(path, "a string, number, boolean, list or mapping", value)
-
-
-@dataclass(frozen=True)
-class _Param:
-    """What one hyperparameter accepts."""
-
-    kind: Literal["float", "int", "name"]
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    names: tuple[str, ...] = ()
-    name_kind: str = ""
-    nullable: bool = False
-    whole: bool = False  # a float that must be a whole number (the poly degree)
-
-    def check(self, chk: _Check, value: Any, path: str) -> Any:
-        if value is None and self.nullable:
-            return None
-        if self.whole:
-            x = chk.number(value, path, low=self.low, high=self.high)
-            if not x.is_integer():
-                chk.fail(
-                    path,
-                    f"expected a whole number {_bounds(self.low, self.high, False, False)}"
-                    f" (a fractional power of a negative dot product is NaN), got {_show(value)}",
-                )
-            return x
-        if self.kind == "name":
-            return chk.name(value, path, self.name_kind, self.names)
-        if self.kind == "int":
-            low = None if self.low is None else int(self.low)
-            high = None if self.high is None else int(self.high)
-            return chk.integer(value, path, low=low, high=high)
-        return chk.number(
-            value,
-            path,
-            low=self.low,
-            high=self.high,
-            low_open=self.low_open,
-            high_open=self.high_open,
-        )
-
-
-_POSITIVE = _Param("float", low=0.0, low_open=True)
-_NONNEG = _Param("float", low=0.0)
-_COUNT = _Param("int", low=1)
-
-#: Hyperparameters per method (``layer_map`` is checked apart and cannot be searched).
-METHOD_PARAMS: dict[str, dict[str, _Param]] = {
-    "none": {},
-    "kd": {"temperature": _POSITIVE, "alpha": _Param("float", low=0.0, high=1.0)},
-    "fitnet": {"lambda": _NONNEG},
-    "at": {"lambda": _NONNEG, "p": _POSITIVE},
-    "lsp": {
-        "lambda": _NONNEG,
-        "kernel": _Param("name", names=KERNELS, name_kind="kernel"),
-        "sigma": _POSITIVE,
-        "degree": _Param("float", low=1.0, whole=True),
-        "c": _Param("float"),
-        "direction": _Param("name", names=DIRECTIONS, name_kind="direction"),
-        "lsp_until_epoch": _Param("int", low=1, nullable=True),
-    },
-}
-_LAYER_MAP_METHODS = ("fitnet", "at", "lsp")
-
-#: Model keys of teacher and student (``arch`` and ``preset`` are checked apart).
-MODEL_PARAMS: dict[str, _Param] = {
-    "width": _COUNT,
-    "depth": _COUNT,
-    "heads": _COUNT,
-    "k": _COUNT,
-    "emb_dims": _COUNT,
-    "dropout": _Param("float", low=0.0, high=1.0, high_open=True),
-}
-_MODEL_KEYS = ("arch", "preset", *MODEL_PARAMS, "mlp")
-
-#: Training keys (TrainConfig's fields but ``device``, which the runner sets from resources).
-TRAIN_PARAMS: dict[str, _Param] = {
-    "epochs": _COUNT,
-    "lr": _POSITIVE,
-    "weight_decay": _NONNEG,
-    "optimizer": _Param("name", names=OPTIMIZERS, name_kind="optimizer"),
-    "momentum": _Param("float", low=0.0, high=1.0, high_open=True),
-    "batch_size": _COUNT,
-    "eval_every": _COUNT,
-    "seed": _Param("int", low=0),
-}
-_TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name != "device")
-
-#: Searchable student keys.
-STUDENT_SEARCH_PARAMS: dict[str, _Param] = {
-    "arch": _Param("name", names=ARCHS, name_kind="architecture"),
-    **{k: MODEL_PARAMS[k] for k in ("width", "depth", "heads", "k", "dropout")},
-    "lr": TRAIN_PARAMS["lr"],
-    "weight_decay": TRAIN_PARAMS["weight_decay"],
-}
-_STUDENT_TRAIN_DIMS = ("lr", "weight_decay")
-
-#: Every valid search key.
-SEARCH_KEYS: tuple[str, ...] = tuple(
-    sorted(
-        [f"{m}.{k}" for m, params in METHOD_PARAMS.items() for k in params]
-        + [f"student.{k}" for k in STUDENT_SEARCH_PARAMS]
-    )
-)
-_CONDITIONING = ("student.arch", "lsp.kernel")
-
-
-def _param_for(name: str) -> _Param:
-    prefix, _, key = name.partition(".")
-    if prefix == "student":
-        return STUDENT_SEARCH_PARAMS[key]
-    return METHOD_PARAMS[prefix][key]
+    def file(self, given: str, base: Path, path: str) -> str:
+        """An existing file, relative to the study file's folder, made absolute (for Ray workers
+        in other working directories)."""
+        where = Path(given).expanduser()
+        where = (where if where.is_absolute() else base / where).resolve()
+        if not where.is_file():
+            self.fail(path, f"no such file {str(where)!r}")
+        return str(where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -817,35 +694,71 @@ def read_study_mapping(text: str, source: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# What the catalogs offer
+# ---------------------------------------------------------------------------------------------
+
+
+def _method_params(method: str) -> dict[str, tuple[Any, Any]]:
+    """``{parameter: (schema, default)}`` of a method; LSP's kernels' parameters beside its own."""
+    entry = cat.METHODS.get(method)
+    out = {k: (entry.params, v) for k, v in entry.defaults().items()}
+    for kernel in cat.KERNELS if "kernel" in out else ():  # a method that takes a kernel
+        out.update({k: (kernel.params, v) for k, v in kernel.defaults().items() if k not in out})
+    return out
+
+
+def _kernel_keys() -> set[str]:
+    return {k for kernel in cat.KERNELS for k in kernel.param_names()}
+
+
+def _archs_taking(key: str) -> tuple[str, ...]:
+    return tuple(e.name for e in cat.MODELS if key in e.param_names())
+
+
+def _size_keys() -> list[str]:
+    return sorted({k for e in cat.MODELS for k in e.param_names()})
+
+
+def _kinds(schema: Any, key: str) -> tuple[str, ...]:
+    """The dimension kinds a parameter takes, from its annotation."""
+    info = _fields(schema)[key][1]
+    ann, meta, _ = _unwrap(info.annotation)
+    if ann is float and cat.WHOLE not in [*info.metadata, *meta]:
+        return DIMENSION_KINDS
+    return ("choice", "int", "logint") if ann in (int, float) else ("choice",)
+
+
+def _search_params() -> dict[str, Any]:
+    """Every searchable key (not ``student.options.*``) and the schema that checks it."""
+    out: dict[str, Any] = {
+        "student.arch": None,
+        "student.lr": _Train,
+        "student.weight_decay": _Train,
+    }
+    for e in cat.MODELS:
+        out.update({f"student.{k}": e.params for k in e.param_names() if f"student.{k}" not in out})
+    for m in cat.METHODS:
+        out.update({f"{m.name}.{k}": s for k, (s, _) in _method_params(m.name).items()})
+    return {k: s for k, s in out.items() if s is None or _scalar(s, k.partition(".")[2])}
+
+
+def _scalar(schema: Any, key: str) -> bool:
+    """Whether a parameter holds one value (searchable), not a list (``layer_map``, ``mlp``)."""
+    ann = _unwrap(_fields(schema)[key][1].annotation)[0]
+    return ann in (int, float, str, bool) or get_origin(ann) is Literal
+
+
+# ---------------------------------------------------------------------------------------------
 # Parsing
 # ---------------------------------------------------------------------------------------------
 
-_TOP_KEYS = (
-    "name",
-    "description",
-    "dataset",
-    "teacher",
-    "student",
-    "methods",
-    "method_defaults",
-    "search",
-    "seeds",
-    "searcher",
-    "objectives",
-    "scheduler",
-    "resources",
-    "latency",
-    "fault_tolerance",
-)
+_CONDITIONING = ("student.arch", "lsp.kernel")
+_TRAIN_DIMS = ("lr", "weight_decay")
 
 
 def parse_study_spec(data: Any, source: str) -> StudySpec:
-    """Validate a study mapping (as loaded from YAML) completely and build the spec.
-
-    Args:
-        data: the loaded YAML document.
-        source: the file it came from, for messages; a relative ``teacher.checkpoint`` is taken
-            relative to its folder.
+    """Validate a study mapping (as loaded from YAML) completely and build the spec; relative
+    paths (``dataset.path``, ``teacher.checkpoint``) are taken from the folder of ``source``.
 
     Raises:
         UserInputError: the first problem, as ``<source>: <key.path>: <message>``.
@@ -853,355 +766,313 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
     chk = _Check(source)
     if not isinstance(data, Mapping):
         chk.fail("", f"expected a mapping of study keys at the top level, got {_type_word(data)}")
-    top = chk.mapping(data, "", _TOP_KEYS, required=("name", "dataset", "teacher", "student"))
-
-    name = chk.string(top["name"], "name")
-    if not _NAME_RE.fullmatch(name) or name in (".", ".."):
-        chk.fail("name", f"expected letters, digits and _ . - only (a folder name), got {name!r}")
-    description = (
-        "" if top.get("description") is None else chk.string(top["description"], "description")
-    )
-    dataset = _parse_dataset(chk, top["dataset"])
-    methods = _parse_methods(chk, top.get("methods"))
-    method_defaults = _parse_method_defaults(chk, top.get("method_defaults"), methods)
-    search_raw = chk.mapping(top.get("search"), "search")
-    teacher = _parse_teacher(chk, top["teacher"], dataset, Path(source).parent)
-    student = _parse_student(chk, top["student"], dataset, "student.arch" in search_raw)
-    seeds = _parse_seeds(chk, top.get("seeds"))
-    searcher = _parse_searcher(chk, top.get("searcher"))
-    search = _parse_search(chk, search_raw, methods, method_defaults, student, dataset, searcher)
-    objectives = _parse_objectives(chk, top.get("objectives"))
-    scheduler = _parse_scheduler(chk, top.get("scheduler"), objectives, student.train.epochs)
-    resources = _parse_resources(chk, top.get("resources"))
-    latency = _parse_latency(chk, top.get("latency"))
-    fault_tolerance = _parse_fault_tolerance(chk, top.get("fault_tolerance"))
+    top = chk.validate(_Top, chk.plain(chk.mapping(data, ""), ""), "")
+    if not _NAME_RE.fullmatch(top.name) or top.name in (".", ".."):
+        chk.fail(
+            "name", f"expected letters, digits and _ . - only (a folder name), got {top.name!r}"
+        )
+    base = Path(source).parent.resolve()
+    dataset = _parse_dataset(chk, top.dataset, base)
+    methods = cat.METHODS.names() if top.methods is None else top.methods
+    for i, method in enumerate(methods):
+        chk.name(method, f"methods[{i}]", "method", cat.METHODS.names())
+    methods = _unique(chk, methods, "methods", "method")
+    defaults = _parse_method_defaults(chk, top.method_defaults, methods)
+    hidden_for = tuple(m for m in methods if "layer_map" in cat.METHODS.get(m).param_names())
+    teacher = _parse_model(chk, top.teacher, "teacher", dataset, base, hidden_for)
+    searched = "student.arch" in top.search
+    student = _parse_model(chk, top.student, "student", dataset, base, hidden_for, searched)
+    sd = chk.mapping(top.searcher, "searcher")
+    if sd.get("algorithm") == "grid":
+        sd.setdefault("num_samples", 1)  # the grid once
+    searcher = chk.validate(SearcherSpec, sd, "searcher")
+    search = _parse_search(chk, top.search, methods, defaults, student[0], dataset, searcher)
+    objectives = _parse_objectives(chk, top.objectives)
+    resources = chk.validate(ResourceSpec, chk.mapping(top.resources, "resources"), "resources")
+    if resources.gpu > 1 and not resources.gpu.is_integer():
+        chk.fail(
+            "resources.gpu",
+            "Ray shares a GPU only in fractions below 1; above 1 use a whole number, "
+            f"got {_num(resources.gpu)}",
+        )
+    ft = chk.mapping(top.fault_tolerance, "fault_tolerance")
     return StudySpec(
-        name=name,
-        description=description,
+        name=top.name,
+        description=top.description,
         dataset=dataset,
-        teacher=teacher,
-        student=student,
+        teacher=TeacherSpec(teacher[0], teacher[1], teacher[3]),
+        student=StudentSpec(student[0], student[1], student[2]),
         methods=methods,
-        method_defaults=method_defaults,
+        method_defaults=defaults,
         search=search,
-        seeds=seeds,
+        seeds=_unique(chk, top.seeds, "seeds", "seed"),
         searcher=searcher,
         objectives=objectives,
-        scheduler=scheduler,
+        scheduler=_parse_scheduler(chk, top.scheduler, objectives, student[1].epochs),
         resources=resources,
-        latency=latency,
+        latency=chk.validate(LatencySpec, chk.mapping(top.latency, "latency"), "latency"),
         source=source,
-        fault_tolerance=fault_tolerance,
+        fault_tolerance=chk.validate(FaultToleranceSpec, ft, "fault_tolerance"),
     )
 
 
-def _parse_dataset(chk: _Check, raw: Any) -> DatasetSpec:
-    d = chk.mapping(raw, "dataset", ("name", "options"), required=("name",))
-    name = chk.name(d["name"], "dataset.name", "dataset", DATASETS)
-    options = chk.mapping(d.get("options"), "dataset.options")
-    return DatasetSpec(name, {k: chk.plain(v, f"dataset.options.{k}") for k, v in options.items()})
+def _unique(chk: _Check, values: Any, path: str, word: str) -> tuple[Any, ...]:
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            chk.fail(f"{path}[{i}]", f"{word} {_show(value)} is listed twice")
+    return tuple(values)
 
 
-def _parse_methods(chk: _Check, raw: Any) -> tuple[str, ...]:
-    if raw is None:
-        return METHODS
-    out: list[str] = []
-    for i, value in enumerate(chk.listing(raw, "methods")):
-        method = chk.name(value, f"methods[{i}]", "method", METHODS)
-        if method in out:
-            chk.fail(f"methods[{i}]", f"method {method!r} is listed twice")
-        out.append(method)
-    return tuple(out)
-
-
-def _parse_layer_map(chk: _Check, raw: Any, path: str) -> tuple[tuple[int, int], ...]:
-    if raw is None:
-        return DEFAULT_LAYER_MAP
-    pairs = []
-    for i, pair in enumerate(chk.listing(raw, path)):
-        where = f"{path}[{i}]"
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            chk.expected(where, "a [student layer, teacher layer] pair of integers", pair)
-        pairs.append((chk.integer(pair[0], f"{where}[0]"), chk.integer(pair[1], f"{where}[1]")))
-    return tuple(pairs)
+def _parse_dataset(chk: _Check, raw: dict[str, Any], base: Path) -> DatasetSpec:
+    d = chk.validate(_Dataset, chk.mapping(raw, "dataset"), "dataset")
+    given = [k for k in ("name", "path", "factory") if getattr(d, k) is not None]
+    if len(given) != 1:
+        got = " and ".join(given) or "none of them"
+        chk.fail("dataset", f"expected exactly one of name, path or factory, got {got}")
+    kind, options, path = cat.NODE, d.options, None
+    if d.name is not None:
+        entry = cat.DATASETS.get(chk.name(d.name, "dataset.name", "dataset", cat.DATASETS.names()))
+        kind = entry.info.get("kind", cat.NODE)
+        if "root" in options:
+            chk.fail("dataset.options.root", "the data folder is GDS_DATA_ROOT, not a study option")
+        if entry.params is None and options:
+            chk.fail(f"dataset.options.{next(iter(options))}", f"{d.name} takes no options")
+        if entry.params is not None:
+            options = chk.validate(entry.params, options, "dataset.options").model_dump(
+                by_alias=True, exclude_unset=True, exclude_none=True
+            )
+    elif d.path is not None:
+        path = chk.file(d.path, base, "dataset.path")
+    if d.metric is not None:
+        chk.name(d.metric, "dataset.metric", "metric", cat.NODE_METRICS)
+        if kind != cat.NODE:
+            what = f"dataset {d.name!r} is a {cat.TASK_WORDS[kind]} task"
+            chk.fail("dataset.metric", f"applies only to node tasks, but {what}")
+    return DatasetSpec(d.name, options, path, d.factory, d.metric, str(base))
 
 
 def _parse_method_defaults(
-    chk: _Check, raw: Any, methods: tuple[str, ...]
+    chk: _Check, raw: dict[str, Any], methods: tuple[str, ...]
 ) -> dict[str, dict[str, Any]]:
     # Defaults of methods not in `methods` are validated too, then unused: toggling a method in
     # `methods` should not force editing this block.
-    given = chk.mapping(raw, "method_defaults", METHODS)
-    merged = {m: dict(BUILTIN_METHOD_DEFAULTS[m]) for m in methods}
-    for method, values in given.items():
-        path = f"method_defaults.{method}"
-        params = METHOD_PARAMS[method]
-        keys = [*params, *(("layer_map",) if method in _LAYER_MAP_METHODS else ())]
-        checked = {}
-        for key, value in chk.mapping(values, path, keys).items():
-            if key == "layer_map":
-                checked[key] = _parse_layer_map(chk, value, f"{path}.layer_map")
-            else:
-                checked[key] = params[key].check(chk, value, f"{path}.{key}")
-        if method in merged:
-            merged[method].update(checked)
+    merged = {m: {k: v for k, (_, v) in _method_params(m).items()} for m in methods}
+    for method, values in chk.mapping(raw, "method_defaults", cat.METHODS.names()).items():
+        path, params = f"method_defaults.{method}", _method_params(method)
+        for k, v in chk.mapping(values, path, params).items():
+            merged.get(method, {})[k] = chk.param(params[k][0], k, v, f"{path}.{k}")
     return merged
 
 
 def _parse_train(chk: _Check, raw: Any, path: str, *, allow_seed: bool) -> TrainConfig:
     d = chk.mapping(raw, path)
     if not allow_seed and "seed" in d:
-        chk.fail(
-            f"{path}.seed",
-            "the student's seed comes from `seeds` (each configuration runs once per seed)",
-        )
+        chk.fail(f"{path}.seed", "the student's seed comes from `seeds` (one run per seed)")
     if "device" in d:
         chk.fail(f"{path}.device", "the runner sets the device from `resources` (gpu > 0: cuda)")
-    chk.mapping(d, path, [k for k in _TRAIN_KEYS if allow_seed or k != "seed"])
-    values: dict[str, Any] = {}
-    for key, value in d.items():
-        if value is None:
-            continue
-        if key in TRAIN_PARAMS:
-            values[key] = TRAIN_PARAMS[key].check(chk, value, f"{path}.{key}")
-            continue
-        # A TrainConfig field this module does not know yet: check the type of its default.
-        default = next(f.default for f in fields(TrainConfig) if f.name == key)
-        if isinstance(default, str):
-            values[key] = chk.string(value, f"{path}.{key}")
-        else:
-            kind = "int" if isinstance(default, int) else "float"
-            values[key] = _Param(kind).check(chk, value, f"{path}.{key}")
-    return TrainConfig(**values)
+    return TrainConfig(**chk.validate(_Train, d, path).model_dump(exclude_unset=True))
 
 
 def _check_arch_kind(chk: _Check, arch: str, path: str, dataset: DatasetSpec) -> None:
-    kind = DATASET_KINDS[dataset.name]
-    if ARCH_KINDS[arch] != kind:
-        fitting = ", ".join(a for a in ARCHS if ARCH_KINDS[a] == kind)
+    kind, arch_kind = dataset.kind, cat.MODELS.get(arch).info.get("kind", cat.NODE)
+    if arch_kind != kind:
+        fitting = ", ".join(e.name for e in cat.MODELS if e.info.get("kind", cat.NODE) == kind)
         chk.fail(
             path,
-            f"{arch} is a {_KIND_WORDS[ARCH_KINDS[arch]]} model, but dataset {dataset.name!r} is "
-            f"a {_KIND_WORDS[kind]} task (valid here: {fitting})",
+            f"{arch} is a {cat.TASK_WORDS[arch_kind]} model, but dataset {dataset.label!r} is "
+            f"a {cat.TASK_WORDS[kind]} task (valid here: {fitting})",
         )
 
 
-def _archs_taking(key: str) -> tuple[str, ...]:
-    return tuple(a for a in ARCHS if key in ARCH_DEFAULTS[a])
-
-
 def _model_spec(arch: str, preset: str | None, given: Mapping[str, Any]) -> ModelSpec:
-    """The model of ``arch``: a preset (plus its open keys) or sizes over the arch defaults."""
+    """The model of ``arch``: a preset (plus its open keys) or sizes over the arch's defaults."""
     if preset is not None:
-        return ModelSpec(arch, preset, **{k: given[k] for k in PRESET_OVERRIDES if k in given})
-    values = {k: given.get(k, default) for k, default in ARCH_DEFAULTS[arch].items()}
-    if values.get("mlp") is not None:
-        values["mlp"] = tuple(values["mlp"])
+        return ModelSpec(arch, preset, **{k: given[k] for k in cat.PRESET_OVERRIDES if k in given})
+    values: dict[str, Any] = {}
+    for k, v in cat.MODELS.get(arch).defaults().items():
+        values[k] = tuple(given.get(k, v)) if k == "mlp" else given.get(k, v)
     return ModelSpec(arch, None, **values)
 
 
 def _parse_model(
     chk: _Check,
-    d: dict[str, Any],
+    raw: dict[str, Any],
     path: str,
     dataset: DatasetSpec,
-    *,
+    base: Path,
+    hidden_for: tuple[str, ...],
     arch_searched: bool = False,
-) -> tuple[ModelSpec, dict[str, Any]]:
-    preset = None
-    if d.get("preset") is not None:
-        preset = chk.name(d["preset"], f"{path}.preset", "preset", PRESETS)
-    if d.get("arch") is None:
-        if preset is None:
-            chk.fail(f"{path}.arch", f"required key is missing (valid: {', '.join(ARCHS)})")
-        arch = PRESET_ARCH[preset]
-    else:
-        arch = chk.name(d["arch"], f"{path}.arch", "architecture", ARCHS)
-        if preset is not None and PRESET_ARCH[preset] != arch:
+) -> tuple[ModelSpec, TrainConfig, dict[str, Any], str | None]:
+    """``(model, train, the size keys given, checkpoint)`` of ``teacher`` or ``student``."""
+    teacher = path == "teacher"
+    keys = ["arch", "preset", "factory", "options", "hidden", "train", *_size_keys()]
+    d = chk.mapping(raw, path, keys + ["checkpoint"] * teacher)
+    train = _parse_train(chk, d.pop("train", None), f"{path}.train", allow_seed=teacher)
+    checkpoint = d.pop("checkpoint", None)
+    if checkpoint is not None:
+        where = f"{path}.checkpoint"
+        checkpoint = chk.file(chk.validate(str, checkpoint, where), base, where)
+    if "factory" in d:
+        other = next((k for k in d if k not in ("factory", "options", "hidden")), None)
+        if other is not None:
             chk.fail(
-                f"{path}.preset",
-                f"preset {preset!r} builds a {PRESET_ARCH[preset]} model, but arch is {arch!r}",
+                f"{path}.{other}",
+                "a model is either built in (arch, preset, sizes) or a factory with options "
+                f"and hidden, not both ({path}.factory is set)",
             )
+        user = chk.validate(_UserModel, d, path)
+        if hidden_for and not user.hidden:
+            chk.fail(
+                f"{path}.hidden",
+                f"expected a non-empty list of submodule names ({'/'.join(hidden_for)} in "
+                f"methods match hidden features), got {_show(d.get('hidden', []))}",
+            )
+        model = ModelSpec(None, factory=user.factory, options=user.options, base_dir=str(base))
+        return replace(model, hidden=tuple(user.hidden)), train, {}, checkpoint
+    for key in ("options", "hidden"):
+        if key in d:
+            chk.fail(f"{path}.{key}", f"applies only to a factory model ({path}.factory)")
+    presets = [p for e in cat.MODELS for p in e.info.get("presets", {})]
+    preset = chk.name(d["preset"], f"{path}.preset", "preset", presets) if "preset" in d else None
+    if "arch" not in d:
+        if preset is None:
+            names = ", ".join(cat.MODELS.names())
+            chk.fail(f"{path}.arch", f"required key is missing (valid: {names})")
+        arch = str(cat.preset_arch(preset))
+    else:
+        arch = chk.name(d["arch"], f"{path}.arch", "architecture", cat.MODELS.names())
+        if preset is not None and cat.preset_arch(preset) != arch:
+            builds = f"builds a {cat.preset_arch(preset)} model, but arch is {arch!r}"
+            chk.fail(f"{path}.preset", f"preset {preset!r} {builds}")
     _check_arch_kind(chk, arch, f"{path}.arch", dataset)
     given: dict[str, Any] = {}
-    for key in (*MODEL_PARAMS, "mlp"):
-        value = d.get(key)
-        if value is None:
-            continue
-        where = f"{path}.{key}"
-        if preset is not None and key not in PRESET_OVERRIDES:
+    for key in (k for k in _size_keys() if k in d):
+        where, takers = f"{path}.{key}", _archs_taking(key)
+        if preset is not None and key not in cat.PRESET_OVERRIDES:
             chk.fail(where, f"must be absent with a preset (preset {preset!r} fixes it)")
-        takers = _archs_taking(key)
         if arch not in takers and not arch_searched:
             chk.fail(where, f"applies only to arch {'/'.join(takers)}, but {path}.arch is {arch!r}")
-        if key == "mlp":
-            widths = chk.listing(value, where, nonempty=False)
-            given[key] = tuple(_COUNT.check(chk, w, f"{where}[{i}]") for i, w in enumerate(widths))
-        else:
-            given[key] = MODEL_PARAMS[key].check(chk, value, where)
-    return _model_spec(arch, preset, given), given
+        schema = cat.MODELS.get(arch if arch in takers else takers[0]).params
+        given[key] = chk.param(schema, key, d[key], where)
+    return _model_spec(arch, preset, given), train, given, checkpoint
 
 
-def _parse_teacher(chk: _Check, raw: Any, dataset: DatasetSpec, base: Path) -> TeacherSpec:
-    d = chk.mapping(raw, "teacher", (*_MODEL_KEYS, "checkpoint", "train"))
-    model, _ = _parse_model(chk, d, "teacher", dataset)
-    train = _parse_train(chk, d.get("train"), "teacher.train", allow_seed=True)
-    checkpoint = None
-    if d.get("checkpoint") is not None:
-        given = Path(chk.string(d["checkpoint"], "teacher.checkpoint")).expanduser()
-        # Absolute, so that Ray workers in other working directories find the same file.
-        path = (given if given.is_absolute() else base / given).resolve()
-        if not path.is_file():
-            chk.fail("teacher.checkpoint", f"no such file {str(path)!r}")
-        checkpoint = str(path)
-    return TeacherSpec(model, train, checkpoint)
+def _param_check(chk: _Check, name: str, arch: str | None) -> tuple[Callable[..., Any], Any]:
+    """``(check(value, path) -> value, the dimension kinds it takes)`` of a search key."""
+    prefix, _, key = name.partition(".")
+    if name.startswith("student.options."):
+        return chk.plain, DIMENSION_KINDS
+    if name == "student.arch":
+        return (lambda v, p: chk.name(v, p, "architecture", cat.MODELS.names())), ("choice",)
+    schema = _search_params()[name]
+    if prefix == "student" and arch is not None and key in cat.MODELS.get(arch).param_names():
+        schema = cat.MODELS.get(arch).params
+    return (lambda v, p: chk.param(schema, key, v, p)), _kinds(schema, key)
 
 
-def _parse_student(chk: _Check, raw: Any, dataset: DatasetSpec, arch_searched: bool) -> StudentSpec:
-    d = chk.mapping(raw, "student", (*_MODEL_KEYS, "train"))
-    model, given = _parse_model(chk, d, "student", dataset, arch_searched=arch_searched)
-    train = _parse_train(chk, d.get("train"), "student.train", allow_seed=False)
-    return StudentSpec(model, train, given)
-
-
-def _parse_seeds(chk: _Check, raw: Any) -> tuple[int, ...]:
-    if raw is None:
-        return (0,)
-    out: list[int] = []
-    for i, value in enumerate(chk.listing(raw, "seeds")):
-        seed = chk.integer(value, f"seeds[{i}]", low=0)
-        if seed in out:
-            chk.fail(f"seeds[{i}]", f"seed {seed} is listed twice")
-        out.append(seed)
-    return tuple(out)
-
-
-def _parse_searcher(chk: _Check, raw: Any) -> SearcherSpec:
-    d = chk.mapping(raw, "searcher", ("algorithm", "num_samples", "max_concurrent", "seed"))
-    algorithm = "tpe"
-    if d.get("algorithm") is not None:
-        algorithm = chk.name(d["algorithm"], "searcher.algorithm", "searcher", SEARCHERS)
-    num_samples = 1 if algorithm == "grid" else SearcherSpec.num_samples
-    if d.get("num_samples") is not None:
-        num_samples = chk.integer(d["num_samples"], "searcher.num_samples", low=1)
-    max_concurrent = None
-    if d.get("max_concurrent") is not None:
-        max_concurrent = chk.integer(d["max_concurrent"], "searcher.max_concurrent", low=1)
-    seed = 0 if d.get("seed") is None else chk.integer(d["seed"], "searcher.seed", low=0)
-    return SearcherSpec(algorithm, num_samples, max_concurrent, seed)
-
-
-def _parse_dimension(chk: _Check, name: str, raw: Any, method: str | None) -> Dimension:
+def _parse_dimension(chk: _Check, name: str, raw: Any, check: Any, kinds: Any) -> Dimension:
     path = f"search.{name}"
-    forms = (
-        "{choice: [...]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]}, {int: [lo, hi]} or "
-        "{logint: [lo, hi]}"
-    )
     if not isinstance(raw, Mapping) or len(raw) != 1:
-        chk.expected(path, f"one of {forms}", raw)
+        forms = "{choice: [...]}, {uniform: [lo, hi]}, {loguniform: [lo, hi]}, {int: [lo, hi]}"
+        chk.expected(path, f"one of {forms} or {{logint: [lo, hi]}}", raw)
     ((kind, args),) = raw.items()
     if kind not in DIMENSION_KINDS:
         chk.fail(path, f"unknown dimension kind {kind!r} (valid: {', '.join(DIMENSION_KINDS)})")
-    param = _param_for(name)
     if kind == "choice":
-        values = chk.listing(args, f"{path}.choice")
+        if not isinstance(args, list) or not args:
+            chk.expected(f"{path}.choice", "a non-empty list", args)
         out: list[Any] = []
-        for i, value in enumerate(values):
-            if isinstance(value, (list, tuple, Mapping)):
-                chk.expected(f"{path}.choice[{i}]", "a single value", value)
-            checked = param.check(chk, value, f"{path}.choice[{i}]")
-            if any(_same(checked, v) for v in out):
-                chk.fail(f"{path}.choice[{i}]", f"value {_show(value)} is listed twice")
-            out.append(checked)
-        return Dimension(name, kind, tuple(out), method)
-    if param.kind == "name":
+        for i, value in enumerate(args):
+            where = f"{path}.choice[{i}]"
+            if isinstance(value, (list, Mapping)):
+                chk.expected(where, "a single value", value)
+            out.append(check(value, where))
+            if any(_same(out[-1], v) for v in out[:-1]):
+                chk.fail(where, f"value {_show(value)} is listed twice")
+        return Dimension(name, kind, tuple(out))
+    if "int" not in kinds:
         chk.fail(path, f"{kind} does not fit a name; use {{choice: [...]}}")
-    if (param.kind == "int" or param.whole) and kind in ("uniform", "loguniform"):
+    if kind not in kinds:
         chk.fail(
             path, f"{kind} gives fractional values, but {name} is an integer; use int or logint"
         )
-    if not isinstance(args, (list, tuple)) or len(args) != 2:
+    if not isinstance(args, list) or len(args) != 2:
         chk.expected(path, f"{kind} with a [low, high] pair", args)
     integral = kind in ("int", "logint")
-    for value in args:
-        ok = isinstance(value, numbers.Integral if integral else numbers.Real)
-        if isinstance(value, bool) or not ok or not math.isfinite(value):
-            chk.fail(
-                path,
-                f"{kind} needs two {'integers' if integral else 'numbers'}, "
-                f"got {_show(list(args))}",
-            )
-    low, high = (int(a) for a in args) if integral else (float(a) for a in args)
+    number = int if integral else (int, float)
+    if any(isinstance(a, bool) or not isinstance(a, number) for a in args):
+        what = "integers" if integral else "numbers"
+        chk.fail(path, f"{kind} needs two {what}, got {_show(args)}")
+    low, high = args
     if kind == "loguniform" and (low <= 0 or low >= high):
-        chk.fail(path, f"loguniform needs 0 < low < high, got {_show(list(args))}")
+        chk.fail(path, f"loguniform needs 0 < low < high, got {_show(args)}")
     if kind == "logint" and (low < 1 or low >= high):
-        chk.fail(path, f"logint needs 1 <= low < high, got {_show(list(args))}")
+        chk.fail(path, f"logint needs 1 <= low < high, got {_show(args)}")
     if low >= high:
-        chk.fail(path, f"{kind} needs low < high, got {_show(list(args))}")
-    param.check(chk, low, f"{path}.{kind}[0]")
-    param.check(chk, high, f"{path}.{kind}[1]")
-    return Dimension(name, kind, (low, high), method)
+        chk.fail(path, f"{kind} needs low < high, got {_show(args)}")
+    check(low, f"{path}.{kind}[0]")
+    check(high, f"{path}.{kind}[1]")
+    return Dimension(name, kind, (low, high) if integral else (float(low), float(high)))
 
 
 def _parse_search(
     chk: _Check,
     raw: dict[str, Any],
     methods: tuple[str, ...],
-    method_defaults: dict[str, dict[str, Any]],
-    student: StudentSpec,
+    defaults: dict[str, dict[str, Any]],
+    student: ModelSpec,
     dataset: DatasetSpec,
     searcher: SearcherSpec,
 ) -> tuple[Dimension, ...]:
     dims: dict[str, Dimension] = {}
+    valid = _search_params()
     # Conditioning dimensions first, so conditions can refer to them.
-    order = [n for n in _CONDITIONING if n in raw] + [n for n in raw if n not in _CONDITIONING]
-    for name in order:
+    for name in [n for n in _CONDITIONING if n in raw] + [n for n in raw if n not in _CONDITIONING]:
         path = f"search.{name}"
         if name in ("method", "seed"):
             chk.fail(path, f"the {name} is not searched here: it comes from `{name}s`")
-        if name not in SEARCH_KEYS:
-            chk.fail(path, f"unknown search dimension (valid: {', '.join(SEARCH_KEYS)})")
         prefix, _, key = name.partition(".")
+        option = name.startswith("student.options.") and len(name) > 16
+        if name not in valid and not option:
+            keys = ", ".join([*sorted(valid), "student.options.<name>"])
+            chk.fail(path, f"unknown search dimension (valid: {keys})")
         method = None if prefix == "student" else prefix
         if method is not None and method not in methods:
+            listed = f"which is not in methods [{', '.join(methods)}]"
+            chk.fail(path, f"searches a parameter of method {method!r}, {listed}")
+        if method is None and key not in _TRAIN_DIMS and (student.factory is None) == option:
             chk.fail(
                 path,
-                f"searches a parameter of method {method!r}, which is not in methods "
-                f"[{', '.join(methods)}]",
+                "applies only to a factory student, but student.factory is not set"
+                if option
+                else f"applies only to a built-in student, but student.factory is "
+                f"{student.factory!r}; search its options as student.options.<name>",
             )
-        dim = _parse_dimension(chk, name, raw[name], method)
+        if method is None and student.preset and key not in (*cat.PRESET_OVERRIDES, *_TRAIN_DIMS):
+            fixes = f"student.preset {student.preset!r} fixes the {key}"
+            chk.fail(path, f"{fixes}; drop the preset to search it")
+        dim = _parse_dimension(chk, name, raw[name], *_param_check(chk, name, student.arch))
         if searcher.algorithm == "grid" and dim.kind != "choice":
-            chk.fail(
-                path, f"the grid searcher needs every dimension to be a choice, got {dim.kind}"
-            )
+            needs = "the grid searcher needs every dimension to be a choice"
+            chk.fail(path, f"{needs}, got {dim.kind}")
         condition = None
-        if method == "lsp" and key in ("sigma", "degree", "c"):
-            kernels = tuple(k for k, ps in KERNEL_PARAMS.items() if key in ps)
-            condition = _condition(
-                chk,
-                path,
-                dims.get("lsp.kernel"),
-                "lsp.kernel",
-                method_defaults["lsp"]["kernel"],
-                kernels,
-                "kernel",
-            )
-        if method is None:
-            condition = _check_student_dim(
-                chk, path, key, dim, student, dataset, dims.get("student.arch")
-            )
-        dims[name] = replace(dim, condition=condition)
+        own = set(cat.METHODS.get(method).param_names()) if method else set()
+        if method is not None and key in _kernel_keys() - own:  # lsp.sigma: only with rbf
+            kernels = tuple(e.name for e in cat.KERNELS if key in e.param_names())
+            on, fixed = f"{method}.kernel", defaults[method]["kernel"]
+            condition = _condition(chk, path, dims.get(on), on, fixed, kernels, "kernel")
+        if name == "student.arch":
+            for i, arch in enumerate(dim.args):
+                _check_arch_kind(chk, arch, f"{path}.choice[{i}]", dataset)
+        elif method is None and not option and key not in _TRAIN_DIMS:
+            on, takers = "student.arch", _archs_taking(key)
+            condition = _condition(chk, path, dims.get(on), on, student.arch, takers, "arch")
+        dims[name] = replace(dim, method=method, condition=condition)
     return tuple(dims.values())
 
 
 def _condition(
-    chk: _Check,
-    path: str,
-    searched: Dimension | None,
-    on: str,
-    fixed: Any,
-    needed: tuple[str, ...],
-    what: str,
+    chk: _Check, path: str, searched: Dimension | None, on: str, fixed: Any, needed: Any, what: str
 ) -> tuple[str, tuple[Any, ...]] | None:
     """The condition of a dimension that applies only when ``on`` is one of ``needed``."""
     if searched is None:
@@ -1210,96 +1081,51 @@ def _condition(
         return None
     useful = tuple(v for v in searched.args if v in needed)
     if not useful:
-        chk.fail(
-            path,
-            f"applies only to {what} {'/'.join(needed)}, which search.{on} never "
-            f"chooses ({_show(list(searched.args))})",
-        )
+        never = f"search.{on} never chooses ({_show(list(searched.args))})"
+        chk.fail(path, f"applies only to {what} {'/'.join(needed)}, which {never}")
     return None if len(useful) == len(searched.args) else (on, useful)
 
 
-def _check_student_dim(
-    chk: _Check,
-    path: str,
-    key: str,
-    dim: Dimension,
-    student: StudentSpec,
-    dataset: DatasetSpec,
-    arch_dim: Dimension | None,
-) -> tuple[str, tuple[Any, ...]] | None:
-    preset = student.model.preset
-    if preset is not None and key not in (*PRESET_OVERRIDES, *_STUDENT_TRAIN_DIMS):
-        chk.fail(path, f"student.preset {preset!r} fixes the {key}; drop the preset to search it")
-    if key == "arch":
-        for i, arch in enumerate(dim.args):
-            _check_arch_kind(chk, arch, f"{path}.choice[{i}]", dataset)
-        return None
-    if key in ("heads", "k"):
-        return _condition(
-            chk, path, arch_dim, "student.arch", student.model.arch, _archs_taking(key), "arch"
-        )
-    return None
-
-
-def _parse_objectives(chk: _Check, raw: Any) -> tuple[Objective, ...]:
-    if raw is None:
-        return (Objective(tracking.METRIC_VAL, "max"),)
+def _parse_objectives(chk: _Check, raw: list[Any] | None) -> tuple[Objective, ...]:
     out: list[Objective] = []
-    for i, item in enumerate(chk.listing(raw, "objectives")):
+    for i, item in enumerate([{"metric": tracking.METRIC_VAL}] if raw is None else raw):
         path = f"objectives[{i}]"
-        d = chk.mapping(item, path, ("metric", "mode"), required=("metric",))
-        metric = chk.string(d["metric"], f"{path}.metric")
+        d = chk.mapping(item, path, ("metric", "mode"))
+        metric = d.get("metric")
         if metric == tracking.METRIC_TEST:
             chk.fail(
                 f"{path}.metric",
-                "test_score cannot be an objective: selecting on the test "
-                "split is dishonest (it leaks the test set into model selection); use "
-                "val_score",
+                "test_score cannot be an objective: selecting on the test split is dishonest (it "
+                "leaks the test set into model selection); use val_score",
             )
-        metric = chk.name(metric, f"{path}.metric", "objective metric", OBJECTIVE_MODES)
-        if any(o.metric == metric for o in out):
-            chk.fail(f"{path}.metric", f"metric {metric!r} is listed twice")
-        mode = OBJECTIVE_MODES[metric]
-        if d.get("mode") is not None:
-            mode = chk.name(d["mode"], f"{path}.mode", "mode", MODES)
-        out.append(Objective(metric, mode))  # type: ignore[arg-type]
+        if isinstance(metric, str):
+            chk.name(metric, f"{path}.metric", "objective metric", OBJECTIVE_MODES)
+            if any(o.metric == metric for o in out):
+                chk.fail(f"{path}.metric", f"metric {metric!r} is listed twice")
+        mode = OBJECTIVE_MODES.get(str(metric), "max")
+        out.append(chk.validate(Objective, {"mode": mode, **d}, path))
     return tuple(out)
 
 
 def _parse_scheduler(
-    chk: _Check, raw: Any, objectives: tuple[Objective, ...], epochs: int
+    chk: _Check, raw: dict[str, Any] | None, objectives: tuple[Objective, ...], epochs: int
 ) -> SchedulerSpec | None:
     if raw is None:
         return None
-    d = chk.mapping(raw, "scheduler", ("type", "grace_period", "reduction_factor", "max_t"))
-    kind = (
-        "asha"
-        if d.get("type") is None
-        else chk.name(d["type"], "scheduler.type", "scheduler", SCHEDULERS)
-    )
+    spec = chk.validate(SchedulerSpec, chk.mapping(raw, "scheduler"), "scheduler")
     if len(objectives) != 1:
         chk.fail(
             "scheduler",
-            f"Ray Tune schedulers take a single metric, but this study has "
-            f"{len(objectives)} objectives ({', '.join(o.metric for o in objectives)}); "
-            "drop the scheduler or keep one objective",
+            f"Ray Tune schedulers take a single metric, but this study has {len(objectives)} "
+            f"objectives ({', '.join(o.metric for o in objectives)}); drop the scheduler or keep "
+            "one objective",
         )
     if objectives[0].metric != tracking.METRIC_VAL:
         chk.fail(
             "scheduler",
-            f"{kind} stops trials on a metric reported every epoch, which only "
-            f"val_score is; the objective is {objectives[0].metric}",
+            f"{spec.type} stops trials on a metric reported every epoch, which only val_score "
+            f"is; the objective is {objectives[0].metric}",
         )
-    spec = SchedulerSpec(type=kind)
-    if d.get("grace_period") is not None:
-        spec = replace(
-            spec, grace_period=chk.integer(d["grace_period"], "scheduler.grace_period", low=1)
-        )
-    if d.get("reduction_factor") is not None:
-        rf = chk.number(d["reduction_factor"], "scheduler.reduction_factor", low=1.0, low_open=True)
-        spec = replace(spec, reduction_factor=rf)
-    if d.get("max_t") is not None:
-        spec = replace(spec, max_t=chk.integer(d["max_t"], "scheduler.max_t", low=1))
     max_t = spec.max_t if spec.max_t is not None else epochs
     if spec.grace_period > max_t:
         chk.fail(
@@ -1311,150 +1137,68 @@ def _parse_scheduler(
     return spec
 
 
-def _parse_resources(chk: _Check, raw: Any) -> ResourceSpec:
-    d = chk.mapping(raw, "resources", ("cpu", "gpu"))
-    cpu = (
-        1.0
-        if d.get("cpu") is None
-        else chk.number(d["cpu"], "resources.cpu", low=0.0, low_open=True)
-    )
-    gpu = 0.0 if d.get("gpu") is None else chk.number(d["gpu"], "resources.gpu", low=0.0)
-    if gpu > 1 and not gpu.is_integer():
-        chk.fail(
-            "resources.gpu",
-            f"Ray shares a GPU only in fractions below 1; above 1 use a whole "
-            f"number, got {_num(gpu)}",
-        )
-    return ResourceSpec(cpu, gpu)
-
-
-def _parse_latency(chk: _Check, raw: Any) -> LatencySpec:
-    d = chk.mapping(raw, "latency", ("repeats", "warmup", "threads"))
-    lows = {"repeats": 1, "warmup": 0, "threads": 1}
-    values = {k: chk.integer(v, f"latency.{k}", low=lows[k]) for k, v in d.items() if v is not None}
-    return LatencySpec(**values)
-
-
-def _parse_fault_tolerance(chk: _Check, raw: Any) -> FaultToleranceSpec:
-    path = "fault_tolerance"
-    d = chk.mapping(raw, path, ("checkpoint_every", "checkpoint_min_seconds", "max_failures"))
-    values: dict[str, Any] = {}
-    for key, low in (("checkpoint_every", 1), ("max_failures", 0)):
-        if d.get(key) is not None:
-            values[key] = chk.integer(d[key], f"{path}.{key}", low=low)
-    if d.get("checkpoint_min_seconds") is not None:
-        key = "checkpoint_min_seconds"
-        values[key] = chk.number(d[key], f"{path}.{key}", low=0.0)
-    return FaultToleranceSpec(**values)
-
-
 # ---------------------------------------------------------------------------------------------
 # Trials
 # ---------------------------------------------------------------------------------------------
 
 
 def grid_configs(spec: StudySpec) -> list[dict[str, Any]]:
-    """Every configuration of a grid (all dimensions ``choice``), without seeds.
-
-    Enumerated per method over the dimensions that apply to it, so a method's configurations are
-    not multiplied by other methods' dimensions, nor an rbf trial by the poly degree.
+    """Every configuration of a grid (all dimensions ``choice``), without seeds, enumerated per
+    method over the dimensions that apply to it (so not multiplied by other methods' dimensions,
+    nor an rbf trial by the poly degree).
 
     Raises:
         ValueError: a dimension is not a ``choice``.
     """
     out: list[dict[str, Any]] = []
+
+    def expand(method: str, dims: tuple[Dimension, ...], partial: dict[str, Any]) -> None:
+        if not dims:
+            out.append({"method": method, **partial})
+        elif not dims[0].applies(method, partial):
+            expand(method, dims[1:], partial)
+        else:
+            for value in dims[0].args:
+                expand(method, dims[1:], {**partial, dims[0].name: value})
+
     for method in spec.methods:
-        dims = spec.dimensions_for(method)
-        for dim in dims:
+        for dim in spec.dimensions_for(method):
             if dim.kind != "choice":
                 raise ValueError(f"grid_configs: {dim.name} is {dim.kind}, not a choice")
-
-        def expand(
-            i: int,
-            partial: dict[str, Any],
-            method: str = method,
-            dims: tuple[Dimension, ...] = dims,
-        ) -> None:
-            if i == len(dims):
-                out.append({"method": method, **partial})
-            elif not dims[i].applies(method, partial):
-                expand(i + 1, partial)
-            else:
-                for value in dims[i].args:
-                    expand(i + 1, {**partial, dims[i].name: value})
-
-        expand(0, {})
+        expand(method, spec.dimensions_for(method), {})
     return out
 
 
-def _check_value(chk: _Check, dim: Dimension, value: Any, path: str) -> Any:
-    param = _param_for(dim.name)
+def _check_value(chk: _Check, spec: StudySpec, dim: Dimension, value: Any, path: str) -> Any:
+    check, _ = _param_check(chk, dim.name, spec.student.model.arch)
     if dim.kind == "choice":
         if not any(_same(value, v) for v in dim.args):
             chk.fail(path, f"expected one of {_show(list(dim.args))}, got {_show(value)}")
-        return param.check(chk, value, path)
+        return check(value, path)
     low, high = dim.args
+    integral = dim.kind in ("int", "logint")
+    kind = numbers.Integral if integral else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+        chk.expected(path, "an integer" if integral else "a finite number", value)
     # Samplers map through exp/log: allow the last bit of rounding at the ends.
     slack = 1e-9 * max(abs(low), abs(high), 1.0)
-    if dim.kind in ("int", "logint"):
-        x = chk.integer(value, path)
-    else:
-        x = chk.number(value, path)
-    if not low - slack <= x <= high + slack:
-        chk.fail(
-            path, f"expected a value of {dim.kind} [{_num(low)}, {_num(high)}], got {_show(value)}"
-        )
-    return param.check(chk, min(max(x, low), high), path)
-
-
-def _distill_config(method: str, values: Mapping[str, Any]) -> DistillConfig:
-    if method == "none":
-        return DistillConfig(method="none")
-    if method == "kd":
-        return DistillConfig(method="kd", temperature=values["temperature"], alpha=values["alpha"])
-    if method in ("fitnet", "at"):
-        extra = {"at_p": values["p"]} if method == "at" else {}
-        return DistillConfig(
-            method=method, lambda_=values["lambda"], layer_map=values["layer_map"], **extra
-        )
-    kernel = values["kernel"]
-    return DistillConfig(
-        method="lsp",
-        lambda_=values["lambda"],
-        kernel=kernel,
-        kernel_params={k: values[k] for k in KERNEL_PARAMS.get(kernel, ())},
-        direction=values["direction"],
-        lsp_until_epoch=values["lsp_until_epoch"],
-        layer_map=values["layer_map"],
-    )
-
-
-def _method_params(method: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The applicable ``<method>.*`` params: kernel parameters only for their kernel."""
-    out = {}
-    for key, value in values.items():
-        if method == "lsp" and key in ("sigma", "degree", "c"):
-            if key not in KERNEL_PARAMS.get(values["kernel"], ()):
-                continue
-        if key == "layer_map":
-            value = [list(pair) for pair in value]
-        out[f"{method}.{key}"] = value
-    return out
+    if not low - slack <= value <= high + slack:
+        chk.fail(path, f"expected a value of {dim.kind} [{_num(low)}, {_num(high)}], got {value}")
+    value = int(value) if integral else float(value)  # type: ignore[call-overload]
+    return check(min(max(value, low), high), path)
 
 
 def resolve_trial(spec: StudySpec, params: Mapping[str, Any]) -> TrialPlan:
-    """Resolve one trial's flat sampled parameters against the spec.
-
-    Args:
-        spec: the study.
-        params: ``{"method": ..., "seed": ..., "<dim>": value, ...}`` as the searcher gave them;
-            values of dimensions that do not apply to the method (another method's, ``lsp.sigma``
-            with a linear kernel) are ignored, those that apply must be present.
+    """Resolve one trial's flat sampled parameters (``{"method": ..., "seed": ..., "<dim>":
+    value}``, as the searcher gave them) against the spec. Values of dimensions that do not apply
+    to the method (another method's, ``lsp.sigma`` with a linear kernel) are ignored; those that
+    apply must be present.
 
     Returns:
-        The plan: student model with the sampled dimensions applied, its TrainConfig (trial seed,
-        sampled ``lr``/``weight_decay``), the DistillConfig (built-in defaults < the file's
-        ``method_defaults`` < sampled) and the flat params for logging.
+        The student with the sampled dimensions (a factory student's sampled options merged into
+        its options), its TrainConfig (the trial's seed, sampled ``lr``/``weight_decay``), the
+        DistillConfig (catalog defaults < the file's ``method_defaults`` < sampled; for LSP only
+        the chosen kernel's parameters) and the flat params for logging.
 
     Raises:
         UserInputError: params that do not belong to this spec (a stale or foreign trial).
@@ -1466,45 +1210,44 @@ def resolve_trial(spec: StudySpec, params: Mapping[str, Any]) -> TrialPlan:
         if key not in params:
             chk.fail(f"params.{key}", "missing from the trial parameters")
     method = chk.name(params["method"], "params.method", "method", spec.methods)
-    seed = chk.integer(params["seed"], "params.seed")
+    seed = params["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        chk.expected("params.seed", "an integer", seed)
     if seed not in spec.seeds:
         chk.fail("params.seed", f"expected one of the study's seeds {list(spec.seeds)}, got {seed}")
-    known = {d.name for d in spec.search}
+    known = {d.name for d in spec.search} | {"method", "seed"}
     for key in params:
-        if key not in ("method", "seed") and key not in known:
-            valid = ", ".join(sorted(known | {"method", "seed"}))
+        if key not in known:
+            valid = ", ".join(sorted(known))
             chk.fail(f"params.{key}", f"not a parameter of study {spec.name!r} (valid: {valid})")
-
     sampled: dict[str, Any] = {}
     for dim in spec.search:  # conditioning dimensions come first
-        if not dim.applies(method, sampled):
-            continue
-        if dim.name not in params:
-            chk.fail(f"params.{dim.name}", f"missing: a search dimension of {method} trials")
-        sampled[dim.name] = _check_value(chk, dim, params[dim.name], f"params.{dim.name}")
+        if dim.applies(method, sampled):
+            if dim.name not in params:
+                chk.fail(f"params.{dim.name}", f"missing: a search dimension of {method} trials")
+            sampled[dim.name] = _check_value(chk, spec, dim, params[dim.name], f"params.{dim.name}")
 
-    student_sampled = {
-        d.key: v for d in spec.search if d.method is None and (v := sampled.get(d.name)) is not None
-    }
-    arch = student_sampled.pop("arch", spec.student.model.arch)
-    train_overrides = {
-        k: student_sampled.pop(k) for k in _STUDENT_TRAIN_DIMS if k in student_sampled
-    }
-    student = spec.student.model_for(arch, student_sampled)
-    student_train = replace(spec.student.train, seed=seed, **train_overrides)
-
+    ours = {d.key: sampled[d.name] for d in spec.search if d.method is None and d.name in sampled}
+    arch = ours.pop("arch", spec.student.model.arch)
+    train = {k: ours.pop(k) for k in _TRAIN_DIMS if k in ours}
+    student = spec.student.model_for(arch, {k.removeprefix("options."): v for k, v in ours.items()})
+    student_train = replace(spec.student.train, seed=int(seed), **train)
     values = dict(spec.method_defaults[method])
-    values.update(
-        {d.key: sampled[d.name] for d in spec.search if d.method == method and d.name in sampled}
-    )
-    distill = _distill_config(method, values)
-
-    flat: dict[str, Any] = {"method": method, **_method_params(method, values)}
+    values.update({d.key: sampled[d.name] for d in spec.search if d.method and d.name in sampled})
+    if "kernel" in cat.METHODS.get(method).param_names():  # only the chosen kernel's
+        other = _kernel_keys() - set(cat.kernel_params(values["kernel"]))
+        values = {k: v for k, v in values.items() if k not in other}
+    flat: dict[str, Any] = {
+        "method": method,
+        **{f"{method}.{k}": _listed(v) for k, v in values.items()},
+    }
     flat.update(student.as_params("student"))
-    flat["student.lr"] = student_train.lr
-    flat["student.weight_decay"] = student_train.weight_decay
-    flat["seed"] = seed
-    return TrialPlan(method, seed, student, student_train, distill, flat, config_id(flat))
+    flat.update(
+        {"student.lr": student_train.lr, "student.weight_decay": student_train.weight_decay}
+    )
+    flat["seed"] = int(seed)
+    distill = DistillConfig(method=method, params=values)
+    return TrialPlan(method, int(seed), student, student_train, distill, flat, config_id(flat))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1538,66 +1281,32 @@ def _canonical(obj: Any) -> Any:
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:
-    """A short hash of ``obj`` that is stable across processes, machines and key order.
-
-    SHA-256 of canonical JSON (sorted keys; dataclasses as dicts, tuples as lists, integral
-    floats as ints), first ``length`` hex characters.
-    """
+    """A short hash of ``obj``, stable across processes, machines and key order: SHA-256 of
+    canonical JSON (sorted keys; dataclasses as dicts, tuples as lists, integral floats as ints),
+    first ``length`` hex characters."""
     text = json.dumps(_canonical(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
 def config_id(params: Mapping[str, Any]) -> str:
-    """The id of a configuration: :func:`stable_hash` of its params without ``seed``, so the
-    runs of one configuration over several seeds share it (pass :attr:`TrialPlan.params`)."""
+    """:func:`stable_hash` of a configuration's params without ``seed``, so the runs of one
+    configuration over several seeds share it (pass :attr:`TrialPlan.params`)."""
     return stable_hash({k: v for k, v in params.items() if k != "seed"})
 
 
 def teacher_hash(spec: StudySpec) -> str:
-    """The hash a teacher is cached under: its model, training (seed included, device not) and
-    checkpoint, and the dataset's name and options; the student and the search do not enter."""
-    train = {
-        f.name: getattr(spec.teacher.train, f.name)
-        for f in fields(TrainConfig)
-        if f.name != "device"
+    """The hash a teacher is cached under: its model (a factory's options and hidden names too),
+    training (seed included, device not), checkpoint and the dataset (name, path or factory,
+    options, metric); not the student or the search. Unset keys are left out, so built-in
+    teachers keep the hashes they had before user models and datasets existed."""
+    train = {f.name: getattr(spec.teacher.train, f.name) for f in fields(TrainConfig)}
+    del train["device"]
+    model = _canonical(spec.teacher.model)
+    model = {
+        k: v for k, v in model.items() if v or k not in ("factory", "options", "hidden", "base_dir")
     }
-    return stable_hash(
-        {
-            "version": TEACHER_HASH_VERSION,
-            "dataset": {"name": spec.dataset.name, "options": spec.dataset.options},
-            "teacher": {
-                "model": spec.teacher.model,
-                "train": train,
-                "checkpoint": spec.teacher.checkpoint,
-            },
-        }
-    )
-
-
-__all__ = [
-    "ARCHS",
-    "DATASETS",
-    "DIRECTIONS",
-    "KERNELS",
-    "METHODS",
-    "PRESETS",
-    "DatasetSpec",
-    "Dimension",
-    "LatencySpec",
-    "ModelSpec",
-    "Objective",
-    "ResourceSpec",
-    "SchedulerSpec",
-    "SearcherSpec",
-    "StudentSpec",
-    "StudySpec",
-    "TeacherSpec",
-    "TrialPlan",
-    "config_id",
-    "grid_configs",
-    "load_study_spec",
-    "parse_study_spec",
-    "resolve_trial",
-    "stable_hash",
-    "teacher_hash",
-]
+    ds = spec.dataset
+    dataset = {"name": ds.name, "options": ds.options}
+    dataset.update({k: getattr(ds, k) for k in ("path", "factory", "metric") if getattr(ds, k)})
+    teacher = {"model": model, "train": train, "checkpoint": spec.teacher.checkpoint}
+    return stable_hash({"version": TEACHER_HASH_VERSION, "dataset": dataset, "teacher": teacher})

@@ -9,13 +9,8 @@ from typing import Any
 
 import pytest
 
+from study.catalogs import METHODS
 from study.config import (
-    ARCHS,
-    DATASETS,
-    DIRECTIONS,
-    KERNELS,
-    METHODS,
-    PRESET_ARCH,
     FaultToleranceSpec,
     config_id,
     grid_configs,
@@ -98,19 +93,6 @@ def test_shipped_grid_sizes():
     ]
 
 
-def test_name_constants_match_the_registries():
-    distill = pytest.importorskip("study.distill.registry")
-    models = pytest.importorskip("study.models.registry")
-    data = pytest.importorskip("study.data.registry")
-    assert set(METHODS) == set(distill.METHODS)
-    assert set(KERNELS) == set(distill.KERNEL_NAMES)
-    assert set(DIRECTIONS) == set(distill.DIRECTIONS)
-    assert set(ARCHS) == set(models.ARCHITECTURES)
-    presets = {p: arch for arch, ps in models._PRESETS.items() for p in ps}
-    assert PRESET_ARCH == presets
-    assert set(DATASETS) == set(data.DATASETS)
-
-
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_models_build(path: Path):
     models = pytest.importorskip("study.models.registry")
@@ -144,11 +126,14 @@ def test_resolve_lsp_merges_builtin_file_and_sampled_values():
     # sampled 12.5 over the file's 50; the file's sigma 2 over the built-in 1; built-in rest.
     assert plan.distill == DistillConfig(
         method="lsp",
-        lambda_=12.5,
-        kernel="rbf",
-        kernel_params={"sigma": 2.0},
-        direction="student_teacher",
-        lsp_until_epoch=None,
+        params={
+            "lambda": 12.5,
+            "kernel": "rbf",
+            "sigma": 2.0,
+            "direction": "student_teacher",
+            "lsp_until_epoch": None,
+            "layer_map": ((-1, -1),),
+        },
     )
     assert plan.student.width == 16 and plan.student.heads == 2 and plan.student.arch == "gat"
     assert plan.student_train == TrainConfig(epochs=5, lr=0.02, seed=1)
@@ -175,10 +160,10 @@ def test_resolve_other_methods_take_only_their_own_dimensions():
     spec = spec_with()
     common = {"student.width": 4, "student.lr": 0.01, "seed": 0}
     kd = resolve_trial(spec, {"method": "kd", "kd.temperature": 2.0, **common})
-    assert kd.distill == DistillConfig(method="kd", temperature=2.0, alpha=0.5)
+    assert kd.distill == DistillConfig(method="kd", params={"temperature": 2.0, "alpha": 0.5})
     assert {k for k in kd.params if k.startswith(("kd.", "lsp."))} == {"kd.temperature", "kd.alpha"}
     none = resolve_trial(spec, {"method": "none", "lsp.lambda": 3.0, **common})
-    assert none.distill == DistillConfig(method="none")
+    assert none.distill == DistillConfig(method="none", params={})
     assert not [k for k in none.params if k.startswith(("kd.", "lsp."))]
     # lsp.lambda was ignored for the none trial, so it equals one sampled without it.
     assert none.config_id == resolve_trial(spec, {"method": "none", **common}).config_id
@@ -194,10 +179,21 @@ def test_kernel_parameters_are_conditional_on_a_searched_kernel():
     # rbf x 2 sigmas + linear + poly x 2 degrees, not 3 x 2 x 2.
     assert len(grid_configs(spec)) == 5
     linear = resolve_trial(spec, {"method": "lsp", "lsp.kernel": "linear", "seed": 0})
-    assert linear.distill.kernel_params == {}
+    assert linear.distill.params == {
+        "lambda": 50.0,
+        "kernel": "linear",
+        "direction": "student_teacher",
+        "lsp_until_epoch": None,
+        "layer_map": ((-1, -1),),
+    }
     assert "lsp.sigma" not in linear.params and "lsp.degree" not in linear.params
     poly = resolve_trial(spec, {"method": "lsp", "lsp.kernel": "poly", "lsp.degree": 3, "seed": 0})
-    assert poly.distill.kernel_params == {"degree": 3.0, "c": 0.0}
+    assert {k: poly.distill.params[k] for k in ("kernel", "degree", "c")} == {
+        "kernel": "poly",
+        "degree": 3.0,
+        "c": 0.0,
+    }
+    assert "sigma" not in poly.distill.params
     with pytest.raises(UserInputError, match=r"^study\.yaml: params\.lsp\.sigma: missing"):
         resolve_trial(spec, {"method": "lsp", "lsp.kernel": "rbf", "seed": 0})
 
@@ -302,7 +298,8 @@ BAD = [
         "unknown nested key",
         _set("student.widht", 8),
         "student.widht",
-        "unknown key (valid: arch, depth, dropout, emb_dims, heads, k, mlp, preset, train, width)",
+        "unknown key (valid: arch, depth, dropout, emb_dims, factory, heads, hidden, k, mlp, "
+        "options, preset, train, width)",
     ),
     ("wrong type", _set("student.width", "eight"), "student.width", "expected an integer >= 1"),
     (
@@ -433,6 +430,161 @@ BAD = [
         "only val_score is",
     ),
     (
+        "boolean for an integer",
+        _set("student.width", True),
+        "student.width",
+        "got True (a boolean)",
+    ),
+    ("string for an integer", _set("student.width", "8"), "student.width", "got '8' (a string)"),
+    ("NaN", _set("teacher.dropout", float("nan")), "teacher.dropout", "expected a finite number"),
+    (
+        "infinite range end",
+        _set("search.kd.temperature", {"uniform": [1.0, float("inf")]}),
+        "search.kd.temperature.uniform[1]",
+        "expected a finite number, got inf",
+    ),
+    (
+        "unknown optimizer",
+        _set("student.train.optimizer", "adamw"),
+        "student.train.optimizer",
+        "unknown optimizer 'adamw' (valid: adam, sgd)",
+    ),
+    (
+        "unknown direction",
+        _set("method_defaults.lsp.direction", "both"),
+        "method_defaults.lsp.direction",
+        "unknown direction 'both' (valid: student_teacher, teacher_student)",
+    ),
+    (
+        "uniform for a name",
+        _set("search.lsp.direction", {"uniform": [0, 1]}),
+        "search.lsp.direction",
+        "uniform does not fit a name; use {choice: [...]}",
+    ),
+    (
+        "unknown dataset key",
+        _set("dataset.nmae", "cora"),
+        "dataset.nmae",
+        "unknown key (valid: factory, metric, name, options, path)",
+    ),
+    (
+        "dataset with name and path",
+        _set("dataset", {"name": "cora", "path": "graph.pt"}),
+        "dataset",
+        "expected exactly one of name, path or factory, got name and path",
+    ),
+    (
+        "dataset with none of name, path, factory",
+        _set("dataset", {"options": {}}),
+        "dataset",
+        "expected exactly one of name, path or factory, got none of them",
+    ),
+    (
+        "missing dataset path",
+        _set("dataset", {"path": "nowhere/graph.pt"}),
+        "dataset.path",
+        "no such file '",
+    ),
+    (
+        "bad dataset factory",
+        _set("dataset", {"factory": "graphs.load"}),
+        "dataset.factory",
+        "expected 'module:function' (e.g. my_models:build), got 'graphs.load'",
+    ),
+    (
+        "unknown dataset metric",
+        _set("dataset.metric", "f1"),
+        "dataset.metric",
+        "unknown metric 'f1' (valid: accuracy, auroc, macro_f1, micro_f1)",
+    ),
+    (
+        "metric on modelnet40",
+        _set("dataset", {"name": "modelnet40", "metric": "accuracy"}),
+        "dataset.metric",
+        "applies only to node tasks, but dataset 'modelnet40' is a point-cloud task",
+    ),
+    (
+        "dataset root option",
+        _set("dataset.options", {"root": "/data"}),
+        "dataset.options.root",
+        "not a study option",
+    ),
+    (
+        "unknown dataset option",
+        _set("dataset.options", {"num_nodes": 100}),
+        "dataset.options.num_nodes",
+        "unknown key (valid: download)",
+    ),
+    (
+        "dataset option of the wrong type",
+        _set("dataset.options", {"download": "yes"}),
+        "dataset.options.download",
+        "expected a boolean or null, got 'yes' (a string)",
+    ),
+    (
+        "factory and arch",
+        _set("student", {"factory": "models:build", "arch": "gat", "hidden": ["conv"]}),
+        "student.arch",
+        "either built in (arch, preset, sizes) or a factory with options and hidden, not both",
+    ),
+    (
+        "hidden not a list",
+        _set("student", {"factory": "models:build", "hidden": "conv"}),
+        "student.hidden",
+        "expected a list of non-empty strings, got 'conv' (a string)",
+    ),
+    (
+        "hidden holds a number",
+        _set("teacher", {"factory": "models:build", "hidden": ["conv", 3]}),
+        "teacher.hidden[1]",
+        "expected a non-empty string, got 3 (an integer)",
+    ),
+    (
+        "hidden empty with lsp",
+        _set("student", {"factory": "models:build", "hidden": []}),
+        "student.hidden",
+        "expected a non-empty list of submodule names (lsp in methods match hidden features)",
+    ),
+    (
+        "hidden missing with lsp",
+        _set("teacher", {"factory": "models:build"}),
+        "teacher.hidden",
+        "expected a non-empty list of submodule names",
+    ),
+    (
+        "model factory not module:function",
+        _set("student", {"factory": "models.build", "hidden": ["conv"]}),
+        "student.factory",
+        "expected 'module:function'",
+    ),
+    (
+        "hidden for a built-in model",
+        _set("student.hidden", ["conv"]),
+        "student.hidden",
+        "applies only to a factory model (student.factory)",
+    ),
+    (
+        "options searched on a built-in student",
+        _set("search.student.options.hidden_dim", {"choice": [8, 16]}),
+        "search.student.options.hidden_dim",
+        "applies only to a factory student, but student.factory is not set",
+    ),
+    (
+        "arch searched with a factory student",
+        lambda d: (
+            d.update(student={"factory": "models:build", "hidden": ["conv"]}),
+            d.update(search={"student.arch": {"choice": ["gat", "gcn"]}}),
+        ),
+        "search.student.arch",
+        "applies only to a built-in student, but student.factory is 'models:build'",
+    ),
+    (
+        "missing checkpoint of a factory teacher",
+        _set("teacher", {"factory": "models:build", "hidden": ["c"], "checkpoint": "no.pt"}),
+        "teacher.checkpoint",
+        "no such file",
+    ),
+    (
         "unknown dimension",
         _set("search.student.layers", {"int": [1, 3]}),
         "search.student.layers",
@@ -487,7 +639,7 @@ def test_duplicate_yaml_key_names_its_line(tmp_path: Path):
 def test_defaults_and_yaml12_floats(tmp_path: Path):
     spec = load_study_spec(_write(tmp_path, MINIMAL))
     assert spec.student.train.weight_decay == 5e-4  # YAML 1.1 would read the string '5e-4'
-    assert spec.methods == METHODS and spec.seeds == (0,)
+    assert spec.methods == METHODS.names() and spec.seeds == (0,)
     assert spec.method_defaults["lsp"]["lambda"] == 100.0
     assert spec.method_defaults["lsp"]["kernel"] == "rbf"
     assert spec.searcher.algorithm == "tpe" and spec.num_trials == spec.searcher.num_samples
@@ -546,3 +698,180 @@ def test_fault_tolerance_defaults_and_errors(tmp_path: Path) -> None:
     ):
         with pytest.raises(UserInputError, match=rf"^ft.yaml: fault_tolerance\.{key}: "):
             parse_study_spec(tiny_study("ft", fault_tolerance=bad), "ft.yaml")
+
+
+# ------------------------------------------------------------------- user datasets and models
+
+
+def test_shipped_num_trials_are_unchanged():
+    sizes = {p.stem: load_study_spec(p).num_trials for p in SHIPPED}
+    assert sizes == {
+        "cora_architectures": 9,
+        "cora_pareto": 48,
+        "modelnet40_kernels": 12,
+        "modelnet40_methods": 15,
+        "modelnet40_students": 48,
+        "ppi_methods": 15,
+        "quickstart": 4,
+    }
+
+
+def test_method_defaults_come_from_the_catalog():
+    spec = spec_with(methods=list(METHODS.names()), search={}, method_defaults={})
+    for method in METHODS.names():
+        assert METHODS.get(method).defaults().items() <= spec.method_defaults[method].items()
+    # LSP's kernel parameters beside its own, from the kernel catalog
+    assert {"sigma": 1.0, "degree": 2.0, "c": 0.0}.items() <= spec.method_defaults["lsp"].items()
+    assert spec_with().method_defaults["lsp"]["sigma"] == 2.0  # the file's over the catalog's
+
+
+def test_train_keys_are_train_configs():
+    from dataclasses import fields
+
+    from study.config import _Train
+
+    assert set(_Train.model_fields) == {f.name for f in fields(TrainConfig)} - {"device"}
+
+
+def test_catalog_dataset_options_leave_unset_ones_to_the_loader():
+    spec = spec_with(dataset={"name": "synthetic_sbm", "options": {"num_nodes": 100}})
+    assert spec.dataset.options == {"num_nodes": 100}
+    assert (spec.dataset.label, spec.dataset.kind, spec.dataset.path) == (
+        "synthetic_sbm",
+        "node",
+        None,
+    )
+
+
+USER = """\
+name: own
+dataset: {path: data/graph.pt, metric: macro_f1}
+teacher:
+  factory: "models:build_teacher"
+  options: {hidden_dim: 64}
+  hidden: [conv1, conv2]
+  checkpoint: teacher.pt
+  train: {epochs: 3}
+student:
+  factory: "models:build_student"
+  options: {hidden_dim: 8, act: relu}
+  hidden: [conv1]
+  train: {epochs: 3}
+methods: [none, lsp]
+search:
+  student.options.hidden_dim: {choice: [8, 16]}
+  student.options.act: {choice: [relu, gelu, null, true]}
+  student.options.dropout: {uniform: [0.0, 0.5]}
+  student.lr: {loguniform: [1.0e-3, 1.0e-1]}
+searcher: {algorithm: random, num_samples: 3}
+seeds: [0, 1]
+"""
+
+
+def _user_study(tmp_path: Path, text: str = USER) -> Path:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "graph.pt").write_bytes(b"x")
+    (tmp_path / "teacher.pt").write_bytes(b"x")
+    return _write(tmp_path, text)
+
+
+def test_user_dataset_and_models(tmp_path: Path):
+    spec = load_study_spec(_user_study(tmp_path))
+    base_dir = str(tmp_path.resolve())
+    assert spec.dataset.path == str((tmp_path / "data" / "graph.pt").resolve())
+    assert (spec.dataset.label, spec.dataset.kind, spec.dataset.metric) == (
+        "graph",
+        "node",
+        "macro_f1",
+    )
+    assert spec.dataset.base_dir == base_dir and spec.dataset.name is None
+    teacher = spec.teacher.model
+    assert (teacher.arch, teacher.label, teacher.hidden) == (
+        None,
+        "models:build_teacher",
+        ("conv1", "conv2"),
+    )
+    assert spec.teacher.checkpoint == str((tmp_path / "teacher.pt").resolve())
+    assert teacher.build_kwargs() == {
+        "factory": "models:build_teacher",
+        "options": {"hidden_dim": 64},
+        "hidden": ["conv1", "conv2"],
+        "base_dir": base_dir,
+    }
+    assert hash(teacher) == hash(copy.deepcopy(teacher))  # hashable, options and all
+    assert spec.num_trials == 6
+    sampled = {
+        "method": "lsp",
+        "student.options.hidden_dim": 16,
+        "student.options.act": None,
+        "student.options.dropout": 0.25,
+        "student.lr": 0.01,
+        "seed": 1,
+    }
+    plan = resolve_trial(spec, sampled)
+    assert plan.student.options == {"hidden_dim": 16, "act": None, "dropout": 0.25}
+    assert spec.student.model.options == {"hidden_dim": 8, "act": "relu"}  # not mutated
+    assert plan.params["student.factory"] == "models:build_student"
+    assert plan.params["student.hidden"] == ["conv1"]
+    assert plan.params["student.options.hidden_dim"] == 16
+    assert plan.params["student.options.dropout"] == 0.25
+    assert "student.arch" not in plan.params and plan.params["student.lr"] == 0.01
+    assert plan.distill.method == "lsp" and plan.distill.params["sigma"] == 1.0
+    with pytest.raises(UserInputError, match=r"params\.student\.options\.hidden_dim: expected one"):
+        resolve_trial(spec, {**sampled, "student.options.hidden_dim": 32})
+
+
+def test_factory_dataset_options_pass_through_and_hidden_may_be_empty(tmp_path: Path):
+    text = (
+        "name: own\n"
+        "dataset: {factory: 'graphs:load', options: {n: 3, nested: {a: [1, x]}, root: here}}\n"
+        "teacher: {factory: 'models:big'}\n"
+        "student: {factory: 'models:small', options: {w: 4}}\n"
+        "methods: [none, kd]\n"
+    )
+    spec = load_study_spec(_write(tmp_path, text))
+    assert spec.dataset.factory == "graphs:load" and spec.dataset.label == "graphs:load"
+    assert spec.dataset.options == {"n": 3, "nested": {"a": [1, "x"]}, "root": "here"}
+    assert spec.teacher.model.hidden == () and spec.student.model.as_params("student") == {
+        "student.factory": "models:small",
+        "student.hidden": [],
+        "student.options.w": 4,
+    }
+
+
+def test_teacher_hash_covers_the_user_fields(tmp_path: Path):
+    # Built-in teachers keep the hash they had before factories existed.
+    assert teacher_hash(spec_with()) == "17e14b3b35c5"
+    path = _user_study(tmp_path)
+    ref = teacher_hash(load_study_spec(path))
+    changes = [
+        ("options: {hidden_dim: 64}", "options: {hidden_dim: 65}"),
+        ("hidden: [conv1, conv2]", "hidden: [conv1]"),
+        ("models:build_teacher", "models:other"),
+        ("metric: macro_f1", "metric: accuracy"),
+        ("student.lr: {loguniform: [1.0e-3, 1.0e-1]}", "student.lr: {choice: [0.1]}"),  # same
+    ]
+    for old, new in changes:
+        path.write_text(USER.replace(old, new))
+        assert (teacher_hash(load_study_spec(path)) == ref) == old.startswith("student.lr"), new
+    text = USER.replace("{path: data/graph.pt, metric: macro_f1}", "{factory: 'g:load'}")
+    path.write_text(text)
+    other = teacher_hash(load_study_spec(path))
+    path.write_text(text.replace("'g:load'", "'g:load', options: {n: 2}"))
+    assert len({ref, other, teacher_hash(load_study_spec(path))}) == 3
+
+
+def test_reading_a_study_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from study.config import load_study_spec, resolve_trial, grid_configs\n"
+        f"for p in {[str(p) for p in SHIPPED]!r}:\n"
+        "    load_study_spec(p)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torch_geometric'))\n"
+        "assert not bad, bad\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
