@@ -374,6 +374,12 @@ def method_label(name: str) -> str:
     return str(METHODS.get(name).info.get("label", name)) if name in METHODS else name
 
 
+def takes_kernel(method: Entry) -> bool:
+    """Whether a method names a kernel of :data:`KERNELS` (a ``kernel`` parameter, as LSP): its
+    study-file parameters then include that kernel's (``lsp.sigma`` beside ``lsp.lambda``)."""
+    return "kernel" in method.param_names()
+
+
 def kernel_params(kernel: str) -> tuple[str, ...]:
     """The parameter names a kernel reads (``("sigma",)`` for rbf)."""
     return KERNELS.get(kernel).param_names()

@@ -322,7 +322,7 @@ def distill_config_from_args(args: argparse.Namespace):  # noqa: ANN201
     Only the parameters the chosen method takes go in (for LSP also its kernel's); ``--lambda``
     left out, like ``--lsp-until-epoch``, takes the catalog's default (lsp 100, fitnet 1, at 1000).
     """
-    from study.catalogs import KERNELS, METHODS
+    from study.catalogs import KERNELS, METHODS, takes_kernel
     from study.distill import build_method
     from study.train import DistillConfig
 
@@ -340,7 +340,7 @@ def distill_config_from_args(args: argparse.Namespace):  # noqa: ANN201
     }
     entry = METHODS.get(args.method)
     takes = set(entry.param_names())
-    if entry.info.get("kernel_catalog") == "kernels":
+    if takes_kernel(entry):
         takes |= set(KERNELS.get(args.kernel).param_names())
     params = {k: v for k, v in flags.items() if k in takes and v is not None}
     cfg = DistillConfig(method=args.method, params=params)

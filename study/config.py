@@ -702,7 +702,7 @@ def _method_params(method: str) -> dict[str, tuple[Any, Any]]:
     """``{parameter: (schema, default)}`` of a method; LSP's kernels' parameters beside its own."""
     entry = cat.METHODS.get(method)
     out = {k: (entry.params, v) for k, v in entry.defaults().items()}
-    for kernel in cat.KERNELS if "kernel" in out else ():  # a method that takes a kernel
+    for kernel in cat.KERNELS if cat.takes_kernel(entry) else ():
         out.update({k: (kernel.params, v) for k, v in kernel.defaults().items() if k not in out})
     return out
 

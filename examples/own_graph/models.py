@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import GCNConv, SAGEConv
+from torch_geometric.nn import SAGEConv
 
 
 class FraudSAGE(nn.Module):
@@ -58,21 +58,26 @@ class FraudSAGE(nn.Module):
         return self.head(h)
 
 
-class TinyGCN(nn.Module):
-    """The student: two GCN layers, ``in -> hidden_channels -> out``.
+class TinySAGE(nn.Module):
+    """The student: two GraphSAGE layers, ``in -> hidden_channels -> out``, no head.
 
     Named submodules: ``conv1``, ``act1``, ``conv2``. Hidden features: ``act1``,
     ``[N, hidden_channels]`` after ReLU (``conv2`` outputs the logits).
+
+    SAGE rather than GCN for speed: ``GCNConv`` recomputes its degree normalisation (with added
+    self-loops) in every forward, so on the fraud graph a 4- to 16-wide GCN took 2.0-4.0 ms, no
+    faster than the 64-wide SAGE teacher (2.5 ms), where a 4- to 16-wide SAGE takes 1.1-1.4 ms
+    (full-graph forward, one CPU thread).
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, hidden_channels: int = 16, dropout: float = 0.0
+        self, in_channels: int, out_channels: int, hidden_channels: int = 8, dropout: float = 0.0
     ) -> None:
         super().__init__()
         self.dropout = float(dropout)
-        self.conv1 = GCNConv(in_channels, hidden_channels)
+        self.conv1 = SAGEConv(in_channels, hidden_channels)
         self.act1 = nn.ReLU()
-        self.conv2 = GCNConv(hidden_channels, out_channels)
+        self.conv2 = SAGEConv(hidden_channels, out_channels)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         h = self.act1(self.conv1(x, edge_index))
@@ -92,14 +97,14 @@ def teacher(
 
 
 def student(
-    in_channels: int, out_channels: int, hidden_channels: int = 16, dropout: float = 0.0
-) -> TinyGCN:
+    in_channels: int, out_channels: int, hidden_channels: int = 8, dropout: float = 0.0
+) -> TinySAGE:
     """The student factory (``factory: "models:student"``); ``hidden: [act1]``.
 
     ``hidden_channels`` (and ``dropout``) are the study's search dimensions
     (``student.options.hidden_channels``).
     """
-    return TinyGCN(in_channels, out_channels, hidden_channels=hidden_channels, dropout=dropout)
+    return TinySAGE(in_channels, out_channels, hidden_channels=hidden_channels, dropout=dropout)
 
 
 def hidden_outputs(model: nn.Module, names: list[str], x: Tensor, edge_index: Tensor) -> dict:

@@ -16,7 +16,15 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from study.catalogs import KERNELS, METHODS, ATParams, FitNetParams, KDParams, LSPParams
+from study.catalogs import (
+    KERNELS,
+    METHODS,
+    ATParams,
+    FitNetParams,
+    KDParams,
+    LSPParams,
+    takes_kernel,
+)
 from study.distill.at import at_loss
 from study.distill.fitnet import FitNetAdapter, fitnet_loss
 from study.distill.kd import kd_loss
@@ -270,9 +278,9 @@ class LocalStructurePreserving(_LayerPairs):
 def build_method(cfg: DistillConfig) -> DistillMethod:
     """The method ``cfg`` names, built from its validated parameters.
 
-    Parameters ``cfg.params`` leaves out take the schema's defaults. A method whose entry has
-    ``info["kernel_catalog"] == "kernels"`` (LSP) also takes the chosen kernel's parameters, beside
-    its own; its factory gets them validated as ``kernel_params=``.
+    Parameters ``cfg.params`` leaves out take the schema's defaults. A method that takes a kernel
+    (:func:`study.catalogs.takes_kernel`, as LSP) also takes the chosen kernel's parameters,
+    beside its own; its factory gets them validated as ``kernel_params=``.
 
     Raises:
         UserInputError: an unknown method, an unknown parameter (naming it and the valid ones), a
@@ -282,7 +290,7 @@ def build_method(cfg: DistillConfig) -> DistillMethod:
     what = f"method {cfg.method!r}"
     values = dict(cfg.params)
     factory = entry.load()
-    if entry.info.get("kernel_catalog") == "kernels":
+    if takes_kernel(entry):
         own_names = entry.param_names()
         own = {k: v for k, v in values.items() if k in own_names}
         params = validate_params(what, entry, own)
