@@ -153,7 +153,7 @@ def test_bad_user_code_is_refused_before_anything_starts(
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0, err
-        assert err.startswith(f"{path}: {key}: "), err
+        assert err.startswith(f"distill-study {argv[0]}: error: {path}: {key}: "), err
         assert expected in err, err
     assert not ray.is_initialized() and not store.exists() and not storage.exists()
 
@@ -188,6 +188,6 @@ def test_bad_dataset_files_are_refused_before_anything_starts(
     store = tmp_path / "mlflow.db"
     assert main(["run", str(path), "--tracking-uri", f"sqlite:///{store}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"{path}: dataset.path: {folder / 'graph.pt'}"), err
+    assert err.startswith(f"distill-study run: error: {path}: dataset.path: {folder}/graph.pt"), err
     assert expected in err and err.count("\n") == 0, err
     assert not ray.is_initialized() and not store.exists()
