@@ -139,12 +139,29 @@ def test_bad_user_models_name_the_key(
 def test_a_hidden_module_that_gives_no_node_features_is_refused(user_dir: Path) -> None:
     x, edge_index = small_graph()
     model = build_user_model(
-        "gds_user_models_a:Pooled", in_channels=5, out_channels=3, hidden=["conv1.lin", "pool"],
+        "gds_user_models_a:Pooled",
+        in_channels=5,
+        out_channels=3,
+        hidden=["conv1.lin", "pool"],
         base_dir=user_dir,
     )
     with pytest.raises(UserInputError, match=r"submodule 'pool' of Pooled gave \(1, 8\)") as err:
         model(x, edge_index)
     assert err.value.key == "hidden" and "expected [7, F]" in str(err.value)
+
+
+def test_a_hidden_module_that_runs_twice_is_refused(user_dir: Path) -> None:
+    x, edge_index = small_graph()
+    model = build_user_model(
+        "gds_user_models_a:build", in_channels=5, out_channels=3, hidden=["act"], base_dir=user_dir
+    )
+    inner = model.module
+    inner.forward = lambda x, e: inner.conv2(inner.act(inner.act(inner.conv1(x, e))), e)
+    with pytest.raises(UserInputError, match="'act' ran twice in one forward") as err:
+        model(x, edge_index)
+    assert err.value.key == "hidden"
+    inner.forward = lambda x, e: inner.conv2(inner.act(inner.conv1(x, e)), e)
+    assert model(x, edge_index).hidden[0].shape == (7, 8)  # the next forward starts afresh
 
 
 def test_the_users_state_dict_loads_and_a_mismatch_is_one_line(user_dir: Path) -> None:

@@ -17,8 +17,9 @@ How the labels depend on the graph (why a GNN beats a per-node MLP here):
   ring neighbours, which carry the same shift, sharpens the signal.
 
 Deterministic for a seed (draws only from a private ``torch.Generator``), fully vectorised, and
-fast: about 10 ms for 3,000 nodes. ``python fraud_graph.py --out fraud_graph.pt`` writes the graph
-for the study file's ``dataset: {path: fraud_graph.pt}`` form.
+fast: a few milliseconds for 3,000 nodes, about 30 ms for 20,000. ``python fraud_graph.py``
+writes the graph to ``fraud_graph.pt`` beside this file, for the study file's
+``dataset: {path: fraud_graph.pt}`` form.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.utils import coalesce, remove_self_loops
 
-def data_safe_globals() -> list[type]:
+
+def data_safe_globals() -> list[Any]:
     """The classes ``torch.load(path, weights_only=True)`` must be allowed to rebuild a ``Data``.
 
     Pass them to ``torch.serialization.add_safe_globals``. Found by trying (torch 2.13,
@@ -52,14 +55,16 @@ def data_safe_globals() -> list[type]:
 def _stratified_masks(
     y: Tensor, fractions: tuple[float, float], gen: torch.Generator
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Disjoint boolean train/val/test masks covering every node, stratified by class."""
+    """Disjoint boolean train/val/test masks covering every node, stratified by class; each
+    split holds at least one node of every class that has three or more."""
     n = y.numel()
     train, val, test = (torch.zeros(n, dtype=torch.bool) for _ in range(3))
     for c in torch.unique(y).tolist():  # one pass per class (two), not per node
         idx = (y == c).nonzero().flatten()
         idx = idx[torch.randperm(idx.numel(), generator=gen)]
-        n_train = round(fractions[0] * idx.numel())
-        n_val = round(fractions[1] * idx.numel())
+        k = idx.numel()
+        n_val = max(1, round(fractions[1] * k)) if k >= 3 else 0
+        n_train = min(round(fractions[0] * k), k - n_val - 1) if k >= 3 else k
         train[idx[:n_train]] = True
         val[idx[n_train : n_train + n_val]] = True
         test[idx[n_train + n_val :]] = True
@@ -125,7 +130,7 @@ def load_fraud_graph(
 
     # Fraud rings: positives in random order, cut into consecutive rings of about ring_size.
     num_rings = max(1, round(num_pos / ring_size))
-    ring_of = torch.empty(n, dtype=torch.long).fill_(-1)
+    ring_of = torch.full((n,), -1, dtype=torch.long)
     ring_of[pos_nodes] = torch.arange(num_pos) % num_rings
 
     # Ring edges: every pair inside a ring with probability ring_density.
@@ -146,7 +151,8 @@ def load_fraud_graph(
     m_pos = max(0.5, m_normal - ring_degree)
     m = torch.full((n,), m_normal)
     m[pos_nodes] = m_pos
-    # Poisson-ish per-node counts from a fixed maximum, vectorised: keep slot k with prob m/M.
+    # Binomial per-node counts with mean m, vectorised: each of `slots` candidate edges of a
+    # node is kept with probability m / slots.
     slots = int(2 * m_normal) + 1
     src = torch.arange(n).repeat_interleave(slots)
     used = torch.rand(n * slots, generator=gen) < (m / slots).repeat_interleave(slots)
@@ -199,7 +205,12 @@ def save_fraud_graph(path: str | Path, *, force: bool = False, **options: object
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write the generated fraud graph for `path:`.")
-    parser.add_argument("--out", default="fraud_graph.pt", help="output file [fraud_graph.pt]")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "fraud_graph.pt",
+        help="output file [fraud_graph.pt beside this script, where study.yaml finds it]",
+    )
     parser.add_argument("--num-nodes", type=int, default=3000)
     parser.add_argument("--positive-rate", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)

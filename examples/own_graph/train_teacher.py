@@ -23,17 +23,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
+from torch_geometric.data import Data
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # fraud_graph and models sit beside this script
+sys.path.insert(0, str(HERE))  # fraud_graph and fraud_models sit beside this script
 
 from fraud_graph import load_fraud_graph  # noqa: E402
-from models import teacher  # noqa: E402
+from fraud_models import teacher  # noqa: E402
+
+M = TypeVar("M", bound=nn.Module)
 
 
 class MLP(nn.Module):
@@ -58,8 +62,8 @@ def auroc(logits: Tensor, y: Tensor) -> float:
 
 
 def train(
-    model: nn.Module, data, *, epochs: int, lr: float, weight_decay: float
-) -> tuple[nn.Module, int, float, float]:
+    model: M, data: Data, *, epochs: int, lr: float, weight_decay: float
+) -> tuple[M, int, float, float]:
     """Train on ``train_mask``; return the best-validation model, its epoch, val and test AUROC."""
     y_train = data.y[data.train_mask]
     counts = torch.bincount(y_train, minlength=2).float()

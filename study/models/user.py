@@ -56,13 +56,18 @@ class HookedModel(nn.Module):
                 key="hidden",
             )
         self._captured: dict[str, Tensor] = {}
+        self._recording = False
         for name in self.hidden_names:
             named[name].register_forward_hook(_Capture(self, name))
 
     def forward(self, x: Tensor, edge_index: Tensor) -> ModelOutput:
         """``x [N, F_in]``, ``edge_index [2, E]`` -> logits ``[N, C]`` and the hooked features."""
         self._captured.clear()
-        logits = self.module(x, edge_index)
+        self._recording = True
+        try:
+            logits = self.module(x, edge_index)
+        finally:
+            self._recording = False
         if not isinstance(logits, Tensor):
             raise UserInputError(
                 f"{type(self.module).__name__}.forward returned a {type(logits).__name__}; "
@@ -106,6 +111,15 @@ class _Capture:
         self.name = name
 
     def __call__(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        if not self.owner._recording:
+            return  # the submodule was called outside the wrapper's forward
+        if self.name in self.owner._captured:
+            # A shared layer applied twice: which call's output is "the" feature is ambiguous.
+            raise UserInputError(
+                f"submodule {self.name!r} ran twice in one forward (a shared layer?); name a "
+                "submodule that runs once per forward",
+                key="hidden",
+            )
         self.owner._captured[self.name] = output
 
 

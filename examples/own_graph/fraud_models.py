@@ -88,7 +88,7 @@ class TinySAGE(nn.Module):
 def teacher(
     in_channels: int, out_channels: int, hidden_channels: int = 64, dropout: float = 0.3
 ) -> FraudSAGE:
-    """The teacher factory (``factory: "models:teacher"``); ``hidden: [act1, act2]``.
+    """The teacher factory (``factory: "fraud_models:teacher"``); ``hidden: [act1, act2]``.
 
     ``train_teacher.py`` builds it with these defaults: a checkpoint loads only into a model
     built with the same ``hidden_channels``, so keep the study file's ``options`` in step.
@@ -99,7 +99,7 @@ def teacher(
 def student(
     in_channels: int, out_channels: int, hidden_channels: int = 8, dropout: float = 0.0
 ) -> TinySAGE:
-    """The student factory (``factory: "models:student"``); ``hidden: [act1]``.
+    """The student factory (``factory: "fraud_models:student"``); ``hidden: [act1]``.
 
     ``hidden_channels`` (and ``dropout``) are the study's search dimensions
     (``student.options.hidden_channels``).
