@@ -101,7 +101,7 @@ def test_augment_shape_preserving_and_seeded() -> None:
 
 
 def test_registry_names_and_options() -> None:
-    assert set(DATASETS) == {
+    assert set(DATASETS.names()) == {
         "cora",
         "citeseer",
         "pubmed",
