@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
+import os
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -140,7 +141,7 @@ class Catalog:
         return entries[name]
 
 
-def import_factory(reference: str, base_dir: str | Path | None = None) -> Any:
+def import_factory(reference: str, base_dir: str | os.PathLike[str] | None = None) -> Any:
     """Import ``"module:attribute"``, looking for the module in ``base_dir`` first if given.
 
     Raises:

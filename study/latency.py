@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from study.errors import UserInputError
 
@@ -220,7 +221,7 @@ def model_size_bytes(model: nn.Module) -> int:
     """Bytes held by the model's parameters and buffers (shared tensors counted once)."""
     tensors = [*model.parameters(), *model.buffers()]
     for t in tensors:
-        if isinstance(t, nn.parameter.UninitializedTensorMixin):
+        if isinstance(t, (UninitializedParameter, UninitializedBuffer)):
             raise UserInputError("model has uninitialised (lazy) tensors: run one forward first")
     return sum(t.numel() * t.element_size() for t in tensors)
 

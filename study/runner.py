@@ -109,7 +109,7 @@ def user_modules(spec: StudySpec) -> list[str]:
     """The study's own modules Ray must ship to every worker: the files or packages beside the
     study file that its factories (dataset, teacher, student) import. Installed packages are
     not shipped: a cluster must have them installed like the project itself."""
-    refs = [(spec.dataset.factory, spec.dataset.base_dir)]
+    refs: list[tuple[str | None, str | None]] = [(spec.dataset.factory, spec.dataset.base_dir)]
     refs += [(m.factory, m.base_dir) for m in (spec.teacher.model, spec.student.model)]
     found = {module_origin(f, d) for f, d in refs if f is not None and d is not None}
     return sorted(str(p) for p in found if p is not None)
@@ -472,7 +472,11 @@ def _fit_and_close(
     status = "KILLED"
     try:
         results = tuner.fit()
-        rows = [dict(r.metrics or {}, config=r.config) for r in results]
+        # ResultGrid is indexable but declares no __iter__.
+        rows = [
+            dict(r.metrics or {}, config=r.config)
+            for r in (results[i] for i in range(len(results)))
+        ]
         errors = len(results.errors)
         outcome = StudyOutcome(
             spec.name,

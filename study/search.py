@@ -57,7 +57,9 @@ def suggest(trial: Any, dim: Dimension) -> Any:
 class SeedRepeater(Repeater):
     """``Repeater`` for one or several objectives that checkpoints its own trial groups."""
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False, **kwargs: Any
+    ) -> None:
         group = self._trial_id_to_group.get(trial_id)
         if group is None:
             return
@@ -118,7 +120,7 @@ def make_search(spec: StudySpec) -> tuple[Searcher | None, dict[str, Any], int]:
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
     }
     metrics = [o.metric for o in spec.objectives]
-    modes = [o.mode for o in spec.objectives]
+    modes: list[str] = [o.mode for o in spec.objectives]
     optuna_search = OptunaSearch(
         space=DefineByRun(spec.methods, spec.search),
         metric=metrics if len(metrics) > 1 else metrics[0],

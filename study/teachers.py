@@ -40,7 +40,7 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` (with its ``spec``) to ``path`` atomically; never leaves a partial file."""
     path = Path(path)
-    spec = dict(model.spec)  # type: ignore[attr-defined]
+    spec: dict[str, Any] = dict(getattr(model, "spec"))  # noqa: B009 - set by build_model
     payload = {
         "format": CHECKPOINT_FORMAT,
         "arch": spec["arch"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypedDict
 
 from torch import Tensor
 from torch_geometric.data import Data
@@ -68,7 +68,14 @@ class PointCloudTask:
 Task = NodeTask | PointCloudTask
 
 
-def io_channels(task: Task) -> dict[str, int]:
+class IOChannels(TypedDict):
+    """The input and output widths a model is built with."""
+
+    in_channels: int
+    out_channels: int
+
+
+def io_channels(task: Task) -> IOChannels:
     """``{"in_channels", "out_channels"}`` a model needs for ``task`` (3 coordinates per point)."""
     if isinstance(task, PointCloudTask):
         return {"in_channels": 3, "out_channels": task.num_classes}

@@ -70,6 +70,8 @@ class EdgeConvDense(nn.Module):
         a per-point product, and no ``[B, P, k, C]`` edge tensor: the same output, far less
         memory traffic (this is the teacher forward of every LSP step)."""
         bn = self.bn
+        # Eval mode reads the running statistics, which BatchNorm keeps by default.
+        assert bn.running_var is not None and bn.running_mean is not None
         scale = bn.running_var.add(bn.eps).rsqrt()
         if bn.weight is not None:
             scale = scale * bn.weight

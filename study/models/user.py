@@ -130,7 +130,7 @@ def build_user_model(
     out_channels: int,
     options: Mapping[str, Any] | None = None,
     hidden: Sequence[str] = (),
-    base_dir: str | os.PathLike | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
 ) -> HookedModel:
     """Call the user's factory and wrap its model (see the module docstring).
 
