@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ray import tune
 from torch import nn
 
 from study import tracking as tr
-from study.config import TrialPlan, resolve_trial
+from study.config import StudySpec, TrialPlan, resolve_trial
 from study.context import (
     StudyContext,
     latency_input,
@@ -30,11 +31,11 @@ from study.context import (
 )
 from study.data.base import Task, io_channels
 from study.export import export_student
-from study.latency import count_parameters
+from study.latency import LatencyResult, count_parameters
 from study.models import build_model
 from study.search import trial_params
 from study.teachers import load_teacher, teacher_cache_path
-from study.train import distill_student, seed_everything, with_device
+from study.train import TrainResult, distill_student, seed_everything, with_device
 
 SNAPSHOT_FILE = "trial_state.pt"
 METRIC_FLUSH_SECONDS = 5.0  # per-epoch MLflow metrics are sent in batches this often
@@ -94,12 +95,114 @@ def _find_or_start_run(
     return run_id
 
 
+def _resume_state() -> dict[str, Any] | None:
+    """The training snapshot of this trial's last Tune checkpoint, if it is being resumed."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as ckpt_dir:
+        state: dict[str, Any] = torch.load(
+            Path(ckpt_dir) / SNAPSHOT_FILE, map_location="cpu", weights_only=True
+        )
+    return state
+
+
+class EpochReporter:
+    """The ``on_epoch`` callback of a trial: per-epoch metrics to MLflow in batches, progress to
+    Tune, and a checkpoint every ``checkpoint_every`` epochs but not within
+    ``checkpoint_min_seconds`` of the last one.
+
+    MLflow calls cost milliseconds each, so epochs go in batches (every few seconds, before each
+    checkpoint, and at the end). A scheduler compares trials epoch by epoch; without one, Tune
+    hears of progress at most every :data:`TUNE_REPORT_SECONDS`.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, spec: StudySpec, best_val: float) -> None:
+        self.client, self.run_id = client, run_id
+        self.policy = spec.fault_tolerance
+        self.report_every_epoch = spec.scheduler is not None
+        self.best_val = best_val
+        self.pending: list[Metric] = []
+        now = time.monotonic()
+        self.last = {"checkpoint": now, "flush": now, "report": 0.0}
+
+    def flush(self) -> None:
+        """Send the metrics not yet logged."""
+        if self.pending:
+            self.client.log_batch(self.run_id, metrics=list(self.pending))
+            self.pending.clear()
+        self.last["flush"] = time.monotonic()
+
+    def __call__(
+        self, epoch: int, record: dict[str, float], snapshot: Callable[[], dict[str, Any]]
+    ) -> None:
+        now_ms, now = int(time.time() * 1000), time.monotonic()
+        self.pending.extend(Metric(k, float(v), now_ms, epoch) for k, v in record.items())
+        self.best_val = max(self.best_val, record.get("epoch_val_score", -float("inf")))
+        report = {"epoch": epoch, tr.METRIC_VAL: self.best_val, **record}
+        due = (epoch + 1) % self.policy.checkpoint_every == 0
+        checkpoint = due and now - self.last["checkpoint"] >= self.policy.checkpoint_min_seconds
+        if (
+            checkpoint
+            or now - self.last["flush"] >= METRIC_FLUSH_SECONDS
+            or len(self.pending) >= 900
+        ):
+            self.flush()
+        if checkpoint:
+            self.last["checkpoint"] = self.last["report"] = now
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(snapshot(), Path(tmp) / SNAPSHOT_FILE)
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+        elif self.report_every_epoch or now - self.last["report"] >= TUNE_REPORT_SECONDS:
+            self.last["report"] = now
+            tune.report(report)
+
+
+def final_metrics(result: TrainResult, lat: LatencyResult) -> dict[str, float]:
+    """What a finished trial logs once: scores, latency, size, training time, split metrics."""
+    return {
+        tr.METRIC_VAL: result.val_score,
+        tr.METRIC_TEST: result.test_score,
+        tr.METRIC_LATENCY_P50: lat.p50_ms,
+        tr.METRIC_LATENCY_P90: lat.p90_ms,
+        tr.METRIC_PARAMS: float(count_parameters(result.model)),
+        tr.METRIC_TRAIN_SECONDS: result.train_seconds,
+        **{f"test_{k}": v for k, v in result.test_metrics.items() if k != "score"},
+    }
+
+
+def _log_student(
+    client: MlflowClient,
+    run_id: str,
+    spec: StudySpec,
+    plan: TrialPlan,
+    result: TrainResult,
+    task: Task,
+) -> None:
+    """Export the trained student (study.export's layout) under the run's ``student/``."""
+    metadata = {
+        "study": spec.name,
+        "dataset": spec.dataset.label,
+        "config_id": plan.config_id,
+        "params": plan.params,
+        "val_score": result.val_score,
+        "test_score": result.test_score,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_student(
+            result.model,
+            Path(tmp) / "student",
+            metadata=metadata,
+            example_inputs=latency_input(task),
+        )
+        client.log_artifacts(run_id, str(folder), artifact_path=tr.STUDENT_ARTIFACT_DIR)
+
+
 def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = None) -> None:
     """Ray Tune function trainable: one (configuration, seed) of the study; ``task`` is the
     study's dataset as the driver loaded it (else it is loaded here)."""
     spec = ctx.spec
-    params = trial_params(config, spec.seeds)
-    plan = resolve_trial(spec, params)
+    plan = resolve_trial(spec, trial_params(config, spec.seeds))
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     device = trial_device(spec.resources.gpu)
     if task is None:
@@ -107,105 +210,39 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
     teacher = fetch_teacher(ctx, task)
 
     tune_ctx = tune.get_context()
-    trial_id = tune_ctx.get_trial_id()
     client = MlflowClient(ctx.tracking_uri)
-    run_id = _find_or_start_run(client, ctx, trial_id, plan, device, tune_ctx.get_trial_name())
-
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            resume = torch.load(
-                Path(ckpt_dir) / SNAPSHOT_FILE, map_location="cpu", weights_only=True
-            )
-
+    run_id = _find_or_start_run(
+        client, ctx, tune_ctx.get_trial_id(), plan, device, tune_ctx.get_trial_name()
+    )
+    resume = _resume_state()
     status = "FAILED"
     try:
         seed_everything(plan.seed)  # the seed fixes the initial weights too
         student = build_model(plan.student.arch, **plan.student.build_kwargs(), **io_channels(task))
-        best = {"val": -float("inf") if resume is None else resume["best_val"]}
-        clock = {"checkpoint": time.monotonic(), "flush": time.monotonic(), "report": 0.0}
-        policy = spec.fault_tolerance
-        pending: list[Metric] = []
-        # A scheduler compares trials epoch by epoch; without one, Tune needs no per-epoch report.
-        report_every_epoch = spec.scheduler is not None
-
-        def flush() -> None:
-            if pending:
-                client.log_batch(run_id, metrics=list(pending))
-                pending.clear()
-            clock["flush"] = time.monotonic()
-
-        def on_epoch(epoch: int, record: dict[str, float], snapshot: Any) -> None:
-            now_ms, now = int(time.time() * 1000), time.monotonic()
-            pending.extend(Metric(k, float(v), now_ms, epoch) for k, v in record.items())
-            best["val"] = max(best["val"], record.get("epoch_val_score", -float("inf")))
-            report = {"epoch": epoch, tr.METRIC_VAL: best["val"], **record}
-            due = (epoch + 1) % policy.checkpoint_every == 0
-            checkpoint = due and now - clock["checkpoint"] >= policy.checkpoint_min_seconds
-            # MLflow calls cost milliseconds each: per-epoch metrics go in batches (every few
-            # seconds, before each checkpoint, and at the end), not one call per epoch.
-            if checkpoint or now - clock["flush"] >= METRIC_FLUSH_SECONDS or len(pending) >= 900:
-                flush()
-            if checkpoint:
-                clock["checkpoint"] = clock["report"] = now
-                with tempfile.TemporaryDirectory() as tmp:
-                    torch.save(snapshot(), Path(tmp) / SNAPSHOT_FILE)
-                    tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
-            elif report_every_epoch or now - clock["report"] >= TUNE_REPORT_SECONDS:
-                clock["report"] = now
-                tune.report(report)
-
+        reporter = EpochReporter(
+            client, run_id, spec, -float("inf") if resume is None else resume["best_val"]
+        )
         result = distill_student(
             student,
             teacher,
             task,
             with_device(plan.student_train, device),
             plan.distill,
-            on_epoch=on_epoch,
+            on_epoch=reporter,
             resume=resume,
         )
-        flush()
+        reporter.flush()
         lat = study_latency(result.model, task, spec, device)
-        final = {
-            tr.METRIC_VAL: result.val_score,
-            tr.METRIC_TEST: result.test_score,
-            tr.METRIC_LATENCY_P50: lat.p50_ms,
-            tr.METRIC_LATENCY_P90: lat.p90_ms,
-            tr.METRIC_PARAMS: float(count_parameters(result.model)),
-            tr.METRIC_TRAIN_SECONDS: result.train_seconds,
-            **{f"test_{k}": v for k, v in result.test_metrics.items() if k != "score"},
-        }
+        final = final_metrics(result, lat)
         now = int(time.time() * 1000)
         client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, result.epochs_run) for k, v in final.items()],
             tags=[RunTag(k, str(v)) for k, v in lat.as_tags().items()],
         )
-        with tempfile.TemporaryDirectory() as tmp:
-            metadata = {
-                "study": spec.name,
-                "dataset": spec.dataset.label,
-                "config_id": plan.config_id,
-                "params": plan.params,
-                "val_score": result.val_score,
-                "test_score": result.test_score,
-            }
-            folder = export_student(
-                result.model,
-                Path(tmp) / "student",
-                metadata=metadata,
-                example_inputs=latency_input(task),
-            )
-            client.log_artifacts(run_id, str(folder), artifact_path=tr.STUDENT_ARTIFACT_DIR)
+        _log_student(client, run_id, spec, plan, result, task)
         status = "FINISHED"
-        tune.report(
-            {
-                "epoch": result.epochs_run,
-                **final,
-                "config_id": plan.config_id,
-                "mlflow_run_id": run_id,
-            }
-        )
+        report = {"epoch": result.epochs_run, **final, "config_id": plan.config_id}
+        tune.report({**report, "mlflow_run_id": run_id})
     finally:
         client.set_terminated(run_id, status=status)
