@@ -3,6 +3,7 @@ validate, run, report and select the study, offline, on a copy of the folder."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -60,3 +61,12 @@ def test_the_own_graph_example_runs_end_to_end(
     report = tmp_path / "report"
     assert main(["report", "own-graph", "--tracking-uri", uri, "--out", str(report)]) == 0
     assert (report / "README.md").is_file()
+
+    # select exports the user's student like a built-in one: weights, factory, TorchScript.
+    out = tmp_path / "selected"
+    argv = ["select", "own-graph", "--max-latency-ms", "1000", "--tracking-uri", uri]
+    assert main([*argv, "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["spec"]["factory"] == "fraud_models:student"
+    assert config["torchscript"]["available"] is True
+    assert (out / "weights.pt").is_file() and (out / "model.torchscript.pt").is_file()

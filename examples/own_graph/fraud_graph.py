@@ -184,23 +184,27 @@ def load_fraud_graph(
     )
 
 
-def save_fraud_graph(path: str | Path, *, force: bool = False, **options: object) -> Path:
-    """Generate the graph and ``torch.save`` it to ``path`` atomically (temporary file, then
-    ``os.replace``); an existing file is refused unless ``force``. Returns the path."""
+def save_atomic(obj: object, path: str | Path, *, force: bool = False) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into place:
+    never a half-written file at ``path``. An existing file is refused unless ``force``."""
     path = Path(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
-    data = load_fraud_graph(**options)  # type: ignore[arg-type]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
+            torch.save(obj, f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_fraud_graph(path: str | Path, *, force: bool = False, **options: object) -> Path:
+    """Generate the graph and save it to ``path`` with :func:`save_atomic`."""
+    return save_atomic(load_fraud_graph(**options), path, force=force)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:

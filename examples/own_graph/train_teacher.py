@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TypeVar
@@ -34,7 +32,7 @@ from torch_geometric.data import Data
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # fraud_graph and fraud_models sit beside this script
 
-from fraud_graph import load_fraud_graph  # noqa: E402
+from fraud_graph import load_fraud_graph, save_atomic  # noqa: E402
 from fraud_models import teacher  # noqa: E402
 
 M = TypeVar("M", bound=nn.Module)
@@ -93,21 +91,6 @@ def train(
     return model, best_epoch, best_val, test
 
 
-def save_atomic(state: dict, path: Path, force: bool) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into place."""
-    if path.exists() and not force:  # checked again here: the file may have appeared meanwhile
-        raise FileExistsError(f"{path} exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=HERE / "teacher.pt", help="[teacher.pt here]")
@@ -159,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     try:
-        save_atomic(model.state_dict(), out, args.force)
+        save_atomic(model.state_dict(), out, force=args.force)  # checked again: it may exist now
     except FileExistsError as e:
         print(f"train_teacher.py: {e}", file=sys.stderr)
         return 2
