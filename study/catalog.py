@@ -48,7 +48,7 @@ class Entry:
         params: the hyperparameters it takes, their types, ranges and defaults; ``None`` when it
             takes none.
         info: facts of the kind that are not parameters (a dataset's or model's task kind,
-            a model's presets).
+            a model's presets, a method's report label and whether it reads hidden features).
     """
 
     name: str
@@ -162,6 +162,8 @@ def import_factory(reference: str, base_dir: str | os.PathLike[str] | None = Non
     except Exception as exc:
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise UserInputError(f"cannot import module {module_name!r} ({reason})") from None
+    if base_dir is not None:
+        _check_loaded_from(module_name, base_dir)
     try:
         return getattr(module, attribute)
     except AttributeError:
@@ -170,7 +172,24 @@ def import_factory(reference: str, base_dir: str | os.PathLike[str] | None = Non
         ) from None
 
 
-def module_origin(reference: str, base_dir: str | Path) -> Path | None:
+def _check_loaded_from(module_name: str, base_dir: str | os.PathLike[str]) -> None:
+    """Refuse a module that exists beside the study but was imported from elsewhere: Python
+    keeps the first module of a name, so another study's (or an installed) ``models`` would run
+    here while Ray ships this folder's file to the workers."""
+    origin = module_origin(module_name, base_dir)
+    top = sys.modules.get(module_name.split(".")[0])
+    loaded = getattr(top, "__file__", None)
+    if origin is None or loaded is None:
+        return
+    where = origin if origin.is_dir() else origin.parent
+    if not Path(loaded).resolve().is_relative_to(where.resolve()):
+        raise UserInputError(
+            f"module {module_name!r} is already imported from {loaded}, not from {origin}: "
+            "give the module a name of its own"
+        )
+
+
+def module_origin(reference: str, base_dir: str | os.PathLike[str]) -> Path | None:
     """The file or package folder of a factory's top-level module when it lies in ``base_dir``
     (what Ray must ship to the workers), else ``None`` (an installed package)."""
     top = reference.partition(":")[0].split(".")[0]
@@ -181,8 +200,16 @@ def module_origin(reference: str, base_dir: str | Path) -> Path | None:
     return None
 
 
-def check_options(function: Any, options: Mapping[str, Any], where: str) -> None:
-    """Refuse options that ``function``'s signature does not take (before calling it)."""
+def check_options(
+    function: Any, options: Mapping[str, Any], where: str, reserved: tuple[str, ...] = ()
+) -> None:
+    """Refuse options that ``function``'s signature does not take (before calling it), and the
+    ``reserved`` ones the caller sets itself (a model's ``in_channels`` come from the task)."""
+    for key in options:
+        if key in reserved:
+            raise UserInputError(
+                f"{key} comes from the task, not from options", key=f"{where}.{key}"
+            )
     try:
         params = inspect.signature(function).parameters
     except (TypeError, ValueError):

@@ -151,21 +151,21 @@ METHODS = Catalog(
             "Romero et al. 2015: regress the teacher's hidden features through a trained adapter",
             "study.distill.methods:FitNet",
             FitNetParams,
-            {"label": "FitNet"},
+            {"label": "FitNet", "reads_hidden": True},
         ),
         Entry(
             "at",
             "Zagoruyko and Komodakis 2017: match L2-normalised per-node attention maps",
             "study.distill.methods:AttentionTransfer",
             ATParams,
-            {"label": "AT"},
+            {"label": "AT", "reads_hidden": True},
         ),
         Entry(
             "lsp",
             "Yang et al. 2020: match each node's kernel distribution over its neighbours",
             "study.distill.methods:LocalStructurePreserving",
             LSPParams,
-            {"label": "LSP"},
+            {"label": "LSP", "reads_hidden": True},
         ),
     ],
 )
@@ -374,6 +374,12 @@ def method_label(name: str) -> str:
     return str(METHODS.get(name).info.get("label", name)) if name in METHODS else name
 
 
+def reads_hidden(method: str) -> bool:
+    """Whether a method matches the models' hidden features (``info["reads_hidden"]``): a user
+    model must then name its ``hidden`` submodules."""
+    return bool(METHODS.get(method).info.get("reads_hidden", False))
+
+
 def takes_kernel(method: Entry) -> bool:
     """Whether a method names a kernel of :data:`KERNELS` (a ``kernel`` parameter, as LSP): its
     study-file parameters then include that kernel's (``lsp.sigma`` beside ``lsp.lambda``)."""
@@ -383,11 +389,3 @@ def takes_kernel(method: Entry) -> bool:
 def kernel_params(kernel: str) -> tuple[str, ...]:
     """The parameter names a kernel reads (``("sigma",)`` for rbf)."""
     return KERNELS.get(kernel).param_names()
-
-
-def all_kernel_params() -> dict[str, float]:
-    """Every kernel parameter any built-in or installed kernel takes, with its default."""
-    out: dict[str, float] = {}
-    for entry in KERNELS:
-        out.update(entry.defaults())
-    return out

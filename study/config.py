@@ -778,7 +778,7 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
         chk.name(method, f"methods[{i}]", "method", cat.METHODS.names())
     methods = _unique(chk, methods, "methods", "method")
     defaults = _parse_method_defaults(chk, top.method_defaults, methods)
-    hidden_for = tuple(m for m in methods if "layer_map" in cat.METHODS.get(m).param_names())
+    hidden_for = tuple(m for m in methods if cat.reads_hidden(m))
     teacher = _parse_model(chk, top.teacher, "teacher", dataset, base, hidden_for)
     searched = "student.arch" in top.search
     student = _parse_model(chk, top.student, "student", dataset, base, hidden_for, searched)

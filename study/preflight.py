@@ -21,8 +21,8 @@ from torch_geometric.utils import subgraph
 
 from study.config import ModelSpec, StudySpec
 from study.context import load_study_task
-from study.data.base import PointCloudTask, Task, io_channels
-from study.errors import UserInputError
+from study.data.base import NodeTask, PointCloudTask, Task, io_channels
+from study.errors import UserInputError, one_line
 from study.models import build_model
 from study.models.base import ModelOutput
 from study.teachers import load_teacher_weights
@@ -51,6 +51,7 @@ def in_file(spec: StudySpec, role: str | None, call: Callable[..., T], *args: An
 def load_and_check(spec: StudySpec, data_root: str | None) -> Task:
     """The study's dataset, after every check this module makes (see the module docstring)."""
     task = in_file(spec, None, load_study_task, spec, data_root)
+    check_split_classes(spec, task)
     check_models(spec, task)
     return task
 
@@ -68,11 +69,22 @@ def probe_input(task: Task) -> Data | torch.Tensor:
     return Data(x=graph.x[:PROBE_NODES], edge_index=edge_index)
 
 
-def check_forward(model: nn.Module, probe: Data | torch.Tensor, task: Task) -> None:
+def check_forward(model: nn.Module, probe: Data | torch.Tensor, task: Task) -> ModelOutput:
     """One forward of ``model`` on ``probe``: a :class:`ModelOutput` with a logit per class."""
     model.eval()
-    with torch.no_grad():
-        out = model(probe) if isinstance(probe, torch.Tensor) else model(probe.x, probe.edge_index)
+    try:
+        with torch.no_grad():
+            inputs = (probe,) if isinstance(probe, torch.Tensor) else (probe.x, probe.edge_index)
+            out = model(*inputs)
+    except UserInputError:
+        raise
+    except Exception as exc:  # the user's forward: one line, not a traceback
+        name = type(getattr(model, "module", model)).__name__
+        raise UserInputError(
+            f"{name}.forward{'(points)' if len(inputs) == 1 else '(x, edge_index)'} raised "
+            f"{one_line(exc)}",
+            key="factory",
+        ) from None
     if not isinstance(out, ModelOutput) or out.logits is None:
         raise UserInputError(f"expected the model's output, got {type(out).__name__}")
     rows = probe.shape[0] if isinstance(probe, torch.Tensor) else probe.num_nodes
@@ -84,6 +96,37 @@ def check_forward(model: nn.Module, probe: Data | torch.Tensor, task: Task) -> N
             f"{task.num_classes} classes, so expected {list(want)} (out_channels)",
             key="factory",
         )
+    return out
+
+
+def check_layer_maps(spec: StudySpec, teacher_layers: int, student_layers: int) -> None:
+    """Every fixed ``layer_map`` pair indexes an existing hidden layer of both models."""
+    for method, values in spec.method_defaults.items():
+        for i, pair in enumerate(values.get("layer_map") or ()):
+            s, t = pair
+            if not (
+                -student_layers <= s < student_layers and -teacher_layers <= t < teacher_layers
+            ):
+                raise UserInputError(
+                    f"{spec.source}: method_defaults.{method}.layer_map[{i}]: expected "
+                    f"[student layer, teacher layer] within the student's {student_layers} and "
+                    f"the teacher's {teacher_layers} hidden layers, got {list(pair)}"
+                )
+
+
+def check_split_classes(spec: StudySpec, task: Task) -> None:
+    """An AUROC headline needs both classes in validation and test: with one, every score is
+    NaN and the searcher optimises nothing (a small split of a rare class can lack positives)."""
+    if not isinstance(task, NodeTask) or task.metric != "auroc" or task.multilabel:
+        return
+    for split in ("val", "test"):
+        y = torch.cat([g.y[g.mask] for g in getattr(task, split)])
+        present = int(torch.unique(y).numel())
+        if present < 2:
+            raise UserInputError(
+                f"{spec.source}: dataset.metric: auroc needs at least two classes in the "
+                f"{split} split, which holds {present}"
+            )
 
 
 def _build(model: ModelSpec, task: Task, options: dict[str, Any] | None = None) -> nn.Module:
@@ -123,10 +166,11 @@ def check_models(spec: StudySpec, task: Task) -> None:
         )
     else:
         teacher = in_file(spec, "teacher", _build, teacher_spec, task)
-    in_file(spec, "teacher", check_forward, teacher, probe, task)
+    teacher_out = in_file(spec, "teacher", check_forward, teacher, probe, task)
     for options in student_variants(spec):
         student = in_file(spec, "student", _build, spec.student.model, task, options)
-        in_file(spec, "student", check_forward, student, probe, task)
+        student_out = in_file(spec, "student", check_forward, student, probe, task)
+        check_layer_maps(spec, len(teacher_out.hidden), len(student_out.hidden))
 
 
 def _keyed_checkpoint(path: str, model: ModelSpec, task: Task) -> nn.Module:

@@ -264,6 +264,20 @@ def _train_teacher_task(
     )
 
 
+def teacher_run_hash(spec: StudySpec, task: Task) -> str:
+    """What a teacher run is found again by: its spec, a given checkpoint's bytes, and the data
+    itself (another copy or split of a dataset gets its own teacher). A checkpoint enters beside
+    the spec: the same file under other ``hidden`` names or options is another teacher run, since
+    its spec is what trials rebuild."""
+    weights = (
+        hashlib.sha256(Path(spec.teacher.checkpoint).read_bytes()).hexdigest()
+        if spec.teacher.checkpoint
+        else None
+    )
+    source = {"spec": teacher_hash(spec), "weights": weights}
+    return stable_hash({"teacher": source, "data": data_fingerprint(task)}, length=16)
+
+
 def ensure_teacher(
     client: MlflowClient,
     spec: StudySpec,
@@ -273,13 +287,7 @@ def ensure_teacher(
 ) -> tuple[str, str]:
     """``(teacher_run_id, teacher_hash)``: reuse a finished teacher run of the same spec and
     data, else train (or, with ``teacher.checkpoint``, log) one."""
-    # The spec and the data itself: another copy or split of a dataset gets its own teacher.
-    source = (
-        hashlib.sha256(Path(spec.teacher.checkpoint).read_bytes()).hexdigest()
-        if spec.teacher.checkpoint
-        else teacher_hash(spec)
-    )
-    thash = stable_hash({"teacher": source, "data": data_fingerprint(task)}, length=16)
+    thash = teacher_run_hash(spec, task)
     found = find_teacher_run(client, thash)
     if found is not None:
         print(f"[gds] reusing teacher run {found} (spec hash {thash})")

@@ -15,6 +15,7 @@ the data (another architecture, other feature or class counts) is caught in one 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from study.errors import UserInputError
+from study.errors import UserInputError, state_dict_mismatch, unsafe_load_reason
 from study.fileio import atomic_write
 from study.models import build_model
 from study.models.user import USER_ARCH, HookedModel
@@ -57,10 +58,14 @@ def _load_weights_only(path: Path) -> Any:
     if not path.is_file():
         raise UserInputError(f"{path}: teacher checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it reads fine
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, foreign formats
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserInputError(f"{path}: not a loadable teacher checkpoint ({first})") from None
+        raise UserInputError(
+            f"{path}: not a teacher checkpoint torch.load(weights_only=True) can read "
+            f"({unsafe_load_reason(exc)})"
+        ) from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -115,9 +120,9 @@ def load_teacher(
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
         raise UserInputError(
-            f"{path}: weights do not fit a {payload['arch']} built from its spec ({first})"
+            f"{path}: weights do not fit a {payload['arch']} built from its spec "
+            f"({state_dict_mismatch(exc)})"
         ) from None
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model.eval(), meta
@@ -140,6 +145,8 @@ def load_teacher_weights(
         model, _ = load_teacher(
             path, in_channels=in_channels, out_channels=out_channels, arch=arch or USER_ARCH
         )
+        study_spec = build_model(**model_kwargs, in_channels=in_channels, out_channels=out_channels)
+        _check_same_spec(path, getattr(model, "spec"), getattr(study_spec, "spec"))  # noqa: B009
         return model
     if not isinstance(payload, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in payload.items()
@@ -156,9 +163,28 @@ def load_teacher_weights(
         try:
             model.load_state_dict(payload)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise UserInputError(f"{path}: weights do not fit the teacher ({first})") from None
+            raise UserInputError(
+                f"{path}: weights do not fit the teacher ({state_dict_mismatch(exc)})",
+                key="checkpoint",
+            ) from None
     return model.eval()
+
+
+def _check_same_spec(path: Path, held: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """A checkpoint that carries its own spec must be the teacher the study file describes: a
+    study saying width 128 would otherwise report a width-16 teacher as its own."""
+    # Where a user module was found says nothing of the model, and dropout acts in training
+    # only (the teacher is frozen).
+    ignored = {"base_dir", "dropout"}
+    differ = sorted(
+        k for k in held.keys() | wanted.keys() if k not in ignored and held.get(k) != wanted.get(k)
+    )
+    if differ:
+        shown = ", ".join(f"{k} {held.get(k)!r} (the study: {wanted.get(k)!r})" for k in differ)
+        raise UserInputError(
+            f"{path}: the checkpoint holds another teacher than the study file describes: {shown}",
+            key="checkpoint",
+        )
 
 
 def teacher_cache_path(teacher_hash: str, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -66,6 +66,19 @@ def student(in_channels, out_channels, hidden_channels=8):
 
 def wrong_width_student(in_channels, out_channels):
     return Student(in_channels, out_channels + 1, 4)
+
+
+class Broken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = GCNConv(8, 2)
+
+    def forward(self, x, edge_index):
+        raise RuntimeError("bad\\nmultiline")
+
+
+def broken_student(in_channels, out_channels):
+    return Broken()
 '''
 
 
@@ -121,7 +134,7 @@ def own_study(name: str, module: str = "gds_own_a", **overrides: Any) -> dict[st
     return study
 
 
-def write_own_study(folder: Path, name: str, **overrides: Any) -> Path:
+def write_own_study(folder: Path, name: str, module: str = "gds_own_a", **overrides: Any) -> Path:
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(own_study(name, **overrides), sort_keys=False))
+    path.write_text(yaml.safe_dump(own_study(name, module, **overrides), sort_keys=False))
     return path

@@ -27,7 +27,8 @@ def test_reading_the_catalogs_imports_no_torch() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
-    assert int(out.stdout) == len(DATASETS.names()) + len(MODELS.names()) + 10
+    sizes = (DATASETS, MODELS, METHODS, KERNELS)
+    assert int(out.stdout) == sum(len(c.names()) for c in sizes)
 
 
 def test_every_builtin_factory_imports_and_is_callable() -> None:
@@ -104,7 +105,16 @@ def test_a_broken_plugin_names_itself(tmp_path: Path) -> None:
     assert "entry point 'toy'" in out.stderr and "expected a study.catalog.Entry" in out.stderr
 
 
-def test_import_factory_finds_a_module_beside_the_study(tmp_path: Path) -> None:
+@pytest.fixture
+def clean_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """import_factory puts a study's folder on sys.path for the process: undo it after."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+
+
+def test_import_factory_finds_a_module_beside_the_study(
+    tmp_path: Path, clean_imports: None
+) -> None:
     (tmp_path / "gds_user_mod_a.py").write_text("def build(width=4):\n    return width * 2\n")
     assert import_factory("gds_user_mod_a:build", tmp_path)(width=3) == 6
     assert module_origin("gds_user_mod_a:build", tmp_path) == tmp_path / "gds_user_mod_a.py"
@@ -125,3 +135,17 @@ def test_check_options_names_the_refused_key() -> None:
         check_options(build, {"widht": 8}, "student.options")
     assert err.value.key == "student.options.widht"
     assert "valid: in_channels, width" in str(err.value)
+
+
+def test_a_module_of_the_same_name_in_another_folder_is_refused(
+    tmp_path: Path, clean_imports: None
+) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, value in ((first, 1), (second, 2)):
+        folder.mkdir()
+        (folder / "gds_same_name.py").write_text(f"def f():\n    return {value}\n")
+    assert import_factory("gds_same_name:f", first)() == 1
+    # Python would hand back a's module; the workers would get b's file: refused instead.
+    with pytest.raises(UserInputError, match="already imported from .*/a/gds_same_name.py"):
+        import_factory("gds_same_name:f", second)
+    assert import_factory("gds_same_name:f", first)() == 1

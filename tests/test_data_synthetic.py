@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study.data import DATASETS, augment_pointcloud, dataset_options, load_task
+from study.data import DATASETS, augment_pointcloud, load_task
 from study.data.synthetic import synthetic_sbm, synthetic_shapes
 from study.errors import UserInputError
 
@@ -118,7 +118,8 @@ def test_registry_names_and_options() -> None:
     with pytest.raises(UserInputError) as err:
         load_task("synthetic_sbm", num_nodez=10)
     assert "'num_nodez'" in str(err.value) and "num_nodes" in str(err.value)
-    assert "num_points" in dataset_options("modelnet40") and "root" not in dataset_options("ppi")
+    assert "num_points" in DATASETS.get("modelnet40").param_names()
+    assert "root" not in DATASETS.get("ppi").param_names()
     task = load_task(
         "synthetic_shapes", num_per_class=2, num_classes=2, num_points=8, root="/ignored"
     )

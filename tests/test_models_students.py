@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from study.catalogs import MODELS
 from study.data.synthetic import synthetic_sbm
 from study.errors import UserInputError
-from study.models import GCN, MLP, GraphSAGE, architectures, build_model
+from study.models import GCN, MLP, GraphSAGE, build_model
 from study.train import DistillConfig, TrainConfig, distill_student, train_teacher
 from tests.graphs import small_graph
 
@@ -153,7 +154,7 @@ def test_spec_rebuilds_the_same_model(arch: str) -> None:
 
 
 def test_registry_lists_and_rejects() -> None:
-    assert {"gcn", "sage", "mlp"} <= set(architectures())
+    assert {"gcn", "sage", "mlp"} <= set(MODELS.names())
     with pytest.raises(
         UserInputError, match=r"gcn: unknown option 'heads' \(valid: depth, dropout, width\)"
     ):

@@ -58,10 +58,12 @@ class Pooled(nn.Module):
 """
 
 
-@pytest.fixture
-def user_dir(tmp_path: Path) -> Path:
-    (tmp_path / "gds_user_models_a.py").write_text(USER_MODULE)
-    return tmp_path
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # One folder for the module: a process keeps the first module of a name (see catalog).
+    folder = tmp_path_factory.mktemp("user_models")
+    (folder / "gds_user_models_a.py").write_text(USER_MODULE)
+    return folder
 
 
 def test_hooks_return_the_named_submodules_outputs(user_dir: Path) -> None:
@@ -181,3 +183,17 @@ def test_the_users_state_dict_loads_and_a_mismatch_is_one_line(user_dir: Path) -
     torch.save([1, 2], user_dir / "list.pt")
     with pytest.raises(UserInputError, match="expected a state_dict"):
         load_teacher_weights(user_dir / "list.pt", kwargs, in_channels=5, out_channels=3)
+
+
+def test_a_project_checkpoint_must_be_the_teacher_the_study_describes(tmp_path: Path) -> None:
+    from study.teachers import save_checkpoint
+
+    trained = build_model("gcn", in_channels=5, out_channels=3, width=16, depth=2, dropout=0.5)
+    save_checkpoint(trained, tmp_path / "t.pt", dataset="cora")
+    same = {"arch": "gcn", "width": 16, "depth": 2, "dropout": 0.1}  # dropout: training only
+    model = load_teacher_weights(tmp_path / "t.pt", same, in_channels=5, out_channels=3)
+    assert model.spec["width"] == 16
+    wider = {"arch": "gcn", "width": 128, "depth": 3, "dropout": 0.5}
+    with pytest.raises(UserInputError, match=r"depth 2 \(the study: 3\), width 16") as err:
+        load_teacher_weights(tmp_path / "t.pt", wider, in_channels=5, out_channels=3)
+    assert err.value.key == "checkpoint"

@@ -88,10 +88,18 @@ def test_a_study_on_a_users_graph_teacher_and_student(user_dir: Path, tmp_path: 
     assert fitnet.data.params["method"] == "fitnet" and fitnet.info.status == "FINISHED"
 
 
-def _copy(user_dir: Path, tmp_path: Path) -> Path:
+def _copy(user_dir: Path, tmp_path: Path) -> tuple[Path, str]:
+    """The user's files in a folder of the test's own, the module under a name of its own: a
+    process keeps the first module of a name (and refuses another folder's, see catalog)."""
     folder = tmp_path / "study"
     shutil.copytree(user_dir, folder)
-    return folder
+    module = f"gds_own_{tmp_path.name.replace('-', '_')}"
+    (folder / "gds_own_a.py").rename(folder / f"{module}.py")
+    return folder, module
+
+
+def _renamed(obj: object, module: str) -> object:
+    return json.loads(json.dumps(obj).replace("gds_own_a", module))
 
 
 BAD_CASES = {
@@ -130,6 +138,21 @@ BAD_CASES = {
         "teacher.hidden",
         "Teacher has no submodule 'conv3' (valid: conv1",
     ),
+    "forward that raises": (
+        {"student": {"factory": "gds_own_a:broken_student", "hidden": ["conv1"]}},
+        "student.factory",
+        "Broken.forward(x, edge_index) raised RuntimeError: bad multiline",
+    ),
+    "in_channels among the options": (
+        {"student": {**own_study("x")["student"], "options": {"in_channels": 7}}},
+        "student.options.in_channels",
+        "in_channels comes from the task, not from options",
+    ),
+    "layer_map beyond the hidden layers": (
+        {"method_defaults": {"lsp": {"layer_map": [[3, 0]]}}},
+        "method_defaults.lsp.layer_map[0]",
+        "within the student's 1 and the teacher's 1 hidden layers, got [3, 0]",
+    ),
     "student output width": (
         {"student": {"factory": "gds_own_a:wrong_width_student", "hidden": ["conv1"]}},
         "student.factory",
@@ -143,8 +166,8 @@ def test_bad_user_code_is_refused_before_anything_starts(
     case: str, user_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     overrides, key, expected = BAD_CASES[case]
-    folder = _copy(user_dir, tmp_path)
-    path = write_own_study(folder, "bad", **overrides)
+    folder, module = _copy(user_dir, tmp_path)
+    path = write_own_study(folder, "bad", module=module, **_renamed(overrides, module))
     storage, store = tmp_path / "studies", tmp_path / "mlflow.db"
     for argv in (
         ["validate", str(path)],
@@ -159,6 +182,7 @@ def test_bad_user_code_is_refused_before_anything_starts(
 
 
 BAD_FILES = {
+    "an auroc headline without positives in validation": ("val-one-class", "auroc needs"),
     "not one of the two shapes": ([1, 2, 3], "expected a torch_geometric Data"),
     "a mask missing": ("drop:val_mask", "val_mask: missing (expected a bool tensor [120])"),
     "masks that overlap": ("overlap", "train_mask and test_mask overlap in"),
@@ -171,10 +195,13 @@ def test_bad_dataset_files_are_refused_before_anything_starts(
     case: str, user_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     content, expected = BAD_FILES[case]
-    folder = _copy(user_dir, tmp_path)
+    folder, module = _copy(user_dir, tmp_path)
     data = torch.load(folder / "graph.pt", weights_only=False)
     if content == "overlap":
         data.test_mask = data.test_mask | data.train_mask
+        content = data
+    elif content == "val-one-class":
+        data.val_mask = data.val_mask & (data.y == 0)
         content = data
     elif isinstance(content, str):
         action, key = content.split(":")
@@ -184,10 +211,29 @@ def test_bad_dataset_files_are_refused_before_anything_starts(
             data[key] = data[key][:-1]
         content = data
     torch.save(content, folder / "graph.pt")
-    path = write_own_study(folder, "badfile", dataset={"path": "graph.pt"})
+    dataset = {"path": "graph.pt", "metric": "auroc"}
+    path = write_own_study(folder, "badfile", module=module, dataset=dataset)
     store = tmp_path / "mlflow.db"
     assert main(["run", str(path), "--tracking-uri", f"sqlite:///{store}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"distill-study run: error: {path}: dataset.path: {folder}/graph.pt"), err
+    key = "dataset.metric" if "auroc" in expected else f"dataset.path: {folder}/graph.pt"
+    assert err.startswith(f"distill-study run: error: {path}: {key}"), err
     assert expected in err and err.count("\n") == 0, err
     assert not ray.is_initialized() and not store.exists()
+
+
+def test_a_checkpoint_under_other_hidden_names_is_another_teacher_run(user_dir: Path) -> None:
+    from study.config import load_study_spec
+    from study.context import load_study_task
+    from study.runner import teacher_run_hash
+
+    spec = load_study_spec(write_own_study(user_dir, "hash-a"))
+    task = load_study_task(spec, None)
+    again = load_study_spec(write_own_study(user_dir, "hash-b"))
+    other = load_study_spec(
+        write_own_study(
+            user_dir, "hash-c", teacher={**own_study("x")["teacher"], "hidden": ["conv1"]}
+        )
+    )
+    assert teacher_run_hash(spec, task) == teacher_run_hash(again, task)  # the name is no part
+    assert teacher_run_hash(spec, task) != teacher_run_hash(other, task)

@@ -5,7 +5,7 @@
 
 from study.data.augment import augment_pointcloud
 from study.data.base import NodeTask, PointCloudSet, PointCloudTask, Task
-from study.data.registry import DATASETS, dataset_options, load_task
+from study.data.registry import DATASETS, load_task
 
 __all__ = [
     "DATASETS",
@@ -14,6 +14,5 @@ __all__ = [
     "PointCloudTask",
     "Task",
     "augment_pointcloud",
-    "dataset_options",
     "load_task",
 ]

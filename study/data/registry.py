@@ -19,11 +19,6 @@ from study.data.base import NodeTask, PointCloudTask
 from study.errors import UserInputError
 
 
-def dataset_options(name: str) -> list[str]:
-    """The keyword options ``load_task(name, ...)`` accepts besides ``root``."""
-    return sorted(DATASETS.get(name).param_names())
-
-
 def load_task(
     name: str, *, root: str | os.PathLike | None = None, **options: object
 ) -> NodeTask | PointCloudTask:

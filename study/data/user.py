@@ -17,6 +17,7 @@ line naming the source, the key and what was expected.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from torch_geometric.data import Data
 from study.catalog import check_options, import_factory
 from study.data.base import NodeTask
 from study.data.planetoid import graph_view
-from study.errors import UserInputError
+from study.errors import UserInputError, one_line, unsafe_load_reason
 from study.metrics import DEFAULT_MULTILABEL, DEFAULT_SINGLE_LABEL
 
 SPLITS = ("train", "val", "test")
@@ -49,13 +50,14 @@ def load_dataset_file(path: str | os.PathLike, metric: str | None = None) -> Nod
     if not Path(path).is_file():
         raise UserInputError(f"{source}: no such dataset file", key="dataset.path")
     try:
-        with torch.serialization.safe_globals(safe_globals()):
+        with torch.serialization.safe_globals(safe_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pickle protocol notes, read fine
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a foreign pickle, a truncated file, another format
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserInputError(
             f"{source}: not a graph file torch.load(weights_only=True) can read "
-            f"(expected a torch_geometric Data or a dict of train/val/test lists; {first})",
+            f"(expected a torch_geometric Data or a dict of train/val/test lists; "
+            f"{unsafe_load_reason(exc)})",
             key="dataset.path",
         ) from None
     return _keyed("dataset.path", task_from_graphs, obj, source, Path(path).stem, metric)
@@ -70,8 +72,7 @@ def load_dataset_factory(
     try:
         obj = function(**options)
     except Exception as exc:  # the user's code: say where it failed, in one line
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise UserInputError(f"{factory} raised {reason}", key="dataset.factory") from None
+        raise UserInputError(f"{factory} raised {one_line(exc)}", key="dataset.factory") from None
     source = f"what {factory} returned"
     name = factory.partition(":")[2]
     return _keyed("dataset.factory", task_from_graphs, obj, source, name, metric)

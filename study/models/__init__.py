@@ -13,7 +13,7 @@ from study.models.gat import GAT, build_gat, gat_ppi_student, gat_ppi_teacher
 from study.models.gcn import GCN
 from study.models.knn import knn_graph_dense, knn_indices, knn_to_edge_index
 from study.models.mlp import MLP
-from study.models.registry import architectures, build_model, count_parameters
+from study.models.registry import build_model, count_parameters
 from study.models.sage import GraphSAGE
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "GraphSAGE",
     "MLP",
     "ModelOutput",
-    "architectures",
     "build_dgcnn",
     "build_gat",
     "build_model",

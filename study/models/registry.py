@@ -20,12 +20,6 @@ from study.models.dgcnn import DGCNN, build_dgcnn
 from study.models.gat import GAT, build_gat
 from study.models.user import USER_ARCH, build_user_model
 
-
-def architectures() -> tuple[str, ...]:
-    """The architecture names a study may use (built-in and installed plugins)."""
-    return MODELS.names()
-
-
 # Keyword sets accepted without a preset: the full constructor form (what ``spec`` holds) or
 # the free width/depth form a search space uses.
 _GAT_FULL = {"hidden", "heads", "dropout", "residual", "concat_last"}

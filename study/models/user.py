@@ -22,7 +22,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from study.catalog import check_options, import_factory
-from study.errors import UserInputError
+from study.errors import UserInputError, one_line, state_dict_mismatch
 from study.models.base import ModelOutput
 
 #: What ``spec["arch"]`` says for a user model, so that checkpoints and exports tell it apart.
@@ -93,11 +93,9 @@ class HookedModel(nn.Module):
         try:
             self.module.load_state_dict(state)
         except RuntimeError as exc:
-            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-            detail = " ".join(lines[1:3])[:300] or lines[0]
             raise UserInputError(
                 f"{source}: checkpoint keys do not fit {type(self.module).__name__} "
-                f"built from its factory and options ({detail})",
+                f"built from its factory and options ({state_dict_mismatch(exc)})",
                 key="checkpoint",
             ) from None
 
@@ -144,7 +142,7 @@ def build_user_model(
         function = import_factory(factory, base_dir)
     except UserInputError as exc:
         raise UserInputError(str(exc), key="factory") from None
-    check_options(function, options, "options")
+    check_options(function, options, "options", reserved=("in_channels", "out_channels"))
     kwargs = dict(options)
     try:
         params = inspect.signature(function).parameters
@@ -158,7 +156,7 @@ def build_user_model(
         module = function(**kwargs)
     except Exception as exc:  # the user's constructor: one line, not a traceback
         raise UserInputError(
-            f"{factory} failed with options {options} ({type(exc).__name__}: {exc})", key="options"
+            f"{factory} failed with options {options} ({one_line(exc)})", key="options"
         ) from None
     if not isinstance(module, nn.Module):
         raise UserInputError(
