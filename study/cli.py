@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--address",
         default=None,
-        help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)",
+        help="Ray cluster address (default: $RAY_ADDRESS, else a new local Ray on 127.0.0.1 only)",
     )
     r.add_argument("--data-root", default=None)
     r.add_argument(

@@ -8,11 +8,14 @@ state and ``gds_context.json``, which is all ``resume`` needs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,13 +121,43 @@ def user_modules(spec: StudySpec) -> list[str]:
 # ---------------------------------------------------------------- Ray, MLflow, teacher
 
 
+#: The only address a local study's Ray listens on (README: "Ray's network listeners").
+LOCAL_RAY_IP = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _loopback_node_ip() -> Iterator[None]:
+    """While ``ray.init`` runs, let it keep a loopback node IP.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` alone is not enough: Ray replaces a loopback
+    address by the host's routable one (``services.resolve_ip_for_localhost``) unless Ray
+    clusters are switched off, which ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` does once, at
+    import, into ``ray_constants.ENABLE_RAY_CLUSTER`` (too late for an environment variable
+    here). With a routable node IP, Ray 2.60's GCS, raylet and core-worker gRPC servers listen
+    on every interface; with 127.0.0.1 they and the runtime-env agent listen on loopback only.
+    """
+    from ray._private import ray_constants
+
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):
+        yield  # a Ray without the switch: the node IP is checked after start
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
 def start_ray(address: str | None = None, py_modules: list[str] | None = None) -> None:
     """Connect to ``address`` (or ``$RAY_ADDRESS``), else start a local Ray without a dashboard.
 
-    ``py_modules`` (a user's module files or packages) travel to every worker through Ray's
-    runtime environment, so that a multi-node study imports them on every node. When Ray is
-    already running in this process (started by the caller) its runtime environment is kept
-    and the modules are found through their folder on this machine's path instead.
+    A local Ray is a new one of this process's own (never another Ray already on the host) and
+    listens on 127.0.0.1 only. ``py_modules`` (a user's module files or packages) travel to
+    every worker through Ray's runtime environment, so that a multi-node study imports them on
+    every node. When Ray is already running in this process (started by the caller) its runtime
+    environment is kept and the modules are found through their folder on this machine's path
+    instead.
     """
     if ray.is_initialized():
         return
@@ -136,8 +169,22 @@ def start_ray(address: str | None = None, py_modules: list[str] | None = None) -
         runtime_env["py_modules"] = list(py_modules)
     if address:
         ray.init(address=address, runtime_env=runtime_env or None, log_to_driver=True)
-    else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env or None, log_to_driver=True)
+        return
+    with _loopback_node_ip():
+        # "local": a new Ray, even when ray_current_cluster names a Ray someone else started.
+        ray.init(
+            address="local",
+            _node_ip_address=LOCAL_RAY_IP,
+            include_dashboard=False,
+            runtime_env=runtime_env or None,
+            log_to_driver=True,
+        )
+    node_ip = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node_ip).is_loopback:
+        print(
+            f"[gds] warning: this Ray kept node IP {node_ip}, not {LOCAL_RAY_IP}: its servers "
+            "may listen on every interface (README: Ray's network listeners)"
+        )
 
 
 def start_study_run(
