@@ -138,12 +138,14 @@ def export_student(
 
     cpu_model = copy.deepcopy(model).cpu().eval()
     inputs = _as_tuple(example_inputs)
-    with fileio.staging_folder(out) as tmp:
-        state = {k: v.detach().cpu().clone() for k, v in cpu_model.state_dict().items()}
-        torch.save(state, tmp / WEIGHTS_FILE)
-        config["torchscript"] = _write_torchscript(cpu_model, inputs, tmp / TORCHSCRIPT_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        move_into_place(tmp, out)
+    try:
+        with fileio.staged_folder(out) as tmp:
+            state = {k: v.detach().cpu().clone() for k, v in cpu_model.state_dict().items()}
+            torch.save(state, tmp / WEIGHTS_FILE)
+            config["torchscript"] = _write_torchscript(cpu_model, inputs, tmp / TORCHSCRIPT_FILE)
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    except FileExistsError as err:
+        raise _filled_meanwhile(out, err) from None
     return out
 
 
@@ -226,9 +228,11 @@ def move_into_place(folder: Path, out: Path) -> None:
     try:
         fileio.move_into_place(folder, out)
     except FileExistsError as err:
-        raise UserInputError(
-            f"{out}: filled up while exporting; not overwriting it ({err.strerror})"
-        ) from None
+        raise _filled_meanwhile(out, err) from None
+
+
+def _filled_meanwhile(out: Path, err: FileExistsError) -> UserInputError:
+    return UserInputError(f"{out}: filled up while exporting; not overwriting it ({err.strerror})")
 
 
 def _as_tuple(example_inputs: Tensor | tuple[Tensor, ...] | None) -> tuple[Tensor, ...] | None:
