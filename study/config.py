@@ -1,7 +1,8 @@
 """Typed, validated study specs built from YAML: the contract between a study file and the runner.
 
-A study file is read with a safe YAML loader (no tags, no code; YAML 1.2 floats; duplicate keys
-refused) and checked completely before anything starts. Pydantic, strict (``true`` and ``"8"``
+A study file is read by :mod:`study.studyfile` (at most 1 MiB of UTF-8; a safe YAML loader: no
+tags, no code, YAML 1.2 floats, duplicate keys refused, aliases bounded) and checked completely
+before anything starts. Pydantic, strict (``true`` and ``"8"``
 are not integers, NaN and infinity not numbers), checks types, ranges and unknown keys; every
 name (dataset, architecture, preset, method, kernel) and every parameter schema and default comes
 from the catalogs (:mod:`study.catalogs`). Every problem raises
@@ -55,6 +56,10 @@ searched ``lsp.kernel``/``student.arch``, or an error against the fixed one. Flo
 take every kind, integers ``int``/``logint``/``choice``, names and booleans ``choice``. ``grid``
 needs choices only and is enumerated per method (:func:`grid_configs`), ``num_samples`` [1]
 repeating it; otherwise ``num_samples`` [10] counts configurations, each run once per seed.
+``num_samples`` is at most :data:`MAX_NUM_SAMPLES` (100,000) and a study at most
+:data:`MAX_TRIALS` (100,000) trials, configurations times seeds: about a day of one-second
+trials on one core, and more than Tune's experiment state and one MLflow experiment serve
+well; a typo'd ``1000000000000`` is refused before anything starts.
 ``test_score`` is never an objective (it leaks the test set into model selection); a scheduler
 needs the one objective ``val_score``. Checks that need torch (a factory imports, its options
 fit, a file's contents, checkpoint keys, hidden names) are not made here: this imports no torch.
@@ -67,25 +72,25 @@ is checked and resolved by :func:`resolve_trial` into the student, its
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import numbers
 import re
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
 
 import annotated_types as at
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic import dataclasses as pdc
 from pydantic.fields import FieldInfo
 
 from study import catalogs as cat
-from study import tracking
+from study import studyfile, tracking
 from study.catalog import FACTORY_RE
 from study.errors import UserInputError, choose
 from study.train_config import DistillConfig, TrainConfig
@@ -98,6 +103,10 @@ OBJECTIVE_MODES: dict[str, str] = {
     tracking.METRIC_LATENCY_P90: "min",
     tracking.METRIC_PARAMS: "min",
 }
+#: The most configurations a searcher proposes (``searcher.num_samples``).
+MAX_NUM_SAMPLES = 100_000
+#: The most trials (configurations times seeds) one study runs.
+MAX_TRIALS = 100_000
 TEACHER_HASH_VERSION = 1  # bump when a teacher trained from the same spec would differ
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -241,7 +250,7 @@ class Dimension:
 @pdc.dataclass(frozen=True, config=_STRICT)
 class SearcherSpec:
     algorithm: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
-    num_samples: cat.Count = 10
+    num_samples: Annotated[int, Field(ge=1, le=MAX_NUM_SAMPLES)] = 10
     max_concurrent: cat.Count | None = None
     seed: _NonNegInt = 0
 
@@ -610,66 +619,19 @@ class _Check:
 
 
 # ---------------------------------------------------------------------------------------------
-# YAML
+# Reading (the file's text and YAML: study.studyfile)
 # ---------------------------------------------------------------------------------------------
-
-
-class _StudyLoader(yaml.SafeLoader):
-    """``SafeLoader`` that reads YAML 1.2 floats and refuses duplicate keys."""
-
-
-# PyYAML follows YAML 1.1, where `5e-4` (no dot) is a string; study files write rates that way.
-_StudyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def _construct_mapping(loader: _StudyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    # PyYAML silently keeps the last of two equal keys: a typo'd study would lose a setting.
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            duplicate = key in seen
-            seen.add(key)
-        except TypeError:
-            continue  # an unhashable key: construct_mapping reports it
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_StudyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def load_study_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file.
 
     Raises:
-        UserInputError: a missing or unreadable file, invalid YAML (with its line number), or any
-            key that does not validate (see :func:`parse_study_spec`).
+        UserInputError: a missing, unreadable, oversized or binary file, invalid YAML (with its
+            line number), aliases over the bound (see :mod:`study.studyfile`), or any key that
+            does not validate (see :func:`parse_study_spec`).
     """
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserInputError(f"{source}: no such study file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        reason = getattr(err, "strerror", None) or type(err).__name__
-        raise UserInputError(f"{source}: cannot read the study file ({reason})") from None
-    return parse_study_text(text, source)
+    return parse_study_text(studyfile.read_study_file(path), str(path))
 
 
 def parse_study_text(text: str, source: str) -> StudySpec:
@@ -678,19 +640,8 @@ def parse_study_text(text: str, source: str) -> StudySpec:
 
 
 def read_study_mapping(text: str, source: str) -> Any:
-    """The YAML of a study file as plain data (safe loader, duplicate keys refused)."""
-    try:
-        data = yaml.load(text, Loader=_StudyLoader)  # a SafeLoader: no tags, no code
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        what = err.problem or str(err)
-        if err.context:
-            what = f"{what} ({err.context})"
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise UserInputError(" ".join(f"{source}: {where}invalid YAML: {what}".split())) from None
-    except yaml.YAMLError as err:
-        raise UserInputError(f"{source}: invalid YAML: {' '.join(str(err).split())}") from None
-    return data
+    """The YAML of a study file as plain data (:func:`study.studyfile.load_study_yaml`)."""
+    return studyfile.load_study_yaml(text, source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -785,8 +736,16 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
     sd = chk.mapping(top.searcher, "searcher")
     if sd.get("algorithm") == "grid":
         sd.setdefault("num_samples", 1)  # the grid once
+    n = sd.get("num_samples")
+    if isinstance(n, int) and not isinstance(n, bool) and n > MAX_NUM_SAMPLES:
+        chk.fail(
+            "searcher.num_samples",
+            f"at most {MAX_NUM_SAMPLES:,} configurations per study, got {n:,}; "
+            "search fewer or split the study",
+        )
     searcher = chk.validate(SearcherSpec, sd, "searcher")
     search = _parse_search(chk, top.search, methods, defaults, student[0], dataset, searcher)
+    _check_trials(chk, searcher, methods, search, len(top.seeds))
     objectives = _parse_objectives(chk, top.objectives)
     resources = chk.validate(ResourceSpec, chk.mapping(top.resources, "resources"), "resources")
     if resources.gpu > 1 and not resources.gpu.is_integer():
@@ -816,6 +775,35 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
     )
 
 
+def _check_trials(
+    chk: _Check,
+    searcher: SearcherSpec,
+    methods: tuple[str, ...],
+    search: tuple[Dimension, ...],
+    seeds: int,
+) -> None:
+    """At most :data:`MAX_TRIALS` trials, counted before the seeds are compared pairwise and
+    without enumerating a huge grid."""
+    configs, path = searcher.num_samples, "searcher.num_samples"
+    what = f"{configs:,} configurations"
+    if searcher.algorithm == "grid":
+        grid = _grid_size(methods, search, MAX_TRIALS)
+        configs, path = grid * searcher.num_samples, "search"
+        more = "+" if grid > MAX_TRIALS else ""
+        what = f"a grid of {grid:,}{more} configurations x num_samples {searcher.num_samples:,}"
+    if configs * seeds > MAX_TRIALS:
+        chk.fail(
+            path,
+            f"{what} x {seeds:,} seeds is over the maximum of {MAX_TRIALS:,} trials per study; "
+            "search fewer configurations or seeds, or split the study",
+        )
+
+
+def _grid_size(methods: tuple[str, ...], search: tuple[Dimension, ...], limit: int) -> int:
+    """Configurations of a grid, counted up to ``limit`` + 1 and no further."""
+    return sum(1 for _ in itertools.islice(_grid(methods, search), limit + 1))
+
+
 def _unique(chk: _Check, values: Any, path: str, word: str) -> tuple[Any, ...]:
     for i, value in enumerate(values):
         if value in values[:i]:
@@ -842,6 +830,8 @@ def _parse_dataset(chk: _Check, raw: dict[str, Any], base: Path) -> DatasetSpec:
                 by_alias=True, exclude_unset=True, exclude_none=True
             )
     elif d.path is not None:
+        if options:  # the loader would drop them: say so rather than ignore a setting
+            chk.fail(f"dataset.options.{next(iter(options))}", "a saved graph takes no options")
         path = chk.file(d.path, base, "dataset.path")
     if d.metric is not None:
         chk.name(d.metric, "dataset.metric", "metric", cat.NODE_METRICS)
@@ -1150,23 +1140,28 @@ def grid_configs(spec: StudySpec) -> list[dict[str, Any]]:
     Raises:
         ValueError: a dimension is not a ``choice``.
     """
-    out: list[dict[str, Any]] = []
+    for dim in spec.search:
+        if dim.kind != "choice":
+            raise ValueError(f"grid_configs: {dim.name} is {dim.kind}, not a choice")
+    return list(_grid(spec.methods, spec.search))
 
-    def expand(method: str, dims: tuple[Dimension, ...], partial: dict[str, Any]) -> None:
+
+def _grid(methods: tuple[str, ...], search: tuple[Dimension, ...]) -> Iterator[dict[str, Any]]:
+    """The grid's configurations, one at a time (so a huge grid can be counted up to a bound)."""
+
+    def expand(
+        method: str, dims: tuple[Dimension, ...], partial: dict[str, Any]
+    ) -> Iterator[dict[str, Any]]:
         if not dims:
-            out.append({"method": method, **partial})
+            yield {"method": method, **partial}
         elif not dims[0].applies(method, partial):
-            expand(method, dims[1:], partial)
+            yield from expand(method, dims[1:], partial)
         else:
             for value in dims[0].args:
-                expand(method, dims[1:], {**partial, dims[0].name: value})
+                yield from expand(method, dims[1:], {**partial, dims[0].name: value})
 
-    for method in spec.methods:
-        for dim in spec.dimensions_for(method):
-            if dim.kind != "choice":
-                raise ValueError(f"grid_configs: {dim.name} is {dim.kind}, not a choice")
-        expand(method, spec.dimensions_for(method), {})
-    return out
+    for method in methods:
+        yield from expand(method, tuple(d for d in search if d.method in (None, method)), {})
 
 
 def _check_value(chk: _Check, spec: StudySpec, dim: Dimension, value: Any, path: str) -> Any:

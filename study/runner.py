@@ -38,6 +38,7 @@ from study.latency import count_parameters
 from study.models import build_model
 from study.preflight import load_and_check
 from study.search import make_search
+from study.studyfile import read_study_file
 from study.teachers import load_teacher_weights, save_checkpoint
 from study.train import evaluate, seed_everything, train_teacher, with_device
 from study.trial import run_trial
@@ -423,14 +424,17 @@ def smoke_mapping(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_study(path: str | os.PathLike, *, smoke: bool = False) -> tuple[StudySpec, str]:
-    """The validated spec of a study file and the YAML text it was validated from."""
+    """The validated spec of a study file and the YAML text it was validated from
+    (:mod:`study.studyfile` reads it)."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise UserInputError(f"{source}: cannot read the study file ({err.strerror})") from None
-    if smoke:
-        text = yaml.safe_dump(smoke_mapping(read_study_mapping(text, source)), sort_keys=False)
+    text = read_study_file(path)
+    data = read_study_mapping(text, source)
+    # The file as written is checked first: errors name its own keys, and smoke_mapping gets
+    # a valid study, not a value it cannot handle.
+    spec = parse_study_spec(data, source)
+    if not smoke:
+        return spec, text
+    text = yaml.safe_dump(smoke_mapping(data), sort_keys=False)
     return parse_study_spec(read_study_mapping(text, source), source), text
 
 

@@ -590,6 +590,46 @@ BAD = [
         "search.student.layers",
         "unknown search dimension (valid: at.lambda,",
     ),
+    (
+        "num_samples over the maximum",
+        _set("searcher.num_samples", 1_000_000_000_000),
+        "searcher.num_samples",
+        "at most 100,000 configurations per study, got 1,000,000,000,000",
+    ),
+    (
+        "trials over the maximum",
+        _set("searcher.num_samples", 60_000),
+        "searcher.num_samples",
+        "60,000 configurations x 2 seeds is over the maximum of 100,000 trials",
+    ),
+    (
+        "grid over the maximum, not enumerated",
+        lambda d: d.update(
+            searcher={"algorithm": "grid"},
+            search={f"student.{k}": {"choice": list(range(1, 101))} for k in ("width", "depth")}
+            | {"kd.temperature": {"choice": [float(t) for t in range(1, 101)]}},
+        ),
+        "search",
+        "a grid of 100,001+ configurations x num_samples 1 x 2 seeds is over the maximum",
+    ),
+    (
+        "options of a saved graph",
+        _set("dataset", {"path": __file__, "options": {"root": "/etc"}}),
+        "dataset.options.root",
+        "a saved graph takes no options",
+    ),
+    (
+        "reserved dataset option",
+        _set("dataset.options", {"root": "/etc"}),
+        "dataset.options.root",
+        "the data folder is GDS_DATA_ROOT, not a study option",
+    ),
+    (
+        "unknown dataset option",
+        _set("dataset.options", {"evil": 1}),
+        "dataset.options.evil",
+        "unknown key (valid: ",
+    ),
 ]
 
 
