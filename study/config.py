@@ -150,24 +150,19 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A catalog ``arch`` with a preset or sizes (keys the arch does not take are ``None``), or a
-    user ``factory`` (``arch`` ``None``) with its ``options`` and ``hidden`` submodules."""
+    """A catalog ``arch`` with a preset or its ``sizes`` (the parameters of its catalog entry's
+    schema, e.g. ``{"width": 8, "depth": 2, "heads": 8, "dropout": 0.6}``), or a user
+    ``factory`` (``arch`` ``None``) with its ``options`` and ``hidden`` submodules."""
 
     arch: str | None
     preset: str | None = None
-    width: int | None = None
-    depth: int | None = None
-    heads: int | None = None
-    k: int | None = None
-    emb_dims: int | None = None
-    mlp: tuple[int, ...] | None = None
-    dropout: float | None = None
+    sizes: dict[str, Any] = field(default_factory=dict)
     factory: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     hidden: tuple[str, ...] = ()
     base_dir: str | None = None
 
-    def __hash__(self) -> int:  # options is a dict
+    def __hash__(self) -> int:  # sizes and options are dicts
         return hash(stable_hash(self, 32))
 
     @property
@@ -183,7 +178,7 @@ class ModelSpec:
                 "hidden": list(self.hidden),
                 "base_dir": self.base_dir,
             }
-        values = {f.name: getattr(self, f.name) for f in fields(self)[1:9]}  # preset .. dropout
+        values = {"preset": self.preset, **self.sizes}
         return {k: _listed(v) for k, v in values.items() if v is not None}
 
     def as_params(self, prefix: str) -> dict[str, Any]:
@@ -446,6 +441,10 @@ def _join(path: str, key: str | int) -> str:
 def _same(a: Any, b: Any) -> bool:
     """Equality that keeps booleans apart from 0 and 1."""
     return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _listed(value: Any) -> Any:
@@ -877,11 +876,9 @@ def _check_arch_kind(chk: _Check, arch: str, path: str, dataset: DatasetSpec) ->
 def _model_spec(arch: str, preset: str | None, given: Mapping[str, Any]) -> ModelSpec:
     """The model of ``arch``: a preset (plus its open keys) or sizes over the arch's defaults."""
     if preset is not None:
-        return ModelSpec(arch, preset, **{k: given[k] for k in cat.PRESET_OVERRIDES if k in given})
-    values: dict[str, Any] = {}
-    for k, v in cat.MODELS.get(arch).defaults().items():
-        values[k] = tuple(given.get(k, v)) if k == "mlp" else given.get(k, v)
-    return ModelSpec(arch, None, **values)
+        return ModelSpec(arch, preset, {k: given[k] for k in cat.PRESET_OVERRIDES if k in given})
+    defaults = cat.MODELS.get(arch).defaults()
+    return ModelSpec(arch, None, {k: _frozen(given.get(k, v)) for k, v in defaults.items()})
 
 
 def _parse_model(
@@ -1289,6 +1286,10 @@ def config_id(params: Mapping[str, Any]) -> str:
     return stable_hash({k: v for k, v in params.items() if k != "seed"})
 
 
+_V1_SIZES = ("width", "depth", "heads", "k", "emb_dims", "mlp", "dropout")
+_USER_KEYS = ("factory", "options", "hidden", "base_dir")
+
+
 def teacher_hash(spec: StudySpec) -> str:
     """The hash a teacher is cached under: its model (a factory's options and hidden names too),
     training (seed included, device not), checkpoint and the dataset (name, path or factory,
@@ -1296,10 +1297,12 @@ def teacher_hash(spec: StudySpec) -> str:
     teachers keep the hashes they had before user models and datasets existed."""
     train = {f.name: getattr(spec.teacher.train, f.name) for f in fields(TrainConfig)}
     del train["device"]
-    model = _canonical(spec.teacher.model)
-    model = {
-        k: v for k, v in model.items() if v or k not in ("factory", "options", "hidden", "base_dir")
-    }
+    m = spec.teacher.model
+    # Version 1 hashed the sizes as fields of their own, null where an arch takes none: kept, so
+    # built-in teachers cached before keep their hashes; a plugin's other sizes are added.
+    sizes = {k: m.sizes.get(k) for k in _V1_SIZES} | m.sizes
+    model = {"arch": m.arch, "preset": m.preset, **_canonical(sizes)}
+    model |= {k: _canonical(getattr(m, k)) for k in _USER_KEYS if getattr(m, k)}
     ds = spec.dataset
     dataset = {"name": ds.name, "options": ds.options}
     dataset.update({k: getattr(ds, k) for k in ("path", "factory", "metric") if getattr(ds, k)})

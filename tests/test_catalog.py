@@ -149,3 +149,69 @@ def test_a_module_of_the_same_name_in_another_folder_is_refused(
     with pytest.raises(UserInputError, match="already imported from .*/a/gds_same_name.py"):
         import_factory("gds_same_name:f", second)
     assert import_factory("gds_same_name:f", first)() == 1
+
+
+PLUGIN_MODEL = """
+from torch import nn
+from torch_geometric.nn import GCNConv
+from study.models.base import ModelOutput
+
+class Deep(nn.Module):
+    def __init__(self, in_channels, out_channels, num_layers=2, hidden_dim=8):
+        super().__init__()
+        sizes = [in_channels] + [hidden_dim] * (num_layers - 1) + [out_channels]
+        self.convs = nn.ModuleList(GCNConv(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.spec = {"arch": "deep_gcn", "in_channels": in_channels,
+                     "out_channels": out_channels, "num_layers": num_layers,
+                     "hidden_dim": hidden_dim}
+
+    def forward(self, x, edge_index):
+        hidden = []
+        for conv in self.convs:
+            x = conv(x, edge_index)
+            hidden.append(x)
+        return ModelOutput(logits=x, hidden=hidden[:-1] or hidden)
+"""
+
+
+@pytest.fixture
+def model_plugin(tmp_path: Path, clean_imports: None):
+    from pydantic import Field
+
+    from study.catalogs import Params
+
+    class DeepParams(Params):
+        num_layers: int = Field(2, ge=1)
+        hidden_dim: int = Field(8, ge=1)
+
+    (tmp_path / "gds_plugin_models.py").write_text(PLUGIN_MODEL)
+    sys.path.insert(0, str(tmp_path))
+    entry = Entry(
+        "deep_gcn", "a plugin architecture", "gds_plugin_models:Deep", DeepParams, {"kind": "node"}
+    )
+    MODELS.register(entry)
+    yield entry
+    del MODELS._entries[entry.name]
+
+
+def test_a_model_plugin_brings_its_own_sizes_as_study_keys(model_plugin: Entry) -> None:
+    from study.config import parse_study_spec, resolve_trial
+    from study.models import build_model
+    from tests.studies import tiny_study
+
+    study = tiny_study(
+        "plugin",
+        student={"arch": "deep_gcn", "num_layers": 3, "train": {"epochs": 2}},
+        search={"student.hidden_dim": {"choice": [4, 16]}},
+        methods=["none"],
+    )
+    spec = parse_study_spec(study, "plugin.yaml")
+    assert spec.student.model.sizes == {"num_layers": 3, "hidden_dim": 8}  # the schema default
+    plan = resolve_trial(spec, {"method": "none", "seed": 0, "student.hidden_dim": 16})
+    assert plan.params["student.hidden_dim"] == 16 and plan.params["student.num_layers"] == 3
+    model = build_model(
+        plan.student.arch, **plan.student.build_kwargs(), in_channels=8, out_channels=4
+    )
+    assert len(model.convs) == 3 and model.convs[0].out_channels == 16
+    with pytest.raises(UserInputError, match="student.num_layers: expected an integer >= 1"):
+        parse_study_spec({**study, "student": {"arch": "deep_gcn", "num_layers": 0}}, "p.yaml")

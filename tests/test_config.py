@@ -135,7 +135,8 @@ def test_resolve_lsp_merges_builtin_file_and_sampled_values():
             "layer_map": ((-1, -1),),
         },
     )
-    assert plan.student.width == 16 and plan.student.heads == 2 and plan.student.arch == "gat"
+    assert plan.student.sizes["width"] == 16 and plan.student.sizes["heads"] == 2
+    assert plan.student.arch == "gat"
     assert plan.student_train == TrainConfig(epochs=5, lr=0.02, seed=1)
     assert plan.params == {
         "method": "lsp",

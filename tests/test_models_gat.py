@@ -132,8 +132,8 @@ def test_registry_presets_and_errors() -> None:
         build_model("gat", in_channels=5, out_channels=3, preset="modelnet_teacher")
     with pytest.raises(UserInputError, match="unknown option 'width'"):
         build_model("gat", in_channels=5, out_channels=3, preset="ppi_student", width=3)
-    with pytest.raises(UserInputError, match="missing option"):
-        build_model("gat", in_channels=5, out_channels=3, width=4)
+    defaulted = build_model("gat", in_channels=5, out_channels=3, width=4)  # schema defaults
+    assert defaulted.heads == [8, 8] and len(defaulted.convs) == 2
 
 
 def test_spec_rebuilds_the_same_architecture() -> None:

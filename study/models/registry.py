@@ -23,9 +23,7 @@ from study.models.user import USER_ARCH, build_user_model
 # Keyword sets accepted without a preset: the full constructor form (what ``spec`` holds) or
 # the free width/depth form a search space uses.
 _GAT_FULL = {"hidden", "heads", "dropout", "residual", "concat_last"}
-_GAT_FREE = {"width", "depth", "heads", "dropout", "residual"}
 _DGCNN_FULL = {"edge_channels", "emb_dims", "mlp", "k", "dropout"}
-_DGCNN_FREE = {"width", "depth", "k", "emb_dims", "mlp", "dropout"}
 _PRESET_KEYS = {"gat": {"dropout", "residual"}, "dgcnn": {"dropout"}}
 
 
@@ -92,24 +90,34 @@ def build_model(
         return _build_gat(in_channels, out_channels, kwargs)
     if arch == "dgcnn":
         return _build_dgcnn(in_channels, out_channels, kwargs)
-    _check_keys(arch, kwargs, set(entry.param_names()), required=("width", "depth"))
-    return entry.load()(in_channels, out_channels, **kwargs)
+    # Sizes left out take the entry's schema defaults: one source for them, built-in or plugin.
+    return entry.load()(in_channels, out_channels, **_free_sizes(arch, kwargs))
 
 
 def _build_gat(in_channels: int, out_channels: int, kwargs: dict[str, Any]) -> GAT:
     if "hidden" in kwargs:
         _check_keys("gat", kwargs, _GAT_FULL, required=("hidden", "heads"))
         return GAT(in_channels, out_channels=out_channels, **kwargs)
-    _check_keys("gat", kwargs, _GAT_FREE, required=("width", "depth", "heads"))
-    return build_gat(in_channels, out_channels, **kwargs)
+    return build_gat(
+        in_channels, out_channels, **_free_sizes("gat", kwargs, frozenset({"residual"}))
+    )
 
 
 def _build_dgcnn(in_channels: int, out_channels: int, kwargs: dict[str, Any]) -> DGCNN:
     if "edge_channels" in kwargs:
         _check_keys("dgcnn", kwargs, _DGCNN_FULL, required=("edge_channels", "emb_dims", "mlp"))
         return DGCNN(in_channels, num_classes=out_channels, **kwargs)
-    _check_keys("dgcnn", kwargs, _DGCNN_FREE, required=("width", "depth", "k", "emb_dims", "mlp"))
-    return build_dgcnn(out_channels, in_channels=in_channels, **kwargs)
+    return build_dgcnn(out_channels, in_channels=in_channels, **_free_sizes("dgcnn", kwargs))
+
+
+def _free_sizes(
+    arch: str, kwargs: dict[str, Any], extra: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """``kwargs`` checked against the entry's schema (plus ``extra`` constructor keywords), the
+    sizes left out filled with the schema's defaults."""
+    entry = MODELS.get(arch)
+    _check_keys(arch, kwargs, set(entry.param_names()) | extra)
+    return {**entry.defaults(), **kwargs}
 
 
 def _check_keys(
