@@ -41,6 +41,7 @@ from study.tracking import (
     TAG_TEACHER_HASH,
     TAG_TEACHER_RUN,
     decode_param,
+    open_store,
     resolve_tracking_uri,
 )
 
@@ -155,9 +156,7 @@ def _client(uri: str) -> MlflowClient:
                 f"no MLflow store at {path} (tracking URI {uri!r}; pass --tracking-uri or set "
                 "MLFLOW_TRACKING_URI)"
             )
-    from mlflow.tracking import MlflowClient  # imported late: importing analysis stays cheap
-
-    return MlflowClient(tracking_uri=uri)
+    return open_store(uri)  # imports MLflow late: importing analysis stays cheap
 
 
 def _known_studies(client: MlflowClient) -> list[str]:

@@ -73,10 +73,13 @@ def storage_root(storage: str | os.PathLike | None) -> Path:
     return Path(storage or DEFAULT_STORAGE).expanduser().resolve()
 
 
-def check_new_study(
-    spec: StudySpec, storage: Path, client: MlflowClient, tracking_uri: str
-) -> None:
-    """Refuse to start a study whose name is taken: nothing a user already has is overwritten."""
+def check_new_study(spec: StudySpec, storage: Path, tracking_uri: str) -> None:
+    """Refuse to start a study whose name is taken: nothing a user already has is overwritten.
+
+    Reads the study's folder, and MLflow when the store exists (a missing sqlite store is left
+    uncreated). Only a check: :func:`run_study` repeats it under :func:`claim_name`, where it
+    decides.
+    """
     folder = storage / spec.name
     if folder.exists() and any(folder.iterdir()):
         raise UserInputError(
@@ -86,6 +89,7 @@ def check_new_study(
         )
     if not store_exists(tracking_uri):
         return
+    client = tr.open_store(tracking_uri)
     exp = client.get_experiment_by_name(spec.name)
     if exp is not None and _study_runs(client, exp.experiment_id):
         raise UserInputError(
@@ -96,11 +100,27 @@ def check_new_study(
 
 def store_exists(tracking_uri: str) -> bool:
     """False for a sqlite store whose file is not there yet (asking MLflow would create it)."""
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri.removeprefix("sqlite:///")).exists() or tracking_uri.endswith(
-            ":memory:"
-        )
-    return True
+    path = tr.sqlite_path(tracking_uri)
+    return path is None or path.exists()
+
+
+def claim_lock_path(storage: Path, name: str) -> Path:
+    """The lock file :func:`claim_name` holds for study ``name``, beside its folder."""
+    return storage / f".gds-claim-{name}.lock"
+
+
+@contextlib.contextmanager
+def claim_name(storage: Path, name: str) -> Iterator[None]:
+    """Hold study ``name``'s claim lock in ``storage`` (created, with ``storage``, if missing).
+
+    While it is held, a second ``run`` of the same name waits; once the holder has made the
+    study's MLflow run and folder, the waiter's :func:`check_new_study` refuses it. Other
+    names are not held up. Shared only by runs that share ``storage``.
+    """
+    storage.mkdir(parents=True, exist_ok=True)
+    waiting = f"[gds] another `run` is starting study {name!r} in {storage}; waiting for it"
+    with tr.file_lock(claim_lock_path(storage, name), waiting):
+        yield
 
 
 def _study_runs(client: MlflowClient, experiment_id: str) -> list[Any]:
@@ -308,7 +328,7 @@ def _train_teacher_task(
         tr.METRIC_TRAIN_SECONDS: result.train_seconds,
     }
     return _log_teacher_run(
-        MlflowClient(tracking_uri), experiment_id, spec, thash, result.model, task, metrics, device
+        tr.open_store(tracking_uri), experiment_id, spec, thash, result.model, task, metrics, device
     )
 
 
@@ -453,31 +473,35 @@ def run_study(
     root = storage_root(storage)
     # Everything that can be wrong is checked before Ray, MLflow or a folder is touched.
     task = load_and_check(spec, data_root)
-    client = MlflowClient(uri)
-    check_new_study(spec, root, client, uri)
-
-    start_ray(address, user_modules(spec))
-    experiment_id, parent_run_id = start_study_run(client, spec, text, spec.num_trials)
-    try:
-        teacher_run_id, thash = ensure_teacher(client, spec, task, uri, experiment_id)
-        client.set_tag(parent_run_id, tr.TAG_TEACHER_RUN, teacher_run_id)
-        ctx = StudyContext(
-            spec=spec,
-            spec_text=text,
-            tracking_uri=uri,
-            experiment_id=experiment_id,
-            parent_run_id=parent_run_id,
-            teacher_run_id=teacher_run_id,
-            teacher_hash=thash,
-            data_root=data_root,
-        )
-        folder = root / spec.name
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONTEXT_FILE).write_text(ctx.to_json())
-        tuner = build_tuner(spec, ctx, root, task)
-    except BaseException:
-        client.set_terminated(parent_run_id, status="FAILED")
-        raise
+    check_new_study(spec, root, uri)
+    folder = root / spec.name
+    # Claiming the name is atomic: under the lock the check is repeated and this study's
+    # MLflow run, folder and context are made, so a second `run` of the name started at the
+    # same moment waits here, then is refused, having started and written nothing.
+    with claim_name(root, spec.name):
+        check_new_study(spec, root, uri)
+        client = tr.open_store(uri)
+        start_ray(address, user_modules(spec))
+        experiment_id, parent_run_id = start_study_run(client, spec, text, spec.num_trials)
+        try:
+            teacher_run_id, thash = ensure_teacher(client, spec, task, uri, experiment_id)
+            client.set_tag(parent_run_id, tr.TAG_TEACHER_RUN, teacher_run_id)
+            ctx = StudyContext(
+                spec=spec,
+                spec_text=text,
+                tracking_uri=uri,
+                experiment_id=experiment_id,
+                parent_run_id=parent_run_id,
+                teacher_run_id=teacher_run_id,
+                teacher_hash=thash,
+                data_root=data_root,
+            )
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / CONTEXT_FILE).write_text(ctx.to_json())
+            tuner = build_tuner(spec, ctx, root, task)
+        except BaseException:
+            client.set_terminated(parent_run_id, status="FAILED")
+            raise
     return _fit_and_close(tuner, spec, ctx, folder, client)
 
 
@@ -513,7 +537,7 @@ def resume_study(
         )
     spec = ctx.spec
     task = load_study_task(spec, ctx.data_root)
-    client = MlflowClient(ctx.tracking_uri)
+    client = tr.open_store(ctx.tracking_uri)
     start_ray(address, user_modules(spec))
     client.update_run(ctx.parent_run_id, status="RUNNING")
     tuner = tune.Tuner.restore(
@@ -567,8 +591,10 @@ def list_studies(storage: str | os.PathLike | None = None) -> list[dict[str, Any
         ctx = json.loads(
             ctx_file.read_text()
         )  # no re-validation: listing must not fail on one file
-        client = MlflowClient(ctx["tracking_uri"])
         try:
+            if not store_exists(ctx["tracking_uri"]):  # opening it would create an empty one
+                raise FileNotFoundError(ctx["tracking_uri"])
+            client = tr.open_store(ctx["tracking_uri"])
             planned = int(client.get_run(ctx["parent_run_id"]).data.params.get("num_trials", "0"))
             parent_status = client.get_run(ctx["parent_run_id"]).info.status
             runs = client.search_runs(

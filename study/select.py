@@ -303,8 +303,6 @@ def select_and_export(
             model name, a non-empty ``out_dir``, or a trial run without student artifacts.
         NoConfigWithinBudget: nothing fits the budget; nothing was written or registered.
     """
-    from mlflow.tracking import MlflowClient
-
     from study.export import check_target
 
     budget = check_budget(max_latency_ms)
@@ -313,7 +311,7 @@ def select_and_export(
     check_target(out, "--out")
     uri = tr.resolve_tracking_uri(tracking_uri)
     choice = _choose(study, budget, uri)
-    client = MlflowClient(tracking_uri=uri)  # load_runs has checked that the store exists
+    client = tr.open_store(uri)  # load_runs has checked that the store exists
     teacher_score = _teacher_test_score(client, choice.teacher_run_id)
     hyper = _hyperparameters(client, choice.source_run_id)
     config = _copy_student(client, choice.source_run_id, out)

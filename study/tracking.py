@@ -11,20 +11,29 @@ The layout (the contract ``analysis`` relies on):
 MLflow stores a param as text: values are written with :func:`encode_param` and read back with
 :func:`decode_param`, the only pair that turns values into param text and back.
 
+Every process opens a store with :func:`open_store` before its first MLflow call: a new sqlite
+store is created once, under a lock, however many processes start at once.
+
 Nothing here imports torch or Ray (``analysis`` imports this module); MLflow is imported late.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from study.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
@@ -89,10 +98,87 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for other URIs and in-memory ones.
+
+    SQLAlchemy's form: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = unquote(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def store_lock_path(uri: str) -> Path | None:
+    """The lock file :func:`open_store` holds while it opens ``uri``: ``<db file>.lock`` beside a
+    sqlite store, None for other URIs."""
+    path = sqlite_path(uri)
+    return None if path is None else path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, waiting: str | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    Another process asking for it waits, printing ``waiting`` (when given) once. The lock
+    belongs to the open file, so a holder that dies never leaves it taken. Where the file can
+    neither be created nor opened (a read-only folder) nothing is locked: nothing can be
+    created there to race over either.
+    """
+    fd = None
+    if os.name != "nt":  # flock is POSIX; a Windows laptop reading reports goes unlocked
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):  # a lock file of another user
+            try:
+                fd = os.open(path, flags | os.O_CLOEXEC, 0o666)
+                break
+            except OSError:
+                continue
+    if fd is None:
+        yield
+        return
+    import fcntl
+
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def open_store(uri: str) -> MlflowClient:
+    """An ``MlflowClient`` for ``uri`` whose store is ready: call it before any other MLflow
+    call on a store.
+
+    MLflow builds the store in the client's constructor: on a new sqlite file it creates the
+    tables, runs every schema migration and adds the Default experiment, unguarded. Two
+    processes doing that at once break the file for good (``table _alembic_tmp_... already
+    exists``), so for a ``sqlite:///`` URI this holds :func:`store_lock_path` meanwhile: a
+    second process waits, then finds the store made. Other URIs (a server, PostgreSQL) are
+    opened as they are. MLflow keeps one store per URI and process, so a second call is cheap.
+    An out-of-date store is not upgraded here: MLflow refuses it and names
+    ``mlflow db upgrade``, which wants a backup first.
+    """
+    from mlflow.tracking import MlflowClient
+
+    lock = store_lock_path(uri)
+    if lock is None:
+        return MlflowClient(tracking_uri=uri)
+    waiting = f"[gds] waiting for another process to set up the MLflow store {sqlite_path(uri)}"
+    with file_lock(lock, waiting):
+        return MlflowClient(tracking_uri=uri)
+
+
 def download_artifact(tracking_uri: str, run_id: str, artifact_path: str, dest: Path) -> Path:
     """Download one artifact file of a run to ``dest`` atomically (a partial download never
     stands at ``dest``, so a machine-wide cache can be filled by several workers at once)."""
     import mlflow
+
+    open_store(tracking_uri)  # the first MLflow call of a worker process may be this one
 
     def download(tmp: Path) -> None:
         # MLflow names the file after the artifact: fetch it beside ``tmp``, then take its place.

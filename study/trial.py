@@ -210,7 +210,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
     teacher = fetch_teacher(ctx, task)
 
     tune_ctx = tune.get_context()
-    client = MlflowClient(ctx.tracking_uri)
+    client = tr.open_store(ctx.tracking_uri)
     run_id = _find_or_start_run(
         client, ctx, tune_ctx.get_trial_id(), plan, device, tune_ctx.get_trial_name()
     )
