@@ -522,8 +522,12 @@ def _fit_and_close(
         )
         status = outcome.status
         client.set_tag(ctx.parent_run_id, tr.TAG_FAILED_TRIALS, str(len(failed)))
-        for reason in sorted(set(failed.values()))[:5]:
-            print(f"[gds] trial failed: {reason}")
+        if failed:
+            print(
+                f"[gds] {len(failed)} of {len(rows)} trials failed (runs FAILED, the reason in "
+                f"their tag {tr.TAG_ERROR}; the analysis counts them and leaves them out), e.g.: "
+                f"{next(iter(failed.values()))}"
+            )
         if any(r.get(tr.METRIC_TEST) is not None for r in rows):
             print(
                 "[gds] re-measuring student and teacher latency on an idle device "

@@ -12,6 +12,7 @@ No mocks: the driver is the ``distill-study`` command or ``run_study``, the work
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import psutil
 import pytest
 import ray
 import torch
+from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
 from analysis import ablation
@@ -32,8 +34,9 @@ from analysis.report import write_report
 from analysis.runs import load_runs
 from study import tracking as tr
 from study.cli import main
-from study.runner import CONTEXT_FILE, run_study
-from study.trial import SNAPSHOT_FILE
+from study.config import load_study_spec
+from study.runner import CONTEXT_FILE, StudyOutcome, run_study
+from study.trial import RESULT_ERROR, SNAPSHOT_FILE, recorded_result
 from tests.studies import write_study
 
 pytestmark = pytest.mark.ray
@@ -260,3 +263,48 @@ def test_diverging_trial_fails_with_a_reason_while_the_others_finish(
     report = write_report("diverge", tmp_path / "report", tracking_uri=uri)
     text = (report / "README.md").read_text()
     assert "- Failed trials: 1, left out of every table and front" in text and reason in text
+
+
+def _outcome(rows: list[dict], errors: int = 0) -> StudyOutcome:
+    return StudyOutcome("s", Path("."), "uri", "0", "p", "t", rows, errors)
+
+
+def test_outcome_counts_failed_trials_and_chooses_the_parent_status() -> None:
+    done, diverged, cut = {tr.METRIC_TEST: 0.5}, {RESULT_ERROR: "training diverged"}, {"epoch": 3}
+    assert _outcome([done, diverged]).status == "FINISHED" and _outcome([done, diverged]).complete
+    assert _outcome([diverged, diverged]).status == "FAILED"  # nothing to show: exit code 1
+    assert _outcome([done, cut]).status == "KILLED"  # interrupted: resume continues it
+    assert _outcome([done, done], errors=1).status == "FAILED"
+
+
+def test_a_trial_whose_run_ended_reports_what_it_recorded(tmp_path: Path) -> None:
+    """The replay of :func:`study.trial.recorded_result`, on a real store without Ray."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("replay", artifact_location=(tmp_path / "a").as_uri())
+    spec = load_study_spec(write_study(tmp_path, "replay"))
+
+    def run(status: str, tags: dict[str, str], metrics: dict[str, float], step: int) -> Run:
+        run_id = client.create_run(exp, tags={tr.TAG_CONFIG_ID: "cfg", **tags}).info.run_id
+        history = [Metric(k, 1.0, 0, e) for e in range(step) for k in tr.EPOCH_METRICS]
+        finals = [Metric(k, v, 0, step) for k, v in metrics.items()]
+        client.log_batch(run_id, metrics=history + finals)
+        if status != "RUNNING":
+            client.set_terminated(run_id, status)
+        return client.get_run(run_id)
+
+    finals = {tr.METRIC_VAL: 0.75, tr.METRIC_TEST: 0.5, tr.METRIC_LATENCY_P50: 2.0}
+    finished = run("FINISHED", {}, {**finals, tr.METRIC_PARAMS: 88.0}, 4)
+    assert recorded_result(client, finished, spec) == {
+        "epoch": 4,
+        **finals,
+        tr.METRIC_PARAMS: 88.0,
+        "config_id": "cfg",
+        "mlflow_run_id": finished.info.run_id,
+    }
+    diverged = run("FAILED", {tr.TAG_ERROR: "training diverged at epoch 2: x"}, {}, 2)
+    result = recorded_result(client, diverged, spec)
+    assert result is not None and result[RESULT_ERROR] == "training diverged at epoch 2: x"
+    assert result["epoch"] == 2 and math.isnan(result[tr.METRIC_VAL])
+    # Interrupted (RUNNING) or crashed without a reason (FAILED): the trial trains on.
+    assert recorded_result(client, run("RUNNING", {}, {}, 3), spec) is None
+    assert recorded_result(client, run("FAILED", {}, {}, 3), spec) is None
