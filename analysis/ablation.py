@@ -14,6 +14,8 @@ Conventions (the reports rely on them):
   by 100 (:func:`score_scale`). Latency is in ms, training time in s, parameters as counts.
 - Paper rows (``source == "paper (Yang et al. 2020)"``) are added only for the datasets the paper
   reports (PPI, ModelNet40), right after our row for the same method/kernel.
+- Failed trials (status FAILED or KILLED, e.g. training that diverged) never enter a table,
+  whatever they logged; :func:`failure_table` counts them per method with their reasons.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.paper import KERNEL_ROWS, METHOD_ROWS, OUR_SOURCE, PAPER_SOURCE, paper_frame
-from analysis.runs import FINISHED, TRIAL_COLUMNS, finished_trials
+from analysis.runs import FINISHED, TRIAL_COLUMNS, failed_trials, finished_trials
 from study.catalogs import METHODS, method_label
 from study.errors import choose
 from study.tracking import EXTRA_METRICS, FINAL_METRICS, METRIC_TEST, METRIC_VAL
@@ -34,6 +36,7 @@ __all__ = [
     "summarize",
     "best_configs",
     "config_summary",
+    "failure_table",
     "method_table",
     "kernel_table",
     "student_table",
@@ -51,7 +54,9 @@ __all__ = [
 
 SCORE_METRICS = (METRIC_TEST, METRIC_VAL)
 # Columns that differ between the seeds of one configuration by construction: never carried.
-_PER_RUN = frozenset({"run_id", "run_name", "status", "seed"})
+_PER_RUN = frozenset({"run_id", "run_name", "status", "seed", "error"})
+#: Distinct failure reasons a :func:`failure_table` row spells out; more are counted.
+MAX_REASONS = 3
 #: Report labels in report order: the teacher, then every method of the catalog.
 METHOD_LABELS = {"teacher": "teacher", **{e.name: method_label(e.name) for e in METHODS}}
 _METHOD_ORDER = {m: i for i, m in enumerate(METHOD_LABELS)}
@@ -165,6 +170,46 @@ def best_configs(df: pd.DataFrame, by: Sequence[str], *, select: str = METRIC_VA
         keys, ascending=[False, False, True], na_position="last", kind="stable"
     ).drop_duplicates(subset=by, keep="first")
     return ranked.sort_values(by, kind="stable", na_position="last").reset_index(drop=True)
+
+
+def _reasons(errors: pd.Series) -> str:
+    """Distinct reasons, most frequent first, ``(xN)`` when repeated, at most
+    :data:`MAX_REASONS` spelt out."""
+    texts = errors.map(lambda e: "no reason recorded" if _isnan(e) or not str(e) else str(e))
+    counts = texts.value_counts(sort=True)
+    shown = [f"{r} (x{n})" if n > 1 else str(r) for r, n in counts.iloc[:MAX_REASONS].items()]
+    if len(counts) > MAX_REASONS:
+        shown.append(f"and {len(counts) - MAX_REASONS} other reasons")
+    return "; ".join(shown)
+
+
+def failure_table(df: pd.DataFrame, by: Sequence[str] = ("dataset", "method")) -> pd.DataFrame:
+    """The failed trials (see :func:`analysis.runs.failed_trials`) counted per group.
+
+    Returns:
+        One row per ``by`` group with a failed trial: the ``by`` columns, ``failed`` (failed
+        trials), ``trials`` (all trial runs of the group, any status) and ``reasons`` (their
+        ``gds.error`` reasons, distinct, most frequent first); empty when none failed.
+    """
+    by = list(by)
+    failed = failed_trials(df)
+    if failed.empty:
+        return pd.DataFrame(columns=[*by, "failed", "trials", "reasons"])
+    errors = failed["error"] if "error" in failed.columns else pd.Series(None, index=failed.index)
+    g = failed.assign(error=errors).groupby(by, dropna=False, sort=True)
+    out = g.size().rename("failed").to_frame()
+    out["trials"] = df.groupby(by, dropna=False, sort=True).size().reindex(out.index)
+    out["reasons"] = g["error"].agg(_reasons)
+    out = out.reset_index()
+    out["failed"] = out["failed"].astype("int64")
+    out["trials"] = out["trials"].astype("int64")
+    if "method" in by:
+        order = out["method"].map(lambda m: _METHOD_ORDER.get(m, len(_METHOD_ORDER)))
+        out = out.assign(_order=order).sort_values(
+            [c if c != "method" else "_order" for c in by], kind="stable"
+        )
+        out = out.drop(columns="_order")
+    return out.reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------

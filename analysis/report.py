@@ -6,6 +6,7 @@ Layout of ``out_dir`` (stable; the command line ``distill-study report STUDY --o
     README.md                  tables (markdown) and embedded figures
     pareto.csv                 exactly the non-dominated configurations, with config_id
     tables/runs.csv            every trial run (all statuses), typed
+    tables/failed.csv          failed trials per method, with their reasons (when any failed)
     tables/configurations.csv  every configuration: mean and std over seeds
     tables/methods.csv|.tex    best configuration per method, the paper's rows beside
     tables/kernels.csv|.tex    LSP by kernel          (when the study has LSP kernels)
@@ -39,6 +40,7 @@ from analysis.pareto import DEFAULT_OBJECTIVES, pareto_front
 from analysis.plots import plot_hyperparameter, plot_pareto, plot_training_curves
 from analysis.runs import (
     display_uri,
+    failed_trials,
     finished_trials,
     load_history,
     load_runs,
@@ -128,6 +130,7 @@ def _plan(study: str, uri: str, runs: pd.DataFrame, teachers: pd.DataFrame, bar:
     summary = ablation.config_summary(done)
     datasets = [d for d in summary["dataset"].dropna().unique()] if "dataset" in summary else []
     _add_header(rep, study, uri, runs, done, summary, datasets)
+    _add_failures(rep, runs)
     bar.update()
     _add_pareto_fronts(rep, summary, datasets)
     bar.update()
@@ -160,6 +163,7 @@ def _add_header(
         f"- Tracking store: `{display_uri(uri)}`",
         f"- Generated: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Trial runs: {_status_line(runs)}; {len(done)} finished with a test score count.",
+        *_failed_line(runs),
         f"- Configurations: {len(summary)}; seeds per configuration: "
         f"{int(n_seeds.min())} to {int(n_seeds.max())}.",
         f"- Datasets: {', '.join(map(str, datasets))}. Latency measured on: {devices} "
@@ -170,6 +174,31 @@ def _add_header(
         "and reported on test. Scores in percent. Paper rows: Yang et al., CVPR 2020 (no std "
         "published; latency on a GTX 1080Ti).",
     ]
+
+
+def _failed_line(runs: pd.DataFrame) -> list[str]:
+    """The header's line on failed trials, when any failed."""
+    failed = failed_trials(runs)
+    if failed.empty:
+        return []
+    return [
+        f"- Failed trials: {len(failed)}, left out of every table and front "
+        "(per method, with their reasons, under Failed trials)."
+    ]
+
+
+def _add_failures(rep: _Report, runs: pd.DataFrame) -> None:
+    """Failed trials (e.g. training that diverged) per method, with their recorded reasons."""
+    table = ablation.failure_table(runs)
+    if table.empty:
+        return
+    rep.section(
+        "Failed trials",
+        "Trials whose run ended FAILED or KILLED (e.g. training that diverged: a non-finite "
+        "loss or one past the bound of `study.train.check_divergence`). They are in no table, "
+        "front or curve below; `reasons` is their `gds.error` tag.",
+    )
+    rep.table("failed", table)
 
 
 def _add_pareto_fronts(rep: _Report, summary: pd.DataFrame, datasets: list[object]) -> None:

@@ -34,6 +34,7 @@ from study.tracking import (
     TAG_CONFIG_ID,
     TAG_DATASET,
     TAG_DEVICE,
+    TAG_ERROR,
     TAG_METHOD,
     TAG_ROLE,
     TAG_SEED,
@@ -57,12 +58,16 @@ __all__ = [
     "load_history",
     "load_teachers",
     "finished_trials",
+    "failed_trials",
     "display_uri",
     "type_param_column",
 ]
 
 FINISHED = "FINISHED"
-# Identity columns of a trial row, in order; the tag each one is read from.
+#: Statuses of trial runs that ended without counting (a diverged trial is FAILED with a reason).
+FAILED_STATUSES = ("FAILED", "KILLED")
+# Identity columns of a trial row, in order; the tag each one is read from. ``error`` is the
+# one-line reason a failed trial recorded (``gds.error``), NA for the others.
 _TRIAL_TAGS = {
     "method": TAG_METHOD,
     "dataset": TAG_DATASET,
@@ -71,6 +76,7 @@ _TRIAL_TAGS = {
     "teacher_run_id": TAG_TEACHER_RUN,
     "device": TAG_DEVICE,
     "student_arch": TAG_STUDENT_ARCH,
+    "error": TAG_ERROR,
 }
 TRIAL_COLUMNS = ("study", "run_id", "run_name", "status", *_TRIAL_TAGS)
 _TEACHER_TAGS = {"dataset": TAG_DATASET, "device": TAG_DEVICE, "teacher_hash": TAG_TEACHER_HASH}
@@ -273,7 +279,7 @@ def load_runs(
     """The trial runs of one or more studies as one tidy DataFrame, one row per trial run.
 
     Every status is included (FINISHED, FAILED, RUNNING, KILLED); use :func:`finished_trials`
-    for the runs that count.
+    for the runs that count and :func:`failed_trials` for the ones that failed.
 
     Args:
         studies: A study name (= MLflow experiment name) or several.
@@ -367,8 +373,21 @@ def load_teachers(study: str, *, tracking_uri: str | None = None) -> pd.DataFram
 
 
 def finished_trials(runs: pd.DataFrame) -> pd.DataFrame:
-    """The trials that count: status FINISHED and a ``test_score`` logged."""
+    """The trials that count: status FINISHED and a ``test_score`` logged.
+
+    Every table and front of :mod:`analysis` is built from these only; a FAILED trial (e.g. one
+    whose training diverged, whatever scores it may have logged) never enters them: it is
+    counted by :func:`failed_trials`.
+    """
     if runs.empty:
         return runs.copy()
     mask = (runs["status"] == FINISHED) & runs[METRIC_TEST].notna()
     return runs.loc[mask].reset_index(drop=True)
+
+
+def failed_trials(runs: pd.DataFrame) -> pd.DataFrame:
+    """The trials that ended without counting: status FAILED or KILLED (their reason, where
+    recorded, in the ``error`` column). RUNNING trials (an interrupted study) are neither."""
+    if runs.empty:
+        return runs.copy()
+    return runs.loc[runs["status"].isin(FAILED_STATUSES)].reset_index(drop=True)

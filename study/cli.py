@@ -409,6 +409,7 @@ def _print_outcome(outcome: Any) -> None:
     finished = sum(t.get("test_score") is not None for t in outcome.trials)
     print(
         f"\nStudy {outcome.name!r}: {finished}/{len(outcome.trials)} trials finished, "
+        f"{len(outcome.failed)} failed (training diverged; left out of tables and fronts), "
         f"{outcome.errors} errored"
     )
     if not finished:

@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from study.search import make_search
 from study.studyfile import read_study_file
 from study.teachers import load_teacher_weights, save_checkpoint
 from study.train import evaluate, seed_everything, train_teacher, with_device
-from study.trial import run_trial
+from study.trial import RESULT_ERROR, run_trial
 
 CONTEXT_FILE = "gds_context.json"
 DEFAULT_STORAGE = "~/ray_results"
@@ -49,7 +49,14 @@ DEFAULT_STORAGE = "~/ray_results"
 
 @dataclass
 class StudyOutcome:
-    """What a finished (or interrupted) study leaves: where, and its trials' final rows."""
+    """What a finished (or interrupted) study leaves: where, and its trials' final rows.
+
+    ``errors`` counts trials Tune saw fail (a crash past ``max_failures``); ``failed`` holds the
+    trials that ended with a recorded reason (training diverged: run FAILED, ``gds.error``), as
+    ``mlflow_run_id -> reason``. A diverged trial is a finding about its hyperparameters, not a
+    broken study: the study is :attr:`complete` when no trial errored, every trial ended
+    (finished or diverged) and at least one finished.
+    """
 
     name: str
     path: Path
@@ -59,10 +66,29 @@ class StudyOutcome:
     teacher_run_id: str
     trials: list[dict[str, Any]]
     errors: int
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> int:
+        """Trials that finished with a test score."""
+        return sum(t.get(tr.METRIC_TEST) is not None for t in self.trials)
+
+    @property
+    def ended(self) -> bool:
+        """Every trial finished or failed with a recorded reason (none interrupted)."""
+        return all(t.get(tr.METRIC_TEST) is not None or t.get(RESULT_ERROR) for t in self.trials)
 
     @property
     def complete(self) -> bool:
-        return self.errors == 0 and all(t.get(tr.METRIC_TEST) is not None for t in self.trials)
+        return self.errors == 0 and self.ended and self.finished > 0
+
+    @property
+    def status(self) -> str:
+        """The parent run's status: FINISHED when complete; FAILED when a trial errored or every
+        trial failed; KILLED when interrupted (``resume`` continues it)."""
+        if self.complete:
+            return "FINISHED"
+        return "FAILED" if self.errors or self.ended else "KILLED"
 
 
 # ---------------------------------------------------------------- validation before anything starts
@@ -561,6 +587,11 @@ def _fit_and_close(
             for r in (results[i] for i in range(len(results)))
         ]
         errors = len(results.errors)
+        failed = {
+            str(r.get("mlflow_run_id", "")): str(r[RESULT_ERROR])
+            for r in rows
+            if r.get(RESULT_ERROR)
+        }
         outcome = StudyOutcome(
             spec.name,
             folder,
@@ -570,8 +601,16 @@ def _fit_and_close(
             ctx.teacher_run_id,
             rows,
             errors,
+            failed,
         )
-        status = "FINISHED" if outcome.complete else "FAILED" if errors else "KILLED"
+        status = outcome.status
+        client.set_tag(ctx.parent_run_id, tr.TAG_FAILED_TRIALS, str(len(failed)))
+        if failed:
+            print(
+                f"[gds] {len(failed)} of {len(rows)} trials failed (runs FAILED, the reason in "
+                f"their tag {tr.TAG_ERROR}; the analysis counts them and leaves them out), e.g.: "
+                f"{next(iter(failed.values()))}"
+            )
         if any(r.get(tr.METRIC_TEST) is not None for r in rows):
             print(
                 "[gds] re-measuring student and teacher latency on an idle device "

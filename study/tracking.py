@@ -6,7 +6,8 @@ The layout (the contract ``analysis`` relies on):
 - one teacher run per distinct teacher spec: tag ``gds.role=teacher``, checkpoint as artifact;
 - one child run per trial: tags ``gds.role=trial``, ``mlflow.parentRunId``, ``method``,
   ``dataset``, ``seed``, ``config_id``, ``teacher_run_id``, ``device``; hyperparameters as params;
-  per-epoch metrics; final metrics :data:`FINAL_METRICS`.
+  per-epoch metrics; final metrics :data:`FINAL_METRICS`; a trial whose training diverged ends
+  FAILED with the tag ``gds.error`` (its reason) and no final metrics.
 
 MLflow stores a param as text: values are written with :func:`encode_param` and read back with
 :func:`decode_param`, the only pair that turns values into param text and back.
@@ -53,6 +54,12 @@ TAG_STUDY = "gds.study"
 TAG_TEACHER_HASH = "gds.teacher_hash"
 TAG_STUDENT_ARCH = "student_arch"
 TAG_NODE = "gds.node_id"  # the Ray node a trial ran on
+TAG_WORKER_PID = "gds.worker_pid"  # the process that last (re)started the trial, on that node
+# Why a trial run ended FAILED, one line (e.g. "training diverged at epoch 3: ..."); the
+# analysis leaves such runs out of every table and front and counts them with this reason.
+TAG_ERROR = "gds.error"
+# On the study's parent run: how many of its trials failed (their runs FAILED, with TAG_ERROR).
+TAG_FAILED_TRIALS = "gds.failed_trials"
 
 METRIC_VAL = "val_score"
 METRIC_TEST = "test_score"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import random
 import sys
 import time
@@ -46,6 +47,45 @@ class TrainResult:
     epochs_run: int
     train_seconds: float
     history: list[dict[str, float]]
+
+
+#: A training loss above this many times the first epoch's loss (or above this many, when that
+#: first loss is below 1) means the run diverged: optimisation lowers a loss, and no sane
+#: schedule raises it by six orders of magnitude (lr 1e6 took a GAT from 1.4 to 1.7e13 in one
+#: epoch; lambda 1000 with lr 0.1 starts at 31 and falls).
+DIVERGENCE_GROWTH = 1e6
+#: A training loss above this, from any epoch (the first included), means the run diverged. The
+#: losses here are means (cross-entropy is about ln(classes); a weighted distillation term tens
+#: or hundreds), and float32 training stops working long before 1e12: Adam squares gradients of
+#: that order and overflows (lambda 1e30 gave a constant 3e28 loss with frozen weights), and the
+#: hard loss is far below float32's resolution of such a sum.
+DIVERGENCE_CAP = 1e12
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped because the loss of ``epoch`` is not finite or past the bound (see
+    :data:`DIVERGENCE_GROWTH` and :data:`DIVERGENCE_CAP`); ``str()`` is a one-line reason."""
+
+    def __init__(self, epoch: int, loss: float, bound: float) -> None:
+        self.epoch, self.loss, self.bound = epoch, loss, bound
+        why = "is not finite" if not math.isfinite(loss) else f"exceeds the bound {bound:.3g}"
+        super().__init__(f"training diverged at epoch {epoch}: train_loss {loss:.3g} {why}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable with its fields (Ray ships errors)
+        return (type(self), (self.epoch, self.loss, self.bound))
+
+
+def divergence_bound(first_loss: float) -> float:
+    """The largest training loss a run whose first epoch's loss was ``first_loss`` may reach."""
+    return min(DIVERGENCE_CAP, DIVERGENCE_GROWTH * max(first_loss, 1.0))
+
+
+def check_divergence(epoch: int, loss: float, first_loss: float | None) -> None:
+    """Raise :class:`TrainingDiverged` when ``loss`` (epoch ``epoch``'s mean training loss) is not
+    finite or above :func:`divergence_bound` of the first epoch's (``None``: this is the first)."""
+    bound = divergence_bound(loss if first_loss is None else first_loss)
+    if not math.isfinite(loss) or loss > bound:
+        raise TrainingDiverged(epoch, loss, bound)
 
 
 EpochCallback = Callable[[int, dict[str, float], Callable[[], dict[str, Any]]], None]
@@ -376,6 +416,10 @@ def fit(
         progress: show a progress bar over epochs.
         on_epoch: called after each epoch (see :data:`EpochCallback`).
         resume: a state from ``snapshot()`` to continue from (weights, optimiser, RNG, history).
+
+    Raises:
+        TrainingDiverged: an epoch's mean training loss is not finite or past the bound of
+            :func:`check_divergence`; that epoch is not recorded nor passed to ``on_epoch``.
     """
     distill = distill or DistillConfig()
     method = build_method(distill)
@@ -397,7 +441,7 @@ def fit(
     for epoch in bar:
         t0 = time.perf_counter()
         steps = _train_steps(model, task, cfg, run, device, cache, method, multilabel, epoch)
-        record = _optimise(run, steps, w_hard, w_term)
+        record = _optimise(run, steps, w_hard, w_term, epoch)
         run.elapsed += time.perf_counter() - t0
         if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
             record["epoch_val_score"] = evaluate(model, task, "val", cfg.device, with_auroc=False)[
@@ -446,9 +490,16 @@ def _progress_bar(cfg: TrainConfig, start: int, desc: str, progress: bool) -> tq
 
 
 def _optimise(
-    run: _Run, steps: Iterator[tuple[Tensor, Tensor | None]], w_hard: float, w_term: float
+    run: _Run,
+    steps: Iterator[tuple[Tensor, Tensor | None]],
+    w_hard: float,
+    w_term: float,
+    epoch: int,
 ) -> dict[str, float]:
-    """One epoch of optimiser steps on ``w_hard * hard + w_term * term``; the epoch's record."""
+    """One epoch of optimiser steps on ``w_hard * hard + w_term * term``; the epoch's record.
+
+    Raises :class:`TrainingDiverged` when the epoch's mean loss is not finite or past the bound
+    (an epoch without a batch has no loss and is not checked)."""
     run.model.train()
     losses, terms = [], []
     for hard, term in steps:
@@ -460,8 +511,12 @@ def _optimise(
         terms.append(term.detach() if term is not None else torch.zeros(()))
     if run.scheduler is not None:
         run.scheduler.step()
+    train_loss = torch.stack(losses).mean().item() if losses else float("nan")
+    if losses:
+        first = next((h["train_loss"] for h in run.history if math.isfinite(h["train_loss"])), None)
+        check_divergence(epoch, train_loss, first)
     return {
-        "train_loss": torch.stack(losses).mean().item() if losses else float("nan"),
+        "train_loss": train_loss,
         "distill_loss": torch.stack(terms).mean().item() if terms else 0.0,
     }
 

@@ -2,11 +2,16 @@
 
 Everything below this module is plain PyTorch; this is where Ray and MLflow meet it. A trial
 finds (or, after a resume, continues) its own MLflow child run by the tag ``gds.trial_id``, so an
-interrupted study ends with exactly one run per trial and none left RUNNING.
+interrupted study ends with exactly one run per trial and none left RUNNING. A trial whose run
+has ended is never trained again: resumed or retried, it reports what its run recorded. A
+retried trial logs no step twice. Training that diverges fails its run with a reason
+(``gds.error``) and ends the trial normally, so the study goes on.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -15,7 +20,7 @@ from typing import Any
 
 import ray
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 from torch import nn
@@ -35,11 +40,19 @@ from study.latency import LatencyResult, count_parameters
 from study.models import build_model
 from study.search import trial_params
 from study.teachers import load_teacher, teacher_cache_path
-from study.train import TrainResult, distill_student, seed_everything, with_device
+from study.train import (
+    TrainingDiverged,
+    TrainResult,
+    distill_student,
+    seed_everything,
+    with_device,
+)
 
 SNAPSHOT_FILE = "trial_state.pt"
 METRIC_FLUSH_SECONDS = 5.0  # per-epoch MLflow metrics are sent in batches this often
 TUNE_REPORT_SECONDS = 1.0  # without a scheduler, progress reaches Tune at most this often
+#: In a trial's final Tune result: why it failed (its run's ``gds.error``); absent when it did not.
+RESULT_ERROR = "gds_error"
 
 
 def fetch_teacher(ctx: StudyContext, task: Task) -> nn.Module:
@@ -53,14 +66,8 @@ def fetch_teacher(ctx: StudyContext, task: Task) -> nn.Module:
     return model
 
 
-def _find_or_start_run(
-    client: MlflowClient,
-    ctx: StudyContext,
-    trial_id: str,
-    plan: TrialPlan,
-    device: str,
-    trial_name: str,
-) -> str:
+def _find_run(client: MlflowClient, ctx: StudyContext, trial_id: str) -> Run | None:
+    """This trial's MLflow run, when an earlier attempt (before a resume or a retry) made one."""
     found = client.search_runs(
         [ctx.experiment_id],
         filter_string=(
@@ -69,10 +76,18 @@ def _find_or_start_run(
         ),
         max_results=1,
     )
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        return run_id
+    return found[0] if found else None
+
+
+def _start_run(
+    client: MlflowClient,
+    ctx: StudyContext,
+    trial_id: str,
+    plan: TrialPlan,
+    device: str,
+    trial_name: str,
+) -> str:
+    """A new child run for this trial: its tags and hyperparameters."""
     tags = {
         tr.TAG_ROLE: tr.ROLE_TRIAL,
         tr.TAG_PARENT: ctx.parent_run_id,
@@ -95,6 +110,54 @@ def _find_or_start_run(
     return run_id
 
 
+def diverged_result(
+    spec: StudySpec, run_id: str, config_id: str, epoch: int, reason: str
+) -> dict[str, Any]:
+    """The final Tune result of a trial whose training diverged: ``gds_error`` holds the reason,
+    and every objective is NaN (Tune wants them in every result; the searcher takes a trial
+    without a finite objective as failed)."""
+    return {
+        **{o.metric: math.nan for o in spec.objectives},
+        tr.METRIC_VAL: math.nan,
+        "epoch": epoch,
+        "config_id": config_id,
+        "mlflow_run_id": run_id,
+        RESULT_ERROR: reason,
+    }
+
+
+def recorded_result(client: MlflowClient, run: Run, spec: StudySpec) -> dict[str, Any] | None:
+    """The final Tune result of a trial whose run has ended, read back from MLflow, or ``None``
+    when the trial must (still) train.
+
+    A FINISHED run gives its final metrics (``val_score``, ``test_score``, latency,
+    ``num_params``, ...), ``config_id``, ``mlflow_run_id`` and ``epoch``; a FAILED run with a
+    ``gds.error`` tag (training diverged, which would diverge again) gives
+    :func:`diverged_result`. Any other run (RUNNING after a killed worker or driver, FAILED by a
+    crash) is continued.
+    """
+    run_id, tags = run.info.run_id, run.data.tags
+    config_id = tags.get(tr.TAG_CONFIG_ID, "")
+    if run.info.status == "FAILED" and tags.get(tr.TAG_ERROR):
+        epoch = max(_logged_steps(client, run_id).values(), default=-1) + 1
+        return diverged_result(spec, run_id, config_id, epoch, tags[tr.TAG_ERROR])
+    if run.info.status != "FINISHED":
+        return None
+    finals = {k: v for k, v in run.data.metrics.items() if k not in tr.EPOCH_METRICS}
+    epoch = max((m.step for m in client.get_metric_history(run_id, tr.METRIC_TEST)), default=0)
+    return {"epoch": epoch, **finals, "config_id": config_id, "mlflow_run_id": run_id}
+
+
+def _logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
+    """The highest step already logged for each per-epoch metric of a run (absent: none)."""
+    steps = {}
+    for key in tr.EPOCH_METRICS:
+        history = client.get_metric_history(run_id, key)
+        if history:
+            steps[key] = max(m.step for m in history)
+    return steps
+
+
 def _resume_state() -> dict[str, Any] | None:
     """The training snapshot of this trial's last Tune checkpoint, if it is being resumed."""
     checkpoint = tune.get_checkpoint()
@@ -115,10 +178,23 @@ class EpochReporter:
     MLflow calls cost milliseconds each, so epochs go in batches (every few seconds, before each
     checkpoint, and at the end). A scheduler compares trials epoch by epoch; without one, Tune
     hears of progress at most every :data:`TUNE_REPORT_SECONDS`.
+
+    ``logged`` holds, per metric key, the highest step an earlier attempt of the trial already
+    logged: a retried or resumed trial re-runs the epochs after its checkpoint on the same seeded
+    trajectory (RNG state included), and those records are not logged again, so every step is
+    logged once.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, spec: StudySpec, best_val: float) -> None:
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        spec: StudySpec,
+        best_val: float,
+        logged: dict[str, int] | None = None,
+    ) -> None:
         self.client, self.run_id = client, run_id
+        self.logged = dict(logged or {})
         self.policy = spec.fault_tolerance
         self.report_every_epoch = spec.scheduler is not None
         self.best_val = best_val
@@ -137,7 +213,11 @@ class EpochReporter:
         self, epoch: int, record: dict[str, float], snapshot: Callable[[], dict[str, Any]]
     ) -> None:
         now_ms, now = int(time.time() * 1000), time.monotonic()
-        self.pending.extend(Metric(k, float(v), now_ms, epoch) for k, v in record.items())
+        self.pending.extend(
+            Metric(k, float(v), now_ms, epoch)
+            for k, v in record.items()
+            if epoch > self.logged.get(k, -1)
+        )
         self.best_val = max(self.best_val, record.get("epoch_val_score", -float("inf")))
         report = {"epoch": epoch, tr.METRIC_VAL: self.best_val, **record}
         due = (epoch + 1) % self.policy.checkpoint_every == 0
@@ -200,44 +280,78 @@ def _log_student(
 
 def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = None) -> None:
     """Ray Tune function trainable: one (configuration, seed) of the study; ``task`` is the
-    study's dataset as the driver loaded it (else it is loaded here)."""
+    study's dataset as the driver loaded it (else it is loaded here).
+
+    A trial whose run has ended (after a resume or a retry) reports its recorded result and
+    trains nothing (:func:`recorded_result`); an interrupted one continues its run from its
+    checkpoint without logging a step twice. A trial whose training diverges
+    (:class:`~study.train.TrainingDiverged`) ends its run FAILED with the reason as ``gds.error``
+    and reports :func:`diverged_result`: Tune sees it end normally, so it is not retried (it
+    would diverge again) and the study goes on.
+    """
     spec = ctx.spec
     plan = resolve_trial(spec, trial_params(config, spec.seeds))
+    tune_ctx = tune.get_context()
+    client = tr.open_store(ctx.tracking_uri)
+    found = _find_run(client, ctx, tune_ctx.get_trial_id())
+    if found is not None:
+        recorded = recorded_result(client, found, spec)
+        if recorded is not None:
+            tune.report(recorded)
+            return
+
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     device = trial_device(spec.resources.gpu)
     if task is None:
         task = load_study_task(spec, ctx.data_root)
     teacher = fetch_teacher(ctx, task)
-
-    tune_ctx = tune.get_context()
-    client = tr.open_store(ctx.tracking_uri)
-    run_id = _find_or_start_run(
-        client, ctx, tune_ctx.get_trial_id(), plan, device, tune_ctx.get_trial_name()
-    )
+    if found is None:
+        run_id = _start_run(
+            client, ctx, tune_ctx.get_trial_id(), plan, device, tune_ctx.get_trial_name()
+        )
+        logged: dict[str, int] = {}
+    else:
+        run_id = found.info.run_id
+        client.update_run(run_id, status="RUNNING")
+        logged = _logged_steps(client, run_id)
+    client.set_tag(run_id, tr.TAG_WORKER_PID, str(os.getpid()))
     resume = _resume_state()
     status = "FAILED"
     try:
         seed_everything(plan.seed)  # the seed fixes the initial weights too
         student = build_model(plan.student.arch, **plan.student.build_kwargs(), **io_channels(task))
         reporter = EpochReporter(
-            client, run_id, spec, -float("inf") if resume is None else resume["best_val"]
+            client, run_id, spec, -float("inf") if resume is None else resume["best_val"], logged
         )
-        result = distill_student(
-            student,
-            teacher,
-            task,
-            with_device(plan.student_train, device),
-            plan.distill,
-            on_epoch=reporter,
-            resume=resume,
-        )
+        try:
+            result = distill_student(
+                student,
+                teacher,
+                task,
+                with_device(plan.student_train, device),
+                plan.distill,
+                on_epoch=reporter,
+                resume=resume,
+            )
+        except TrainingDiverged as err:
+            reporter.flush()  # the epochs before it: the curve shows the blow-up
+            client.set_tag(run_id, tr.TAG_ERROR, str(err))
+            client.set_terminated(run_id, status="FAILED")  # before Tune hears it ended
+            tune.report(diverged_result(spec, run_id, plan.config_id, err.epoch, str(err)))
+            return
         reporter.flush()
         lat = study_latency(result.model, task, spec, device)
         final = final_metrics(result, lat)
+        # An attempt killed after logging its final metrics logged them already: not twice.
+        done = client.get_run(run_id).data.metrics
         now = int(time.time() * 1000)
         client.log_batch(
             run_id,
-            metrics=[Metric(k, float(v), now, result.epochs_run) for k, v in final.items()],
+            metrics=[
+                Metric(k, float(v), now, result.epochs_run)
+                for k, v in final.items()
+                if k not in done
+            ],
             tags=[RunTag(k, str(v)) for k, v in lat.as_tags().items()],
         )
         _log_student(client, run_id, spec, plan, result, task)

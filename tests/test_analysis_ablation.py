@@ -268,3 +268,15 @@ def test_student_table_orders_a_hyperparameter_missing_for_some_architectures() 
     assert list(table["student.arch"]) == ["gat", "gat", "gcn", "mlp"]
     assert table["student.heads"].tolist()[:2] == [4, 10]
     assert table["student.heads"].isna().tolist() == [False, False, True, True]
+
+
+def test_failure_table_counts_failed_and_killed_trials_per_method(alpha):
+    table = ablation.failure_table(alpha)
+    # Config G: one FAILED and one KILLED seed (their reasons unrecorded), one RUNNING (not failed).
+    counts = table[["dataset", "method", "failed", "trials"]].values.tolist()
+    assert counts == [["ppi", "lsp", 2, 7]]
+    assert table.loc[0, "reasons"] == "no reason recorded (x2)"
+    assert ablation.failure_table(alpha.loc[alpha["status"] == "FINISHED"]).empty
+    # The failed trials logged the best scores of the study, and no table or summary shows them.
+    assert "cfgG" not in set(ablation.config_summary(alpha)["config_id"])
+    assert "cfgG" not in set(ablation.method_table(alpha)["config_id"].dropna())

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
+from mlflow.tracking import MlflowClient
 
 import analysis.report as report_mod
 from analysis.ablation import factor_table, summarize
@@ -21,15 +22,22 @@ from analysis.plots import plot_hyperparameter, plot_pareto, plot_training_curve
 from analysis.report import write_report
 from analysis.runs import load_runs
 from study.errors import UserInputError
+from study.tracking import TAG_ERROR
 from tests.mlflow_fixtures import example_trials, fill_study
 
 REPO = Path(__file__).resolve().parents[1]
+DIVERGED = "training diverged at epoch 3: train_loss 1.7e+13 exceeds the bound 1.36e+06"
 
 
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    fill_study(uri, "alpha", example_trials("ppi"))
+    trials = example_trials("ppi")
+    ids = fill_study(uri, "alpha", trials)
+    # The FAILED trial diverged (as study.trial records it); the KILLED one says nothing.
+    runs = zip(trials, ids["trial_run_ids"], strict=True)
+    (failed,) = [i for t, i in runs if t.get("status") == "FAILED"]
+    MlflowClient(uri).set_tag(failed, TAG_ERROR, DIVERGED)
     fill_study(
         uri,
         "stuck",
@@ -71,7 +79,7 @@ def _files(folder: Path) -> list[str]:
 def test_report_files(report):
     figures = ["pareto_ppi", "lsp_lambda_ppi", "kd_temperature_ppi", "training_curves_ppi"]
     tables = ["runs", "configurations", "methods", "kernels", "students", "lsp_lambda",
-              "kd_temperature"]  # fmt: skip
+              "kd_temperature", "failed"]  # fmt: skip
     expected = (
         ["README.md", "pareto.csv"]
         + [f"figures/{f}.{ext}" for f in figures for ext in ("png", "svg")]
@@ -100,6 +108,23 @@ def test_readme_tables_and_links(report):
     assert "figures/pareto_ppi.png" in links and "pareto.csv" in links
     for link in links:
         assert (report / link).is_file(), link
+
+
+def test_failed_trials_are_counted_with_their_reasons_and_left_out(report):
+    text = (report / "README.md").read_text()
+    assert "- Failed trials: 2, left out of every table and front" in text
+    assert "## Failed trials" in text and DIVERGED in text and "no reason recorded" in text
+    failed = pd.read_csv(report / "tables" / "failed.csv")
+    assert failed[["dataset", "method", "failed", "trials"]].values.tolist() == [
+        ["ppi", "lsp", 2, 7]
+    ]
+    assert failed.loc[0, "reasons"] == f"{DIVERGED}; no reason recorded"
+    # Config G (only failed, killed or running seeds) is in no table, whatever they logged.
+    for table in ("configurations", "methods", "kernels", "lsp_lambda"):
+        assert "cfgG" not in pd.read_csv(report / "tables" / f"{table}.csv").to_string(), table
+    assert "cfgG" not in (report / "pareto.csv").read_text()
+    runs = pd.read_csv(report / "tables" / "runs.csv")
+    assert runs.loc[runs["status"] == "FAILED", "error"].tolist() == [DIVERGED]
 
 
 def test_figures_are_real_images(report):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import io
+import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,17 @@ from study.data.synthetic import synthetic_sbm, synthetic_shapes
 from study.distill import build_method, lsp_loss
 from study.models import build_model
 from study.models.base import ModelOutput
-from study.train import distill_student, distillation_term, evaluate, fit, train_teacher
+from study.train import (
+    DIVERGENCE_CAP,
+    DIVERGENCE_GROWTH,
+    TrainingDiverged,
+    check_divergence,
+    distill_student,
+    distillation_term,
+    evaluate,
+    fit,
+    train_teacher,
+)
 from study.train_config import DistillConfig, TrainConfig
 
 METHODS = ("none", "kd", "fitnet", "at", "lsp")
@@ -283,6 +295,61 @@ def test_lsp_with_lambda_zero_equals_the_student_alone(
     assert all(r["distill_loss"] > 0 for r in zero.history)  # computed, but weighted 0
     assert _same_state(alone.model.state_dict(), zero.model.state_dict())
     assert [r["train_loss"] for r in alone.history] == [r["train_loss"] for r in zero.history]
+
+
+# ---------------------------------------------------------------- divergence
+
+
+def test_divergence_bound_nan_growth_and_cap() -> None:
+    check_divergence(0, 2.5, None)  # a first epoch under the cap
+    check_divergence(7, 2.5 * DIVERGENCE_GROWTH, 2.5)  # at the bound: still training
+    check_divergence(3, 0.5 * DIVERGENCE_GROWTH, 0.01)  # a tiny first loss: bound 1e6, not 1e4
+    for epoch, loss, first in [
+        (4, math.nan, 1.0),
+        (4, math.inf, 1.0),
+        (0, math.nan, None),
+        (5, 2.5 * DIVERGENCE_GROWTH * 1.01, 2.5),  # grew past a million times the first
+        (0, DIVERGENCE_CAP * 3, None),  # huge from the start (lambda 1e30)
+        (9, DIVERGENCE_CAP * 3, DIVERGENCE_CAP),  # the cap holds whatever the first was
+    ]:
+        with pytest.raises(TrainingDiverged) as info:
+            check_divergence(epoch, loss, first)
+        err = info.value
+        assert err.epoch == epoch and (err.loss == loss or math.isnan(err.loss))
+        assert f"epoch {epoch}" in str(err) and "\n" not in str(err)
+    restored = pickle.loads(pickle.dumps(err))  # Ray ships exceptions between processes
+    assert str(restored) == str(err) and restored.epoch == err.epoch
+
+
+@pytest.mark.parametrize(
+    ("lr", "distill", "reason"),
+    [
+        (1e6, DistillConfig(), "exceeds the bound"),  # 1.4 -> ~1e13: past a million times
+        (0.01, DistillConfig(method="lsp", params={"lambda": 1e30}), r"exceeds the bound 1e\+12"),
+    ],
+)
+def test_fit_stops_a_diverging_run(
+    sbm: NodeTask, sbm_teacher: nn.Module, lr: float, distill: DistillConfig, reason: str
+) -> None:
+    seen: list[int] = []
+    with pytest.raises(TrainingDiverged, match=reason) as info:
+        distill_student(
+            _gat(sbm, 0, width=4, heads=1),
+            sbm_teacher,
+            sbm,
+            TrainConfig(epochs=6, lr=lr, seed=0),
+            distill,
+            on_epoch=lambda epoch, record, snapshot: seen.append(epoch),
+        )
+    assert seen == list(range(info.value.epoch))  # the diverged epoch is not passed on
+
+
+def test_nan_loss_stops_training(sbm: NodeTask) -> None:
+    model = _gat(sbm, 0, width=4, heads=1)
+    with torch.no_grad():
+        next(model.parameters()).fill_(math.nan)
+    with pytest.raises(TrainingDiverged, match="at epoch 0: train_loss nan is not finite"):
+        fit(model, sbm, TrainConfig(epochs=3, seed=0))
 
 
 # ---------------------------------------------------------------- resume
