@@ -37,7 +37,7 @@ from study.errors import UserInputError
 from study.latency import count_parameters
 from study.models import build_model
 from study.preflight import load_and_check
-from study.search import make_search
+from study.search import JsonOptunaSearch, make_search, read_json
 from study.studyfile import read_study_file
 from study.teachers import load_teacher_weights, save_checkpoint
 from study.train import evaluate, seed_everything, train_teacher, with_device
@@ -531,10 +531,101 @@ def run_study(
     return _fit_and_close(tuner, spec, ctx, folder, client)
 
 
+#: What an earlier version left: the searcher pickled by Ray's ``OptunaSearch.save``.
+LEGACY_SEARCHER_STATE = "searcher-state-*.pkl"
+
+
+def check_trusted_folder(folder: Path) -> None:
+    """Refuse a study folder that anyone but the current user could have written.
+
+    ``Tuner.restore`` unpickles ``tuner.pkl``, the experiment state and the search generator's
+    state, and unpickling runs whatever code the file names. So the folder, everything in it and
+    the folders above it must be the user's (or root's, above) and writable by no one else:
+    group write is allowed for the user's own private group (Debian's umask 002), a folder above
+    may be shared if sticky (``/tmp``). The searcher's own state must be the JSON this version
+    writes; a pickled one from an earlier version is not loaded.
+    """
+    import grp
+    import pwd
+    import stat
+
+    uid = os.geteuid()
+
+    def private_group(gid: int, owner: int) -> bool:
+        try:
+            user, group = pwd.getpwuid(owner), grp.getgrgid(gid)
+        except KeyError:
+            return False
+        return (
+            user.pw_gid == gid
+            and group.gr_name == user.pw_name
+            and set(group.gr_mem) <= {user.pw_name}
+        )
+
+    def others_write(st: os.stat_result) -> str | None:
+        if st.st_mode & stat.S_IWOTH:
+            return "is writable by others"
+        if st.st_mode & stat.S_IWGRP and not private_group(st.st_gid, st.st_uid):
+            return f"is writable by group {st.st_gid}"
+        return None
+
+    def refuse(path: Path, why: str) -> UserInputError:
+        return UserInputError(
+            f"{folder}: refusing to resume: {path} {why}; resume unpickles Ray's state from "
+            "this folder, so it must be yours and writable by you alone"
+        )
+
+    real = folder.resolve()
+    # Above the study: whoever can rename entries there can swap the study folder.
+    for parent in dict.fromkeys([*folder.parents, *real.parents]):
+        st = parent.stat()
+        if st.st_uid not in (uid, 0):
+            raise refuse(parent, f"is owned by uid {st.st_uid}, not by you (uid {uid}) or root")
+        if not st.st_mode & stat.S_ISVTX and (why := others_write(st)):
+            raise refuse(parent, why)
+
+    def walk_error(err: OSError) -> None:
+        raise refuse(Path(err.filename or real), f"cannot be read ({err.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(real, onerror=walk_error):
+        here = Path(dirpath)
+        entries = ([real] if here == real else []) + [here / n for n in dirnames + filenames]
+        for path in entries:
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                raise refuse(path, "is a symbolic link")
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                raise refuse(path, "is not a plain file or folder")
+            if st.st_uid != uid:
+                raise refuse(path, f"is owned by uid {st.st_uid}, not by you (uid {uid})")
+            if why := others_write(st):
+                raise refuse(path, why)
+
+    legacy = sorted(real.glob(LEGACY_SEARCHER_STATE))
+    if legacy:
+        raise UserInputError(
+            f"{legacy[0]}: a searcher state pickled by an earlier version; resume does not "
+            "unpickle it (start the study again under a new name)"
+        )
+    for path in sorted(real.glob(JsonOptunaSearch.CKPT_FILE_TMPL.format("*"))):
+        try:
+            read_json(path)
+        except ValueError as err:
+            raise UserInputError(
+                f"{path}: not the JSON searcher state this version writes ({type(err).__name__});"
+                " resume does not load it"
+            ) from None
+
+
 def read_context(name: str, storage: str | os.PathLike | None) -> tuple[StudyContext, Path]:
-    """The context a study was started with, from its folder under ``storage``."""
+    """The context a study was started with, from its folder under ``storage``.
+
+    The folder is checked first (:func:`check_trusted_folder`): nothing in it is read before.
+    """
     root = storage_root(storage)
     folder = root / name
+    if folder.is_dir():
+        check_trusted_folder(folder)
     if not (folder / CONTEXT_FILE).is_file() or not tune.Tuner.can_restore(str(folder)):
         known = (
             sorted(p.parent.name for p in root.glob(f"*/{CONTEXT_FILE}")) if root.is_dir() else []
