@@ -152,8 +152,10 @@ def config_summary(df: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
 def best_configs(df: pd.DataFrame, by: Sequence[str], *, select: str = METRIC_VAL) -> pd.DataFrame:
     """The best configuration of each ``by`` group, chosen on mean ``select`` (higher is better).
 
-    Ties on ``select`` go to the higher mean test score, then the smaller ``config_id``, so the
-    choice is deterministic. Runs without a ``config_id`` count as configurations of their own.
+    The test score never picks: ties on ``select`` go to the smaller ``config_id``, so the
+    choice is deterministic, and a summary without ``select`` (e.g. runs that logged no
+    validation score) has no winner by score, only by ``config_id``. Runs without a
+    ``config_id`` count as configurations of their own.
 
     Returns:
         The :func:`summarize` rows (grouped by ``config_id`` and ``by``) of the winners, with
@@ -164,11 +166,20 @@ def best_configs(df: pd.DataFrame, by: Sequence[str], *, select: str = METRIC_VA
     if summary.empty:
         return summary.assign(n_configs=0)
     summary["n_configs"] = summary.groupby(by, dropna=False)["config_id"].transform("size")
-    sel = f"{select}_mean" if f"{select}_mean" in summary.columns else f"{METRIC_TEST}_mean"
-    keys = [sel, f"{METRIC_TEST}_mean", "config_id"]
-    ranked = summary.sort_values(
-        keys, ascending=[False, False, True], na_position="last", kind="stable"
-    ).drop_duplicates(subset=by, keep="first")
+    sel = f"{select}_mean"
+    score = (
+        pd.to_numeric(summary[sel], errors="coerce")
+        if sel in summary.columns
+        else pd.Series(np.nan, index=summary.index)
+    )
+    ranked = (
+        summary.assign(_sel=score)
+        .sort_values(
+            ["_sel", "config_id"], ascending=[False, True], na_position="last", kind="stable"
+        )
+        .drop_duplicates(subset=by, keep="first")
+        .drop(columns="_sel")
+    )
     return ranked.sort_values(by, kind="stable", na_position="last").reset_index(drop=True)
 
 

@@ -7,6 +7,10 @@ configurations with identical objective values do not dominate each other, so bo
 front when either is. Configurations with a missing (NaN) objective cannot be compared and are
 left out. Objectives are the means over seeds (``*_mean`` columns of
 :func:`analysis.ablation.summarize`); the seeds' spread (``*_std``) travels with each row.
+
+The default front is on the **validation** score (``val_score_mean``) and latency: the front is
+a choice among configurations, and the test split never enters a choice. The test score travels
+with each row (``test_score_mean``/``_std``) and is what tables report beside it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from study.errors import UserInputError, choose
 
 __all__ = ["DEFAULT_OBJECTIVES", "pareto_mask", "pareto_front"]
 
-DEFAULT_OBJECTIVES: dict[str, str] = {"test_score_mean": "max", "latency_ms_p50_mean": "min"}
+DEFAULT_OBJECTIVES: dict[str, str] = {"val_score_mean": "max", "latency_ms_p50_mean": "min"}
 _SENSES = ("max", "min")
 
 
@@ -61,7 +65,8 @@ def pareto_front(
         summary: Configurations, e.g. ``summarize(runs, ["config_id"])``: ``config_id``,
             ``*_mean`` and ``*_std`` columns.
         objectives: Column -> ``"max"`` or ``"min"``; default :data:`DEFAULT_OBJECTIVES`
-            (test score up, latency p50 down). Add ``{"num_params_mean": "min"}`` for a 3-D front.
+            (validation score up, latency p50 down). Add ``{"num_params_mean": "min"}`` for a
+            3-D front.
         by: Compute one front per group (e.g. ``"dataset"``: fronts across datasets are
             meaningless).
 
@@ -76,7 +81,7 @@ def pareto_front(
     """
     objectives = dict(DEFAULT_OBJECTIVES if objectives is None else objectives)
     if not objectives:
-        raise UserInputError("pareto_front needs at least one objective (e.g. test_score_mean)")
+        raise UserInputError("pareto_front needs at least one objective (e.g. val_score_mean)")
     for col, sense in objectives.items():
         choose("objective column", col, list(summary.columns))
         choose(f"sense for {col}", sense, _SENSES)

@@ -637,6 +637,35 @@ def read_context(name: str, storage: str | os.PathLike | None) -> tuple[StudyCon
     return StudyContext.from_json((folder / CONTEXT_FILE).read_text()), folder
 
 
+class StudyAlreadyFinished(UserInputError):  # noqa: N818 - an outcome the CLI reports
+    """``resume`` of a study that has finished: nothing to continue and nothing is changed."""
+
+
+def check_not_finished(client: MlflowClient, ctx: StudyContext) -> None:
+    """Raise :class:`StudyAlreadyFinished` when the study run is FINISHED and every planned trial
+    has a trial run that ended (FINISHED, FAILED or KILLED); only reads the store."""
+    parent = client.get_run(ctx.parent_run_id)
+    if parent.info.status != "FINISHED":
+        return
+    trials = client.search_runs(
+        [ctx.experiment_id],
+        filter_string=(
+            f"tags.`{tr.TAG_PARENT}` = '{ctx.parent_run_id}' "
+            f"and tags.`{tr.TAG_ROLE}` = '{tr.ROLE_TRIAL}'"
+        ),
+        max_results=50000,
+    )
+    planned = int(parent.data.params.get("num_trials", "0") or 0)
+    if len(trials) < planned or any(r.info.status == "RUNNING" for r in trials):
+        return
+    done = sum(r.info.status == "FINISHED" for r in trials)
+    raise StudyAlreadyFinished(
+        f"study {ctx.spec.name!r} has finished ({done} of {len(trials)} trials finished); a "
+        f"finished study is read-only, nothing was changed (read it with `distill-study report "
+        f"{ctx.spec.name}` or `distill-study select {ctx.spec.name}`)"
+    )
+
+
 def resume_study(
     name: str,
     *,
@@ -645,16 +674,22 @@ def resume_study(
     address: str | None = None,
 ) -> StudyOutcome:
     """Continue an interrupted study: finished trials stay, interrupted ones go on from their
-    checkpoints, and every trial keeps its one MLflow run."""
+    checkpoints, and every trial keeps its one MLflow run.
+
+    A finished study is read-only: when its study run is FINISHED and every trial run has
+    ended, :class:`StudyAlreadyFinished` is raised before Ray starts or anything is written
+    (no metric, param or tag; no latency calibration), so the figures a report has read stay.
+    """
     ctx, folder = read_context(name, storage)
     if tracking_uri and tracking_uri != ctx.tracking_uri:
         raise UserInputError(
             f"--tracking-uri: study {name!r} logs to {ctx.tracking_uri}, not {tracking_uri}; "
             "a resumed study keeps its store"
         )
+    client = tr.open_store(ctx.tracking_uri)
+    check_not_finished(client, ctx)
     spec = ctx.spec
     task = load_study_task(spec, ctx.data_root)
-    client = tr.open_store(ctx.tracking_uri)
     start_ray(address, user_modules(spec))
     client.update_run(ctx.parent_run_id, status="RUNNING")
     tuner = tune.Tuner.restore(

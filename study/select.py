@@ -6,10 +6,10 @@ its student, register it in the MLflow Model Registry.
 1. The study's finished trials (:func:`analysis.runs.load_runs`) are summarised per
    configuration, means over seeds (:func:`analysis.ablation.config_summary`).
 2. :func:`choose_config` keeps the configurations whose mean ``latency_ms_p50`` is at most X
-   and takes the best mean **test** score (as the issue asks: the study is over, this is a
-   deployment choice among its results, not model selection inside it); ties go to the lower
-   mean latency, then the smaller ``config_id``. When none fits, :class:`NoConfigWithinBudget`
-   names the fastest configuration and nothing is written or registered.
+   and takes the best mean **validation** score (``val_score``, mean over seeds): the test split
+   never enters the choice, it is only reported beside it. Ties go to the lower mean latency,
+   then the smaller ``config_id``. When none fits, :class:`NoConfigWithinBudget` names the
+   fastest configuration and nothing is written or registered.
 3. The configuration's seeds are separate models: the one exported is the seed run with the best
    ``val_score`` (ties: the smaller seed, then run id), so validation, not test, picks the
    weights. Its ``student/`` artifacts (written by :func:`study.export.export_student` in the
@@ -20,7 +20,7 @@ its student, register it in the MLflow Model Registry.
    ``max_latency_ms``, ``config_id``, ...) logs DIR as artifacts under ``model/``, and a new
    version of the registered model (default ``<study>-student``) is created from that run's
    ``model/`` artifact URI, with tags ``study``, ``config_id``, ``teacher_run_id``, ``method``,
-   ``student_arch``, ``latency_ms_p50`` and ``test_score``.
+   ``student_arch``, ``latency_ms_p50``, ``val_score`` and ``test_score``.
 
 The loss against the teacher is the teacher run's ``test_score`` minus the configuration's mean
 test score, in points (percentage points for scores logged as fractions).
@@ -58,6 +58,7 @@ ROLE_SELECTION = "selection"
 MODEL_ARTIFACT_DIR = "model"
 _P50 = f"{tr.METRIC_LATENCY_P50}_mean"
 _TEST = f"{tr.METRIC_TEST}_mean"
+_VAL = f"{tr.METRIC_VAL}_mean"
 _PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
@@ -75,7 +76,8 @@ class NoConfigWithinBudget(Exception):  # noqa: N818 - it is an outcome, not a f
         super().__init__(
             f"no configuration has a mean latency p50 within {max_latency_ms:g} ms; the fastest "
             f"is {fastest['config_id']} ({_describe(fastest)}) at {fastest[_P50]:.3f} ms, "
-            f"test score {_score_text(fastest[_TEST])}"
+            f"validation score {_score_text(fastest.get(_VAL, math.nan))}, test score "
+            f"{_score_text(fastest.get(_TEST, math.nan))}"
         )
 
 
@@ -128,11 +130,12 @@ def check_budget(max_latency_ms: float) -> float:
 
 
 def choose_config(summary: pd.DataFrame, max_latency_ms: float) -> pd.Series:
-    """The configuration with the best mean test score among those within the latency budget.
+    """The configuration with the best mean validation score among those within the latency
+    budget. The test score is never looked at: it is reported beside the choice.
 
     Args:
         summary: one row per configuration, as :func:`analysis.ablation.config_summary` gives:
-            ``config_id``, ``test_score_mean``, ``latency_ms_p50_mean`` (more columns are kept).
+            ``config_id``, ``val_score_mean``, ``latency_ms_p50_mean`` (more columns are kept).
         max_latency_ms: the budget on the mean p50 latency (inclusive).
 
     Returns:
@@ -145,16 +148,16 @@ def choose_config(summary: pd.DataFrame, max_latency_ms: float) -> pd.Series:
         NoConfigWithinBudget: no row within the budget (it carries the fastest row).
     """
     budget = check_budget(max_latency_ms)
-    for col in ("config_id", _TEST, _P50):
+    for col in ("config_id", _VAL, _P50):
         if col not in summary.columns:
             raise UserInputError(
                 f"summary has no column {col!r} (columns: {', '.join(map(str, summary.columns))})"
             )
     lat = pd.to_numeric(summary[_P50], errors="coerce")
-    score = pd.to_numeric(summary[_TEST], errors="coerce")
+    score = pd.to_numeric(summary[_VAL], errors="coerce")
     data = summary.assign(_lat=lat, _score=score).loc[lat.notna() & score.notna()]
     if data.empty:
-        raise UserInputError("no configuration has both a test score and a latency p50")
+        raise UserInputError("no configuration has both a validation score and a latency p50")
     within = data.loc[data["_lat"] <= budget]
     if within.empty:
         fastest = data.sort_values(
@@ -415,12 +418,14 @@ def _version_tags(study: str, choice: _Choice) -> dict[str, str]:
         "method": choice.method,
         "student_arch": choice.arch,
         tr.METRIC_LATENCY_P50: f"{_float(choice.row, _P50):.6g}",
+        tr.METRIC_VAL: f"{_float(choice.row, _VAL):.6g}",
         tr.METRIC_TEST: f"{_float(choice.row, _TEST):.6g}",
     }
 
 
 # Metrics of a selection run: the configuration's means over seeds, where finite.
 _SELECTION_METRICS = (
+    (tr.METRIC_VAL, _VAL),
     (tr.METRIC_TEST, _TEST),
     (tr.METRIC_LATENCY_P50, _P50),
     (tr.METRIC_LATENCY_P90, f"{tr.METRIC_LATENCY_P90}_mean"),
@@ -463,7 +468,7 @@ def _result(
         hyperparameters=hyper,
         n_seeds=int(row.get("n", 1)),
         test_score=test,
-        val_score=_float(row, f"{tr.METRIC_VAL}_mean"),
+        val_score=_float(row, _VAL),
         latency_ms_p50=_float(row, _P50),
         latency_ms_p90=_float(row, f"{tr.METRIC_LATENCY_P90}_mean"),
         num_params=_float(row, f"{tr.METRIC_PARAMS}_mean"),
@@ -499,12 +504,15 @@ def describe_selection(result: SelectionResult) -> str:
     hyper = ", ".join(f"{k}={v}" for k, v in result.hyperparameters.items())
     loss = "n/a" if not math.isfinite(result.loss_points) else f"{result.loss_points:.2f} points"
     lines = [
-        f"chosen configuration {result.config_id} of study {result.study!r} "
-        f"({result.candidates} configuration(s) within the budget)",
+        f"chosen configuration {result.config_id} of study {result.study!r}: the best mean "
+        f"validation score of the {result.candidates} configuration(s) within the budget",
         f"  method:          {result.method}",
         f"  student arch:    {result.student_arch}",
         f"  hyperparameters: {hyper}",
-        f"  test score:      {_score_text(result.test_score)} (mean over {result.n_seeds} seed(s))",
+        f"  val score:       {_score_text(result.val_score)} (mean over {result.n_seeds} "
+        "seed(s); chosen on this)",
+        f"  test score:      {_score_text(result.test_score)} (mean over {result.n_seeds} "
+        "seed(s); not used to choose)",
         f"  latency:         p50 {result.latency_ms_p50:.3f} ms, "
         f"p90 {result.latency_ms_p90:.3f} ms",
         f"  parameters:      {result.num_params:,.0f}",

@@ -55,14 +55,14 @@ def test_identical_configurations_are_both_on_the_front():
     s = pd.DataFrame(
         {
             "config_id": ["a", "b", "c", "d"],
-            "test_score_mean": [0.9, 0.9, 0.8, 0.9],
+            "val_score_mean": [0.9, 0.9, 0.8, 0.9],
             "latency_ms_p50_mean": [2.0, 2.0, 1.0, 3.0],
         }
     )
     front = pareto_front(s)
     assert front["config_id"].tolist() == ["c", "a", "b"]  # d: same score, slower
     # Two identical rows that a third dominates are both off.
-    s2 = pd.concat([s, pd.DataFrame({"config_id": ["e"], "test_score_mean": [0.95],
+    s2 = pd.concat([s, pd.DataFrame({"config_id": ["e"], "val_score_mean": [0.95],
                                      "latency_ms_p50_mean": [1.5]})])  # fmt: skip
     assert pareto_front(s2)["config_id"].tolist() == ["c", "e"]
 
@@ -72,7 +72,7 @@ def test_missing_objective_is_left_out_and_groups_are_separate():
         {
             "dataset": ["x", "x", "y"],
             "config_id": ["a", "b", "c"],
-            "test_score_mean": [0.9, math.nan, 0.5],
+            "val_score_mean": [0.9, math.nan, 0.5],
             "latency_ms_p50_mean": [1.0, 0.1, 5.0],
         }
     )
@@ -82,7 +82,7 @@ def test_missing_objective_is_left_out_and_groups_are_separate():
 
 
 def test_bad_objectives():
-    s = pd.DataFrame({"config_id": ["a"], "test_score_mean": [1.0]})
+    s = pd.DataFrame({"config_id": ["a"], "val_score_mean": [1.0], "test_score_mean": [1.0]})
     with pytest.raises(UserInputError, match="latency_ms_p50_mean"):
         pareto_front(s)
     with pytest.raises(UserInputError, match="'up'.*max, min"):
@@ -98,9 +98,13 @@ def summary(tmp_path_factory):
 
 def test_front_of_a_real_study(summary):
     front = pareto_front(summary)
-    # D (.75, 2.0) < A = C (.875, 3.0, a tie) < B (.9375, 4.0); E, F dominated; G unfinished.
-    assert front["config_id"].tolist() == ["cfgD", "cfgA", "cfgC", "cfgB"]
-    assert front["latency_ms_p50_mean"].tolist() == [2.0, 3.0, 3.0, 4.0]
+    # On validation (the default): D (.75, 2.0) < A (.8125, 3.0) < B (.875, 4.0); C (val .5)
+    # and E (val .8) are dominated by A, F by B; G is unfinished. On test, C (.875 at 3.0 ms)
+    # would tie A and stand on the front: the test score chooses nothing.
+    assert front["config_id"].tolist() == ["cfgD", "cfgA", "cfgB"]
+    assert front["latency_ms_p50_mean"].tolist() == [2.0, 3.0, 4.0]
+    on_test = pareto_front(summary, {"test_score_mean": "max", "latency_ms_p50_mean": "min"})
+    assert on_test["config_id"].tolist() == ["cfgD", "cfgA", "cfgC", "cfgB"]
     row = front.set_index("config_id")
     assert row.loc["cfgA", "test_score_std"] == 0.0625  # the seeds' spread travels along
     assert row.loc["cfgB", "n"] == 1 and math.isnan(row.loc["cfgB", "test_score_std"])

@@ -92,7 +92,8 @@ def test_report_files(report):
 
 def test_pareto_csv_lists_exactly_the_front(report):
     front = pd.read_csv(report / "pareto.csv")
-    assert front["config_id"].tolist() == ["cfgD", "cfgA", "cfgC", "cfgB"]
+    # Chosen on validation: C (test .875 = A's, val .5) is off; on test it would stand.
+    assert front["config_id"].tolist() == ["cfgD", "cfgA", "cfgB"]
     assert list(front.columns[:3]) == ["dataset", "config_id", "method"]
     assert front.set_index("config_id").loc["cfgA", "test_score_std"] == 0.0625
 
@@ -189,12 +190,12 @@ def test_plot_pareto_draws_the_front(uri):
     summary = summarize(load_runs("alpha", tracking_uri=uri), ["config_id"])
     front = pareto_front(summary)
     ax = Figure().add_subplot()
-    plot_pareto(summary, front, ax)
+    plot_pareto(summary, front, ax, score="val_score")
     step = [ln for ln in ax.get_lines() if ln.get_drawstyle() == "steps-post"]
     assert len(step) == 1
-    np.testing.assert_allclose(step[0].get_xdata(), [2.0, 3.0, 3.0, 4.0])
-    np.testing.assert_allclose(step[0].get_ydata(), [75.0, 87.5, 87.5, 93.75])
-    assert ax.get_xlabel() == "latency p50 (ms)" and ax.get_ylabel() == "test micro-F1 (%)"
+    np.testing.assert_allclose(step[0].get_xdata(), [2.0, 3.0, 4.0])
+    np.testing.assert_allclose(step[0].get_ydata(), [75.0, 81.25, 87.5])
+    assert ax.get_xlabel() == "latency p50 (ms)" and ax.get_ylabel() == "val micro-F1 (%)"
     labels = [t.get_text() for t in ax.get_legend().texts]
     assert {"LSP", "KD", "student alone", "FitNet", "AT", "Pareto front"} <= set(labels)
 
@@ -206,6 +207,7 @@ def _arch_summary(archs: list[str]) -> pd.DataFrame:
             "dataset": "cora",
             "method": ["none", "kd"] * 3,
             "student_arch": archs,
+            "val_score_mean": [0.70, 0.75, 0.72, 0.74, 0.50, 0.55],
             "test_score_mean": [0.70, 0.75, 0.72, 0.74, 0.50, 0.55],
             "test_score_std": np.nan,
             "latency_ms_p50_mean": [3.0, 3.1, 1.0, 1.1, 0.5, 0.6],
@@ -280,3 +282,36 @@ def test_factor_table_feeds_the_lambda_plot(uri):
     ax = Figure().add_subplot()
     plot_hyperparameter(t, "lsp.lambda", ax, hue="lsp.kernel")
     assert ax.get_xscale() == "linear"  # 10 and 100 only: span under 100x
+
+
+def test_report_front_and_best_choose_on_validation(tmp_path: Path) -> None:
+    """Two configurations at one latency: ``val_best`` has the better mean validation score,
+    ``test_best`` the better test score. The front and the methods table hold ``val_best``."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def trial(cfg: str, seed: int, val: float, test: float) -> dict:
+        return {
+            "method": "kd",
+            "dataset": "cora",
+            "seed": seed,
+            "config_id": cfg,
+            "params": {"kd.temperature": 4.0 if cfg == "val_best" else 2.0},
+            "metrics": {"val_score": val, "test_score": test, "latency_ms_p50": 3.0,
+                        "latency_ms_p90": 4.0, "num_params": 100.0},
+        }  # fmt: skip
+
+    fill_study(
+        uri,
+        "disagree",
+        [trial("val_best", 0, 0.82, 0.70), trial("val_best", 1, 0.80, 0.72),
+         trial("test_best", 0, 0.79, 0.90), trial("test_best", 1, 0.81, 0.88)],
+    )  # fmt: skip
+    out = tmp_path / "rep"
+    write_report("disagree", out, tracking_uri=uri)
+    front = pd.read_csv(out / "pareto.csv")
+    assert front["config_id"].tolist() == ["val_best"]
+    assert front["test_score_mean"].iloc[0] == pytest.approx(0.71)  # shown beside it
+    methods = pd.read_csv(out / "tables" / "methods.csv")
+    ours = methods.loc[methods["method"] == "kd"]
+    assert ours["config_id"].tolist() == ["val_best"]
+    assert "chosen on validation" in (out / "README.md").read_text()

@@ -18,8 +18,10 @@ from study import tracking as tr
 from study.cli import main
 from study.data import load_task
 from study.errors import UserInputError
+from study.models import build_model
 from study.runner import run_study
 from study.select import ROLE_SELECTION, NoConfigWithinBudget, choose_config, pick_seed_run
+from tests.mlflow_fixtures import fill_study
 from tests.studies import tiny_study
 
 STUDY = "select_archs"
@@ -34,7 +36,9 @@ def _summary() -> pd.DataFrame:
         {
             "config_id": ["a", "d", "b", "c", "e", "f"],
             "method": ["none", "kd", "kd", "lsp", "kd", "none"],
-            "test_score_mean": [0.80, 0.80, 0.80, 0.90, 0.99, float("nan")],
+            "val_score_mean": [0.80, 0.80, 0.80, 0.90, 0.99, float("nan")],
+            # The test score never enters the choice: here it would pick others everywhere.
+            "test_score_mean": [0.99, 0.10, 0.20, 0.10, 0.99, 0.99],
             "latency_ms_p50_mean": [2.0, 1.0, 1.0, 5.0, float("nan"), 0.1],
         }
     )
@@ -43,10 +47,10 @@ def _summary() -> pd.DataFrame:
 @pytest.mark.parametrize(
     ("budget", "chosen"),
     [
-        (1.0, "b"),  # inclusive; b and d tie on score and latency: the smaller config_id
-        (3.0, "b"),  # a has b's score but a higher latency
-        (5.0, "c"),  # the best score once it fits
-        (100.0, "c"),  # e has no latency and f no score: they never compete
+        (1.0, "b"),  # inclusive; b and d tie on val score and latency: the smaller config_id
+        (3.0, "b"),  # a has b's val score (and a better test score) but a higher latency
+        (5.0, "c"),  # the best val score once it fits
+        (100.0, "c"),  # e has no latency and f no val score: they never compete
     ],
 )
 def test_choose_config_best_score_within_budget(budget: float, chosen: str) -> None:
@@ -83,6 +87,73 @@ def test_pick_seed_run_best_val_then_smaller_seed() -> None:
     assert pick_seed_run(trials, "x")["run_id"] == "r2"
     with pytest.raises(UserInputError):
         pick_seed_run(trials, "z")
+
+
+# --------------------------------------------------------------------------------------------
+# A real MLflow store where validation and test disagree
+# --------------------------------------------------------------------------------------------
+def _val_test_disagree(uri: str, tmp_path: Path) -> dict:
+    """Study ``disagree``: ``val_best`` has the best mean validation score (2 seeds), ``test_best``
+    the best mean test score; both within 5 ms. Every trial logs a small student artifact."""
+
+    def trials(cfg: str, vals: list[float], tests: list[float], lat: float) -> list[dict]:
+        return [
+            {
+                "method": "kd",
+                "dataset": "cora",
+                "seed": seed,
+                "config_id": cfg,
+                "params": {"kd.temperature": 4.0 if cfg == "val_best" else 2.0},
+                "metrics": {
+                    tr.METRIC_VAL: v,
+                    tr.METRIC_TEST: t,
+                    tr.METRIC_LATENCY_P50: lat,
+                    tr.METRIC_LATENCY_P90: lat + 1.0,
+                    tr.METRIC_PARAMS: 100.0,
+                },
+            }
+            for seed, (v, t) in enumerate(zip(vals, tests, strict=True))
+        ]
+
+    ids = fill_study(
+        uri,
+        "disagree",
+        [
+            *trials("val_best", [0.82, 0.80], [0.70, 0.72], 3.0),  # val 0.81, test 0.71
+            *trials("test_best", [0.79, 0.81], [0.90, 0.88], 2.0),  # val 0.80, test 0.89
+        ],
+    )
+    client = MlflowClient(uri)
+    for i, run_id in enumerate(ids["trial_run_ids"]):
+        model = build_model("mlp", in_channels=8, out_channels=3, width=4, depth=2)
+        folder = export.export_student(model, tmp_path / f"student{i}", metadata={"i": i})
+        client.log_artifacts(run_id, str(folder), artifact_path=tr.STUDENT_ARTIFACT_DIR)
+    return ids
+
+
+def test_select_chooses_on_validation_not_test(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ids = _val_test_disagree(uri, tmp_path)
+    out = tmp_path / "export"
+    code = _select(uri, 5.0, out, study="disagree")
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "chosen configuration val_best " in printed
+    assert "val score:       81.00%" in printed and "test score:      71.00%" in printed
+    assert export.read_config(out)["metadata"]["i"] == 0  # seed 0: the better val_score
+    client = MlflowClient(uri)
+    (version,) = client.search_model_versions("name='disagree-student'")
+    assert version.tags["config_id"] == "val_best"
+    assert float(version.tags["val_score"]) == pytest.approx(0.81)
+    assert float(version.tags["test_score"]) == pytest.approx(0.71)
+    assert ids["config_ids"][0] == "val_best"
+
+    # Within a budget only test_best fits: it is chosen, whatever its scores.
+    assert _select(uri, 2.5, tmp_path / "fast", study="disagree") == 0
+    assert "chosen configuration test_best " in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,18 +201,22 @@ def ran(tmp_path_factory: pytest.TempPathFactory, gds_data_root: Path) -> Ran:
 
 
 def _configs(client: MlflowClient) -> dict[str, dict]:
-    """Mean test score and p50 latency per config_id, from the raw MLflow runs."""
+    """Mean val and test score and p50 latency per config_id, from the raw MLflow runs."""
     exp = client.get_experiment_by_name(STUDY)
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tr.TAG_ROLE}` = 'trial'")
     out: dict[str, dict] = {}
     for run in runs:
         if run.info.status != "FINISHED":
             continue
-        c = out.setdefault(run.data.tags[tr.TAG_CONFIG_ID], {"test": [], "lat": [], "runs": []})
+        c = out.setdefault(
+            run.data.tags[tr.TAG_CONFIG_ID], {"val": [], "test": [], "lat": [], "runs": []}
+        )
+        c["val"].append(run.data.metrics[tr.METRIC_VAL])
         c["test"].append(run.data.metrics[tr.METRIC_TEST])
         c["lat"].append(run.data.metrics[tr.METRIC_LATENCY_P50])
         c["runs"].append(run)
     for c in out.values():
+        c["val"] = sum(c["val"]) / len(c["val"])
         c["test"] = sum(c["test"]) / len(c["test"])
         c["lat"] = sum(c["lat"]) / len(c["lat"])
     return out
@@ -174,9 +249,9 @@ def test_select_exports_and_registers_the_best_within_budget(
     assert lats[0] < lats[-1], "the architectures should differ in latency"
     budget = (lats[0] + lats[-1]) / 2
     within = {k: c for k, c in configs.items() if c["lat"] <= budget}
-    best_score = max(c["test"] for c in within.values())
+    best_score = max(c["val"] for c in within.values())
     expected = min(
-        (k for k, c in within.items() if c["test"] == best_score),
+        (k for k, c in within.items() if c["val"] == best_score),
         key=lambda k: (within[k]["lat"], k),
     )
 
@@ -210,6 +285,7 @@ def test_select_exports_and_registers_the_best_within_budget(
     assert version.tags["student_arch"] == trial_run.data.tags[tr.TAG_STUDENT_ARCH]
     assert math.isclose(float(version.tags["latency_ms_p50"]), chosen["lat"], rel_tol=1e-5)
     assert math.isclose(float(version.tags["test_score"]), chosen["test"], rel_tol=1e-5)
+    assert math.isclose(float(version.tags["val_score"]), chosen["val"], rel_tol=1e-5)
     sel = client.get_run(version.run_id)
     assert sel.data.tags[tr.TAG_ROLE] == ROLE_SELECTION
     assert sel.info.experiment_id == client.get_experiment_by_name(STUDY).experiment_id
@@ -235,7 +311,7 @@ def test_select_below_the_fastest_writes_nothing(
 ) -> None:
     client = MlflowClient(ran.uri)
     configs = _configs(client)
-    fastest = min(configs, key=lambda k: (configs[k]["lat"], -configs[k]["test"], k))
+    fastest = min(configs, key=lambda k: (configs[k]["lat"], -configs[k]["val"], k))
     before = len(_versions(client))
     exp = client.get_experiment_by_name(STUDY)
     n_runs = len(client.search_runs([exp.experiment_id]))
