@@ -729,7 +729,6 @@ def _fit_and_close(
             errors,
             failed,
         )
-        status = outcome.status
         client.set_tag(ctx.parent_run_id, tr.TAG_FAILED_TRIALS, str(len(failed)))
         if failed:
             print(
@@ -743,6 +742,8 @@ def _fit_and_close(
                 "(see study.calibration)"
             )
             calibrate_latency(spec, rows, client, ctx.teacher_run_id, ctx.data_root)
+        # Set last: a study whose calibration failed is not FINISHED, so resume may finish it.
+        status = outcome.status
         return outcome
     finally:
         client.set_terminated(ctx.parent_run_id, status=status)
