@@ -42,6 +42,7 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
       student.width: {choice: [8, 16]}         # student.options.NAME: factory students only
     seeds: [0]                  # [[0]] each configuration runs once per seed
     searcher: {algorithm: tpe, num_samples: 10, max_concurrent: null, seed: 0}  # nsga2 random grid
+                                # nsga2: population_size [max(2, num_samples // 4)]
     objectives: [{metric: val_score, mode: max}]  # val_score latency_ms_p50/p90 num_params
     scheduler: null             # or {type: asha, grace_period: 10, reduction_factor: 3, max_t: ..}
     resources: {cpu: 1, gpu: 0} # per trial; a fractional gpu shares one
@@ -244,10 +245,32 @@ class Dimension:
 
 @pdc.dataclass(frozen=True, config=_STRICT)
 class SearcherSpec:
+    """``population_size`` (nsga2 only): trials per NSGA-II generation; ``None`` means
+    :meth:`population`'s default, a quarter of ``num_samples`` (at least 2)."""
+
     algorithm: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     num_samples: Annotated[int, Field(ge=1, le=MAX_NUM_SAMPLES)] = 10
     max_concurrent: cat.Count | None = None
     seed: _NonNegInt = 0
+    population_size: Annotated[int, Field(ge=2)] | None = None
+
+    def population(self) -> int:
+        """NSGA-II's population: as given, else ``max(2, num_samples // 4)`` (several
+        generations)."""
+        if self.population_size is not None:
+            return self.population_size
+        return max(2, self.num_samples // 4)
+
+    def generations_warning(self) -> str | None:
+        """One line when an NSGA-II search cannot leave its first generation or two (fewer than
+        two populations of samples), else ``None``."""
+        if self.algorithm != "nsga2" or self.num_samples >= 2 * self.population():
+            return None
+        return (
+            f"searcher: nsga2 with population_size {self.population()} and num_samples "
+            f"{self.num_samples} runs fewer than 2 generations (the first is random); use "
+            f"num_samples >= {2 * self.population()} or a smaller population_size"
+        )
 
 
 @pdc.dataclass(frozen=True, config=_STRICT)
@@ -258,12 +281,17 @@ class Objective:
 
 @pdc.dataclass(frozen=True, config=_STRICT)
 class SchedulerSpec:
-    """An early-stopping scheduler; ``max_t`` ``None`` means the student's epochs."""
+    """An early-stopping scheduler (ASHA, in epochs): every trial trains ``max_t`` epochs
+    (``None``: the student's, at most those) unless the scheduler stops it before."""
 
     type: Literal["asha"] = "asha"
     grace_period: cat.Count = 10
     reduction_factor: Annotated[float, Field(gt=1)] = 3.0
     max_t: cat.Count | None = None
+
+    def epochs(self, student_epochs: int) -> int:
+        """The most epochs a trial trains: ``max_t``, else the student's epochs."""
+        return student_epochs if self.max_t is None else min(self.max_t, student_epochs)
 
 
 @pdc.dataclass(frozen=True, config=_STRICT)
@@ -743,6 +771,11 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
             "search fewer or split the study",
         )
     searcher = chk.validate(SearcherSpec, sd, "searcher")
+    if searcher.population_size is not None and searcher.algorithm != "nsga2":
+        chk.fail(
+            "searcher.population_size",
+            f"only the nsga2 searcher has a population, the algorithm is {searcher.algorithm}",
+        )
     search = _parse_search(chk, top.search, methods, defaults, student[0], dataset, searcher)
     _check_trials(chk, searcher, methods, search, len(top.seeds))
     objectives = _parse_objectives(chk, top.objectives)
@@ -1114,6 +1147,12 @@ def _parse_scheduler(
             f"is; the objective is {objectives[0].metric}",
         )
     max_t = spec.max_t if spec.max_t is not None else epochs
+    if max_t > epochs:
+        chk.fail(
+            "scheduler.max_t",
+            f"expected at most the student's train.epochs ({epochs}): a trial trains at most "
+            f"max_t epochs, got {max_t}",
+        )
     if spec.grace_period > max_t:
         chk.fail(
             "scheduler.grace_period",

@@ -416,7 +416,20 @@ def _trainable(spec: StudySpec, ctx: StudyContext, task: Task) -> Any:
 
 
 def build_tuner(spec: StudySpec, ctx: StudyContext, storage: Path, task: Task) -> tune.Tuner:
-    """The study as a ``Tuner``: searcher, optional ASHA, concurrency, resources, checkpoints."""
+    """The study as a ``Tuner``: searcher, optional ASHA, concurrency, resources, checkpoints.
+
+    ASHA counts epochs: a trial with a scheduler reports once per epoch, then its final result,
+    so ``training_iteration`` is epochs done until the final report (``max_t + 1``). A trial
+    trains at most ``scheduler.max_t`` epochs (:meth:`~study.config.SchedulerSpec.epochs`); one
+    the scheduler stops before is tagged ``gds.stopped_early`` (:mod:`study.trial`).
+    """
+    warning = spec.searcher.generations_warning()
+    if warning:
+        print(f"[gds] warning: {warning}")
+    if any(m != tr.METRIC_VAL for m in spec.metrics):
+        # Latency and size are measured once, after training: the per-epoch reports carry
+        # val_score only, which Tune's strict check (every objective in every result) refuses.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     search_alg, param_space, num_samples = make_search(spec)
     scheduler = None
     if spec.scheduler is not None:
@@ -427,7 +440,7 @@ def build_tuner(spec: StudySpec, ctx: StudyContext, storage: Path, task: Task) -
             metric=objective.metric,
             mode=objective.mode,
             time_attr="training_iteration",
-            max_t=spec.student.train.epochs + 1,
+            max_t=spec.scheduler.epochs(spec.student.train.epochs) + 1,
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )

@@ -322,7 +322,9 @@ def make_search(spec: StudySpec) -> tuple[Searcher | None, dict[str, Any], int]:
     seed = spec.searcher.seed
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=spec.searcher.population()
+        ),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
     }
     metrics = [o.metric for o in spec.objectives]

@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ METRIC_FLUSH_SECONDS = 5.0  # per-epoch MLflow metrics are sent in batches this 
 TUNE_REPORT_SECONDS = 1.0  # without a scheduler, progress reaches Tune at most this often
 #: In a trial's final Tune result: why it failed (its run's ``gds.error``); absent when it did not.
 RESULT_ERROR = "gds_error"
+#: Tag of a trial the scheduler (ASHA) stopped before it trained all its epochs: its run is
+#: FINISHED with the per-epoch curves only (no final metrics), and it is no fully trained result.
+TAG_STOPPED_EARLY = "gds.stopped_early"
 
 
 def fetch_teacher(ctx: StudyContext, task: Task) -> nn.Module:
@@ -323,16 +327,20 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
         reporter = EpochReporter(
             client, run_id, spec, -float("inf") if resume is None else resume["best_val"], logged
         )
+        train_cfg = with_device(plan.student_train, device)
+        if spec.scheduler is not None:  # scheduler.max_t caps the epochs
+            train_cfg = replace(train_cfg, epochs=spec.scheduler.epochs(train_cfg.epochs))
         try:
             result = distill_student(
-                student,
-                teacher,
-                task,
-                with_device(plan.student_train, device),
-                plan.distill,
-                on_epoch=reporter,
-                resume=resume,
+                student, teacher, task, train_cfg, plan.distill, on_epoch=reporter, resume=resume
             )
+        except SystemExit:
+            # Tune stops a function trainable (the scheduler stopped the trial) by raising
+            # SystemExit(0) in its report: the run ends FINISHED, tagged, without final metrics.
+            reporter.flush()
+            client.set_tag(run_id, TAG_STOPPED_EARLY, "true")
+            status = "FINISHED"
+            raise
         except TrainingDiverged as err:
             reporter.flush()  # the epochs before it: the curve shows the blow-up
             client.set_tag(run_id, tr.TAG_ERROR, str(err))

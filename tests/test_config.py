@@ -431,6 +431,24 @@ BAD = [
         "only val_score is",
     ),
     (
+        "population without nsga2",
+        _set("searcher.population_size", 4),
+        "searcher.population_size",
+        "only the nsga2 searcher has a population",
+    ),
+    (
+        "population of one",
+        lambda d: d.update(searcher={"algorithm": "nsga2", "population_size": 1}),
+        "searcher.population_size",
+        "expected",
+    ),
+    (
+        "max_t over the epochs",
+        lambda d: d.update(scheduler={"type": "asha", "grace_period": 1, "max_t": 6}),
+        "scheduler.max_t",
+        "at most the student's train.epochs (5)",
+    ),
+    (
         "boolean for an integer",
         _set("student.width", True),
         "student.width",
@@ -916,3 +934,25 @@ def test_reading_a_study_imports_no_torch():
     )
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+def test_nsga2_population_defaults_to_several_generations_and_warns_when_it_cannot():
+    searcher = spec_with(searcher={"algorithm": "nsga2", "num_samples": 48}).searcher
+    assert searcher.population() == 12 and searcher.generations_warning() is None
+    small = spec_with(searcher={"algorithm": "nsga2", "num_samples": 3}).searcher
+    assert small.population() == 2
+    warning = small.generations_warning()
+    assert warning is not None and "\n" not in warning and "num_samples >= 4" in warning
+    given = spec_with(searcher={"algorithm": "nsga2", "num_samples": 10, "population_size": 8})
+    assert given.searcher.population() == 8
+    assert "population_size 8" in (given.searcher.generations_warning() or "")
+    assert (
+        spec_with(searcher={"algorithm": "tpe", "num_samples": 1}).searcher.generations_warning()
+        is None
+    )
+
+
+def test_scheduler_max_t_caps_the_epochs():
+    asha = {"type": "asha", "grace_period": 1}
+    assert spec_with(scheduler={**asha, "max_t": 3}).scheduler.epochs(5) == 3
+    assert spec_with(scheduler=asha).scheduler.epochs(5) == 5
