@@ -53,6 +53,7 @@ TAG_TRIAL_ID = "gds.trial_id"
 TAG_STUDY = "gds.study"
 TAG_TEACHER_HASH = "gds.teacher_hash"
 TAG_STUDENT_ARCH = "student_arch"
+TAG_STOPPED_EARLY = "gds.stopped_early"  # a trial the scheduler stopped: no final scores
 TAG_NODE = "gds.node_id"  # the Ray node a trial ran on
 TAG_WORKER_PID = "gds.worker_pid"  # the process that last (re)started the trial, on that node
 # Why a trial run ended FAILED, one line (e.g. "training diverged at epoch 3: ..."); the

@@ -56,7 +56,6 @@ TUNE_REPORT_SECONDS = 1.0  # without a scheduler, progress reaches Tune at most 
 RESULT_ERROR = "gds_error"
 #: Tag of a trial the scheduler (ASHA) stopped before it trained all its epochs: its run is
 #: FINISHED with the per-epoch curves only (no final metrics), and it is no fully trained result.
-TAG_STOPPED_EARLY = "gds.stopped_early"
 
 
 def fetch_teacher(ctx: StudyContext, task: Task) -> nn.Module:
@@ -338,7 +337,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
             # Tune stops a function trainable (the scheduler stopped the trial) by raising
             # SystemExit(0) in its report: the run ends FINISHED, tagged, without final metrics.
             reporter.flush()
-            client.set_tag(run_id, TAG_STOPPED_EARLY, "true")
+            client.set_tag(run_id, tr.TAG_STOPPED_EARLY, "true")
             status = "FINISHED"
             raise
         except TrainingDiverged as err:

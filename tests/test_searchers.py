@@ -20,7 +20,7 @@ from analysis.pareto import pareto_front
 from analysis.runs import finished_trials, load_runs
 from study import runner
 from study import tracking as tr
-from study.trial import TAG_STOPPED_EARLY
+from study.tracking import TAG_STOPPED_EARLY
 from tests.studies import write_study
 
 pytestmark = pytest.mark.ray
