@@ -19,8 +19,8 @@ from tests.studies import tiny_study, write_study
 KIND_KEY, KIND_VALUE = EXPERIMENT_KIND
 assert (KIND_KEY, KIND_VALUE) == ("mlflow.experimentKind", "custom_model_development")
 
-# method, optional method hyperparameters, student architecture, width, seed
-NAME = re.compile(r"^(none|kd|lsp)(-[a-z]*-?[0-9.e+-]*)*-gat-w\d+-s\d+$")
+# method with its key hyperparameters, student architecture, width, seed
+NAME = re.compile(r"^(none|kd-T\d+\.\d+|lsp-rbf-lam\d+(\.\d+)?)-gat-w4-s0$")
 
 
 # ---------------------------------------------------------------- the name builder
