@@ -1,8 +1,8 @@
-"""The ``distill-study`` command line.
+"""The distill-study command line.
 
-One run without Ray: ``teacher`` trains and saves a teacher, ``distill`` distils one student.
-Studies on Ray: ``run``, ``resume``, ``list``; reports: ``report``. Bad input is one line on
-stderr and exit code 2, before anything starts.
+One run without Ray: `teacher` trains and saves a teacher, `distill` distils one student.
+Studies on Ray: `validate`, `run`, `resume`, `list`; results: `report`, `select`. Bad input is one
+line on stderr and exit code 2, before anything starts. Help texts are plain text (no markup).
 """
 
 from __future__ import annotations
@@ -62,17 +62,27 @@ def _add_model_args(
     g.add_argument(
         "--emb-dims", type=int, default=None, help="DGCNN embedding width (default: 16 x width)"
     )
-    g.add_argument("--dropout", type=float, default=0.5)
+    g.add_argument("--dropout", type=float, default=0.5, help="dropout rate (default: 0.5)")
 
 
 def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--lr", type=float, default=0.005)
-    g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    g.add_argument("--batch-size", type=int, default=32, help="graphs (PPI) or clouds per batch")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--epochs", type=int, default=epochs, help=f"training epochs (default: {epochs})"
+    )
+    g.add_argument("--lr", type=float, default=0.005, help="learning rate (default: 0.005)")
+    g.add_argument(
+        "--weight-decay", type=float, default=5e-4, help="L2 weight decay (default: 5e-4)"
+    )
+    g.add_argument(
+        "--optimizer", choices=["adam", "sgd"], default="adam", help="adam or sgd (default: adam)"
+    )
+    g.add_argument(
+        "--batch-size", type=int, default=32, help="graphs (PPI) or clouds per batch (default: 32)"
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="seed of the initial weights and training (default: 0)"
+    )
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -80,8 +90,18 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(prog="distill-study", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="distill-study",
+        description="Knowledge-distillation studies for graph neural networks: train a teacher, "
+        "search students and distillation methods on Ray Tune, track every trial in MLflow, "
+        "then report and select.",
+        epilog="A study: distill-study validate FILE, then run FILE, then report STUDY --out DIR "
+        "and select STUDY --max-latency-ms MS --out DIR. Run distill-study COMMAND --help for "
+        "a command's options.",
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of the commands below"
+    )
 
     t = sub.add_parser("teacher", help="train a teacher and save its checkpoint (no Ray)")
     _add_data_args(t)
@@ -134,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--at-p", type=float, default=1.0, help="AT exponent p")
 
     r = sub.add_parser("run", help="run a study from a search-space file on Ray Tune")
-    r.add_argument("file", help="search_spaces/*.yaml")
+    r.add_argument("file", help="the study file, e.g. search_spaces/quickstart.yaml")
     r.add_argument(
         "--tracking-uri",
         default=None,
@@ -148,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Ray cluster address (default: $RAY_ADDRESS, else a new local Ray on 127.0.0.1 only)",
     )
-    r.add_argument("--data-root", default=None)
+    r.add_argument(
+        "--data-root",
+        default=None,
+        help="datasets folder (default: $GDS_DATA_ROOT, else the user cache)",
+    )
     r.add_argument(
         "--smoke",
         action="store_true",
@@ -160,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a study file completely (its keys, then its data and models) and count its "
         "trials; starts nothing",
     )
-    v.add_argument("file")
+    v.add_argument("file", help="the study file, e.g. search_spaces/quickstart.yaml")
     v.add_argument(
         "--keys-only",
         action="store_true",
@@ -173,35 +197,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     s = sub.add_parser("resume", help="continue an interrupted study")
-    s.add_argument("study")
-    s.add_argument("--storage", default=None)
-    s.add_argument("--tracking-uri", default=None)
-    s.add_argument("--address", default=None)
+    s.add_argument("study", help="the study's name (the name key of its file)")
+    s.add_argument(
+        "--storage",
+        default=None,
+        help="the folder the study was run with (default: ~/ray_results)",
+    )
+    s.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="the MLflow URI the study was run with (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///<cwd>/mlflow.db)",
+    )
+    s.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: $RAY_ADDRESS, else a new local Ray on 127.0.0.1 only)",
+    )
 
     ls = sub.add_parser("list", help="list studies under a storage folder and their progress")
-    ls.add_argument("--storage", default=None)
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument(
+        "--storage", default=None, help="folder of study folders (default: ~/ray_results)"
+    )
+    ls.add_argument("--json", action="store_true", help="print the list as JSON")
 
     rep = sub.add_parser("report", help="write ablation tables and Pareto plots of a study")
-    rep.add_argument("study")
-    rep.add_argument("--tracking-uri", default=None)
+    rep.add_argument("study", help="the study's name (its MLflow experiment)")
+    rep.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
+    )
     rep.add_argument(
         "--out", required=True, help="report folder (refused if it exists, unless --overwrite)"
     )
-    rep.add_argument("--overwrite", action="store_true")
+    rep.add_argument(
+        "--overwrite", action="store_true", help="replace the report folder if it exists"
+    )
 
     sel = sub.add_parser(
         "select",
         help="export and register the best configuration within a latency budget",
     )
-    sel.add_argument("study")
+    sel.add_argument("study", help="the study's name (its MLflow experiment)")
     sel.add_argument(
         "--max-latency-ms",
         type=float,
         required=True,
         help="budget on the configuration's mean latency p50 (ms)",
     )
-    sel.add_argument("--tracking-uri", default=None)
+    sel.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
+    )
     sel.add_argument(
         "--out", required=True, help="export folder to create (refused unless missing or empty)"
     )
@@ -392,16 +441,52 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         smoke=args.smoke,
     )
-    _print_outcome(outcome)
+    summary = _print_outcome(outcome)
     print(f"\nMLflow UI: {mlflow_ui_hint(outcome.tracking_uri)}")
-    print(
-        f"Report:    distill-study report {outcome.name} --tracking-uri {outcome.tracking_uri} "
-        f"--out reports/{outcome.name}"
-    )
+    for line in next_steps(outcome.name, outcome.tracking_uri, summary):
+        print(line)
     return 0 if outcome.complete else 1
 
 
-def _print_outcome(outcome: Any) -> None:
+def suggested_budget_ms(summary: Any) -> float | None:
+    """A latency budget for ``select``: the best configuration's (on mean validation score)
+    mean latency p50, rounded up to 0.1 ms, so that it is the one ``select`` would choose."""
+    import math
+
+    if summary is None or summary.empty:
+        return None
+    needed = {"val_score_mean", "latency_ms_p50_mean"}
+    if not needed <= set(summary.columns):
+        return None
+    ranked = summary.dropna(subset=list(needed)).sort_values("val_score_mean", ascending=False)
+    if ranked.empty:
+        return None
+    return math.ceil(float(ranked["latency_ms_p50_mean"].iloc[0]) * 10) / 10
+
+
+def next_steps(name: str, tracking_uri: str, summary: Any = None) -> list[str]:
+    """The commands that come after ``run``: the report, and ``select`` with a latency budget."""
+    import shlex
+
+    uri = shlex.quote(tracking_uri)
+    budget = suggested_budget_ms(summary)
+    shown = f"{budget:g}" if budget is not None else "MS"
+    lines = [
+        "Next:",
+        f"  distill-study report {name} --tracking-uri {uri} --out reports/{name}",
+        f"  distill-study select {name} --tracking-uri {uri} --max-latency-ms {shown} "
+        f"--out exports/{name}",
+    ]
+    if budget is not None:
+        lines.append(
+            f"  (select exports the best configuration on validation score within the budget; "
+            f"{shown} ms is the latency of the best one above, lower it to trade accuracy for "
+            f"speed)"
+        )
+    return lines
+
+
+def _print_outcome(outcome: Any) -> Any:
     """How many trials finished, and the five best configurations as the analysis sees them."""
     from analysis.ablation import config_summary
     from analysis.runs import load_runs
@@ -413,7 +498,7 @@ def _print_outcome(outcome: Any) -> None:
         f"{outcome.errors} errored"
     )
     if not finished:
-        return
+        return None
     summary = config_summary(load_runs(outcome.name, tracking_uri=outcome.tracking_uri))
     columns = [
         "config_id",
@@ -432,6 +517,7 @@ def _print_outcome(outcome: Any) -> None:
         best["num_params"] = best["num_params"].map(lambda v: f"{v:,.0f}")
     print("Best configurations (mean over seeds, ranked by validation score):")
     print(best.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return summary
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -234,12 +234,23 @@ def start_ray(address: str | None = None, py_modules: list[str] | None = None) -
         )
 
 
+# MLflow 3's UI shows an experiment of this kind as model training (runs), not GenAI traces.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def start_study_run(
     client: MlflowClient, spec: StudySpec, spec_text: str, num_trials: int
 ) -> tuple[str, str]:
-    """The study's experiment (created if missing) and its parent run."""
+    """The study's experiment (created if missing) and its parent run. The experiment carries
+    ``mlflow.experimentKind=custom_model_development``, also when it already existed, so MLflow
+    3's UI opens it on its runs instead of the GenAI traces page."""
     exp = client.get_experiment_by_name(spec.name)
-    experiment_id = exp.experiment_id if exp is not None else client.create_experiment(spec.name)
+    if exp is None:
+        experiment_id = client.create_experiment(spec.name, tags=dict([EXPERIMENT_KIND]))
+    else:
+        experiment_id = exp.experiment_id
+        if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
     run = client.create_run(
         experiment_id,
         run_name=spec.name,

@@ -39,6 +39,7 @@ from study.data.base import Task, io_channels
 from study.export import export_student
 from study.latency import LatencyResult, count_parameters
 from study.models import build_model
+from study.names import trial_run_name
 from study.search import trial_params
 from study.teachers import load_teacher, teacher_cache_path
 from study.train import (
@@ -90,7 +91,9 @@ def _start_run(
     device: str,
     trial_name: str,
 ) -> str:
-    """A new child run for this trial: its tags and hyperparameters."""
+    """A new child run for this trial: its tags and hyperparameters. Its name reads method, key
+    hyperparameters, student and seed (:func:`study.names.trial_run_name`); Tune's own trial name
+    is kept as tag ``gds.tune_trial_name`` to match Tune's progress table."""
     tags = {
         tr.TAG_ROLE: tr.ROLE_TRIAL,
         tr.TAG_PARENT: ctx.parent_run_id,
@@ -104,8 +107,10 @@ def _start_run(
         tr.TAG_DEVICE: device,
         tr.TAG_STUDENT_ARCH: plan.student.label,
         tr.TAG_NODE: ray.get_runtime_context().get_node_id(),
+        "gds.tune_trial_name": trial_name,
     }
-    run = client.create_run(ctx.experiment_id, run_name=trial_name, tags=tags)
+    name = trial_run_name(plan.params, (d.name for d in ctx.spec.search))
+    run = client.create_run(ctx.experiment_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     client.log_batch(
         run_id, params=[Param(k, tr.encode_param(v)) for k, v in sorted(plan.params.items())]

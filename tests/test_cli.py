@@ -302,3 +302,68 @@ def test_validate_unknown_method_in_a_study(capsys: pytest.CaptureFixture, tmp_p
 def test_validate_missing_file(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     path = tmp_path / "none.yaml"
     _assert_usage_error(capsys, main(["validate", str(path)]), str(path))
+
+
+# ---------------------------------------------------------------- help texts
+
+
+def _subparsers() -> dict:
+    import argparse
+
+    from study.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {"": parser, **sub.choices}
+
+
+MARKUP = ("``", ":func:", ":class:", ":mod:", ":meth:", ":attr:", ":data:")
+
+
+def test_every_command_and_option_has_plain_help_text(capsys: pytest.CaptureFixture) -> None:
+    from study.cli import COMMANDS
+
+    parsers = _subparsers()
+    assert set(parsers) - {""} == set(COMMANDS)
+    for name, parser in parsers.items():
+        for action in parser._actions:
+            label = f"distill-study {name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help.strip(), f"{label}: no help text"
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"] if name else ["--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        assert text.strip(), name
+        for mark in MARKUP:
+            assert mark not in text, f"distill-study {name} --help shows {mark!r}:\n{text}"
+    top = _run_help(capsys, [])
+    for command in COMMANDS:  # every command is described on the top-level help
+        assert command in top
+
+
+def _run_help(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return capsys.readouterr().out
+
+
+def test_run_ends_by_suggesting_report_and_select() -> None:
+    import pandas as pd
+
+    from study.cli import next_steps, suggested_budget_ms
+
+    summary = pd.DataFrame(
+        {
+            "config_id": ["a", "b"],
+            "val_score_mean": [0.70, 0.81],
+            "latency_ms_p50_mean": [3.02, 10.04],
+        }
+    )
+    assert suggested_budget_ms(summary) == pytest.approx(10.1)
+    lines = "\n".join(next_steps("quickstart", "sqlite:////tmp/my store.db", summary))
+    report = "distill-study report quickstart --tracking-uri 'sqlite:////tmp/my store.db' "
+    assert report + "--out reports/quickstart" in lines
+    select = "distill-study select quickstart --tracking-uri 'sqlite:////tmp/my store.db' "
+    assert select + "--max-latency-ms 10.1 --out exports/quickstart" in lines
+    # Without finished trials the budget is left to the user.
+    assert "--max-latency-ms MS" in "\n".join(next_steps("s", "sqlite:///x.db", None))

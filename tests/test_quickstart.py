@@ -40,6 +40,8 @@ def test_quickstart_from_the_readme(tmp_path: Path, gds_data_root: Path) -> None
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "mlflow ui --backend-store-uri" in done.stdout and "Best configurations" in done.stdout
+    assert "distill-study report quickstart" in done.stdout
+    assert "distill-study select quickstart" in done.stdout and "--max-latency-ms" in done.stdout
     assert (tmp_path / "home" / "ray_results" / "quickstart").is_dir()  # Tune's default storage
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")  # the default store, in the cwd
@@ -52,6 +54,13 @@ def test_quickstart_from_the_readme(tmp_path: Path, gds_data_root: Path) -> None
     trials = [r for r in runs if r.data.tags[tr.TAG_ROLE] == tr.ROLE_TRIAL]
     assert len(trials) >= 4
     assert len({r.data.tags[tr.TAG_METHOD] for r in trials}) >= 2
+    # A trade-off to show: students of several sizes or architectures, at several latencies.
+    assert len({r.data.metrics["num_params"] for r in trials}) >= 3
+    assert len({r.data.tags[tr.TAG_STUDENT_ARCH] for r in trials}) >= 2
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    for run in trials:
+        name, method = run.info.run_name, run.data.tags[tr.TAG_METHOD]
+        assert name.startswith(f"{method}-") and name.endswith("-s0"), name
     required_tags = (
         tr.TAG_PARENT,
         tr.TAG_METHOD,
