@@ -50,9 +50,31 @@ __all__ = [
     "to_latex",
     "to_csv",
     "METHOD_LABELS",
+    "METRIC_TEST_N",
+    "SMALL_TEST_SET",
+    "t_quantile_975",
+    "mean_ci95",
+    "wilson_interval",
+    "paired_vs_none",
+    "format_paired",
+    "test_set_table",
 ]
 
 SCORE_METRICS = (METRIC_TEST, METRIC_VAL)
+#: Every score a table may carry, all scaled to percent with the test score (one unit per table).
+PERCENT_METRICS = (
+    METRIC_TEST,
+    METRIC_VAL,
+    "test_accuracy",
+    "test_micro_f1",
+    "test_auroc",
+    "test_mean_class_accuracy",
+)
+#: The final metric a trial logs for the number of test examples its test score counts
+#: (shapes, nodes or graphs); the binomial CI of :func:`test_set_table` needs it.
+METRIC_TEST_N = "test_n"
+#: Below this many test examples the report warns (binomial CI half-width per method).
+SMALL_TEST_SET = 200
 # Columns that differ between the seeds of one configuration by construction: never carried.
 _PER_RUN = frozenset({"run_id", "run_name", "status", "seed", "error"})
 #: Distinct failure reasons a :func:`failure_table` row spells out; more are counted.
@@ -94,7 +116,8 @@ def summarize(
     for col in by:
         choose("column", col, list(df.columns))
     if metrics is None:
-        metrics = [m for m in (*FINAL_METRICS, *EXTRA_METRICS) if m in df.columns]
+        known = (*FINAL_METRICS, *EXTRA_METRICS, METRIC_TEST_N)
+        metrics = [m for m in known if m in df.columns]
     for m in metrics:
         choose("metric", m, list(df.columns))
     data = finished_trials(df) if finished_only else df
@@ -129,9 +152,10 @@ def score_scale(values: pd.Series | np.ndarray | Sequence[float]) -> float:
 
 
 def to_percent(table: pd.DataFrame, scale: float) -> pd.DataFrame:
-    """A copy with the score statistics (``test_score_*``, ``val_score_*``) multiplied by scale."""
+    """A copy with the score statistics (``test_score_*``, ``val_score_*`` and the split scores of
+    :data:`PERCENT_METRICS`, e.g. ``test_auroc_*``) multiplied by scale: one unit per table."""
     table = table.copy()
-    for m in SCORE_METRICS:
+    for m in PERCENT_METRICS:
         for s in ("mean", "std"):
             col = f"{m}_{s}"
             if col in table.columns:
@@ -251,7 +275,9 @@ def _ordered(table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
             order[f"v{i}"] = pd.to_numeric(col, errors="coerce").astype("float64").fillna(np.inf)
         else:
             order[f"v{i}"] = col.astype(str)
-    order["src"] = table["source"].map(lambda s: _SOURCE_ORDER.get(s, 2))
+    order["src"] = table["source"].map(
+        lambda s: _SOURCE_ORDER.get(s, 1 if str(s).startswith(PAPER_SOURCE) else 2)
+    )
     idx = order.sort_values(list(order.columns), kind="stable").index
     return table.loc[idx].reset_index(drop=True)
 
@@ -287,6 +313,15 @@ def _teacher_rows(teachers: pd.DataFrame, scale: float) -> pd.DataFrame:
     return to_percent(rows, scale)
 
 
+def _test_n(df: pd.DataFrame) -> dict[object, float]:
+    """Dataset -> its number of test examples (median of the finished runs' ``test_n``)."""
+    done = finished_trials(df)
+    if METRIC_TEST_N not in done.columns or done.empty:
+        return {}
+    n = pd.to_numeric(done[METRIC_TEST_N], errors="coerce")
+    return {d: float(v) for d, v in n.groupby(done["dataset"]).median().dropna().items()}
+
+
 def method_table(
     df: pd.DataFrame,
     teachers: pd.DataFrame | None = None,
@@ -313,7 +348,7 @@ def method_table(
         scale = score_scale(finished_trials(df)[METRIC_TEST]) if not df.empty else 1.0
         frames.append(_teacher_rows(teachers, scale))
     if paper and not ours.empty:
-        frames.append(paper_frame(METHOD_ROWS, ours["dataset"].dropna().unique()))
+        frames.append(paper_frame(METHOD_ROWS, ours["dataset"].dropna().unique(), _test_n(df)))
     return arrange_table(_ordered(_concat(frames), ["dataset", "method"]), ["dataset", "method"])
 
 
@@ -330,7 +365,7 @@ def kernel_table(df: pd.DataFrame, *, paper: bool = True, select: str = METRIC_V
     ours = _ours(lsp, ["dataset", "lsp.kernel"], select)
     frames = [ours]
     if paper and not ours.empty:
-        frames.append(paper_frame(KERNEL_ROWS, ours["dataset"].dropna().unique()))
+        frames.append(paper_frame(KERNEL_ROWS, ours["dataset"].dropna().unique(), _test_n(df)))
     keys = ["dataset", "method", "lsp.kernel"]
     return arrange_table(_ordered(_concat(frames), ["dataset", "lsp.kernel"]), keys)
 
@@ -373,9 +408,8 @@ def factor_table(
         UserInputError: an unknown factor or ``select``.
     """
     factors = [factor] if isinstance(factor, str) else list(factor)
-    valid = [
-        c for c in df.columns if c not in _PER_RUN and c not in (*FINAL_METRICS, *EXTRA_METRICS)
-    ]
+    metrics = (*FINAL_METRICS, *EXTRA_METRICS, METRIC_TEST_N)
+    valid = [c for c in df.columns if c not in _PER_RUN and c not in metrics]
     for f in factors:
         choose("factor", f, valid)
     choose("selection", select, ("all", "best"))
@@ -392,6 +426,211 @@ def factor_table(
         table = to_percent(table, score_scale(fin[METRIC_TEST]) if not fin.empty else 1.0)
         table.insert(0, "source", OUR_SOURCE)
     return arrange_table(_ordered(table, keys), keys)
+
+
+# --------------------------------------------------------------------------------------------
+# Uncertainty: paired differences against the student alone, binomial CIs of small test sets
+# --------------------------------------------------------------------------------------------
+# Two-sided 95% quantiles of Student's t, t_{0.975}(df) for df = 1..30 (scipy.stats.t.ppf).
+_T975 = (
+    12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157,
+    2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922,
+    2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831,
+    2.048407, 2.045230, 2.042272,
+)  # fmt: skip
+_Z975 = 1.959963984540054
+
+
+def t_quantile_975(dof: int) -> float:
+    """Student's t 97.5% quantile (a two-sided 95% interval) for ``dof`` degrees of freedom:
+    tabulated to 30, beyond by the Cornish-Fisher expansion (error below 1e-5); NaN if dof < 1."""
+    if dof < 1:
+        return float("nan")
+    if dof <= len(_T975):
+        return _T975[dof - 1]
+    z, v = _Z975, float(dof)
+    return (
+        z
+        + (z**3 + z) / (4 * v)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+    )
+
+
+def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:
+    """(mean, half-width of its 95% t-interval, n) of the finite values; half-width NaN if n < 2."""
+    arr = np.asarray(values, dtype="float64")
+    arr = arr[np.isfinite(arr)]
+    n = int(arr.size)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    if n < 2:
+        return float(arr.mean()), float("nan"), n
+    half = t_quantile_975(n - 1) * float(arr.std(ddof=1)) / float(np.sqrt(n))
+    return float(arr.mean()), half, n
+
+
+def wilson_interval(p: float, n: float, z: float = _Z975) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a proportion ``p`` (fraction) seen on ``n``
+    examples; (NaN, NaN) when ``n`` is unknown or below 1."""
+    if _isnan(p) or _isnan(n) or n < 1:
+        return float("nan"), float("nan")
+    p, n = float(p), float(n)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)))
+    return centre - half, centre + half
+
+
+BASELINE = "none"
+_STUDENT_TAG = "student_arch"
+
+
+def _student_keys(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith("student.")] + (
+        [_STUDENT_TAG] if _STUDENT_TAG in df.columns else []
+    )
+
+
+def _same(a: object, b: object) -> bool:
+    return (_isnan(a) and _isnan(b)) or (not _isnan(a) and not _isnan(b) and a == b)
+
+
+def _verdict(n: int, low: float, high: float) -> str:
+    if n < 2 or _isnan(low):
+        return "n<2: no CI, no evidence either way"
+    if low > 0:
+        return "better than student alone"
+    if high < 0:
+        return "worse than student alone"
+    return "no clear difference (CI contains 0)"
+
+
+def paired_vs_none(
+    df: pd.DataFrame, *, select: str = METRIC_VAL, baseline: str = BASELINE
+) -> pd.DataFrame:
+    """Each method's best configuration against the student alone (``none``), paired by seed.
+
+    For each (dataset, method) the best configuration (on mean ``select``, as in
+    :func:`method_table`) is compared with the best ``none`` configuration of the same dataset
+    and, where there is one, the same student (every ``student.*`` param and ``student_arch``
+    equal; else the best ``none`` of the dataset, and ``note`` says the students differ). Seeds
+    that both ran are paired; the difference is on the test score in percentage points.
+
+    Returns:
+        One row per (dataset, method other than ``baseline``): ``dataset``, ``method``,
+        ``config_id``, ``baseline_config_id``, ``n`` (paired seeds), ``diff`` (mean paired
+        difference, pp), ``diff_std`` (ddof=1), ``ci95_low``/``ci95_high`` (95% t-interval of the
+        mean; NaN when n < 2), ``verdict`` and ``note``.
+    """
+    cols = ["dataset", "method", "config_id", "baseline_config_id", "n", "diff", "diff_std",
+            "ci95_low", "ci95_high", "verdict", "note"]  # fmt: skip
+    done = finished_trials(df)
+    if done.empty:
+        return pd.DataFrame(columns=cols)
+    done = done.assign(config_id=done["config_id"].where(done["config_id"].notna(), done["run_id"]))
+    scale = score_scale(done[METRIC_TEST])
+    keys = _student_keys(done)
+    summary = config_summary(done, ["dataset", "method"])
+    best = best_configs(done, ["dataset", "method"], select=select)
+    sel = f"{select}_mean"
+    rows = []
+    for _, row in best.iterrows():
+        if row["method"] == baseline:
+            continue
+        out = {c: row.get(c) for c in ("dataset", "method", "config_id")}
+        base = summary.loc[(summary["dataset"] == row["dataset"]) & (summary["method"] == baseline)]
+        note = ""
+        if base.empty:
+            rows.append({**out, "n": 0, "verdict": "no student-alone runs to compare", "note": ""})
+            continue
+        same = base.loc[
+            [all(_same(b[k], row.get(k)) for k in keys if k in base.columns)
+             for _, b in base.iterrows()]
+        ]  # fmt: skip
+        if same.empty:
+            same, note = base, "student differs from the student-alone baseline"
+        ranked = same.assign(_s=pd.to_numeric(same.get(sel), errors="coerce")).sort_values(
+            ["_s", "config_id"], ascending=[False, True], na_position="last", kind="stable"
+        )
+        base_cfg = ranked["config_id"].iloc[0]
+        mine = done.loc[done["config_id"] == row["config_id"], ["seed", METRIC_TEST]]
+        theirs = done.loc[done["config_id"] == base_cfg, ["seed", METRIC_TEST]]
+        paired = mine.merge(theirs, on="seed", suffixes=("", "_base"))
+        diffs = (paired[METRIC_TEST] - paired[f"{METRIC_TEST}_base"]).to_numpy(dtype="float64")
+        mean, half, n = mean_ci95(diffs * scale)
+        std = float(np.std(diffs * scale, ddof=1)) if n >= 2 else float("nan")
+        low, high = mean - half, mean + half
+        if n == 0:
+            note = "; ".join(x for x in (note, "no seed in common") if x)
+        verdict = _verdict(n, low, high) if n else "no paired seeds"
+        rows.append({**out, "baseline_config_id": base_cfg, "n": n, "diff": mean,
+                     "diff_std": std, "ci95_low": low, "ci95_high": high,
+                     "verdict": verdict, "note": note})  # fmt: skip
+    table = pd.DataFrame(rows, columns=cols)
+    table["n"] = pd.to_numeric(table["n"], errors="coerce").astype("Int64")
+    return _ordered(table.assign(source=OUR_SOURCE), ["dataset", "method"]).drop(columns="source")
+
+
+def format_paired(table: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
+    """:func:`paired_vs_none` for reading: ``+1.25 [-0.40, +2.90] (n=3)`` in percentage points."""
+    if table.empty:
+        return pd.DataFrame()
+
+    def cell(r: pd.Series) -> str:
+        if _isnan(r["diff"]):
+            return ""
+        text = f"{r['diff']:+.{digits}f}"
+        if not _isnan(r["ci95_low"]):
+            text += f" [{r['ci95_low']:+.{digits}f}, {r['ci95_high']:+.{digits}f}]"
+        return text + f" (n={int(r['n'])})"
+
+    return pd.DataFrame(
+        {
+            "dataset": table["dataset"].map(_format_value),
+            "method": table["method"].map(lambda m: METHOD_LABELS.get(m, m)),
+            "test score − student alone (pp), mean [95% CI]": table.apply(cell, axis=1),
+            "verdict": table["verdict"].map(_format_value),
+            "note": table["note"].map(_format_value),
+            "config_id": table["config_id"].map(_format_value),
+            "student-alone config_id": table["baseline_config_id"].map(_format_value),
+        }
+    )
+
+
+def test_set_table(df: pd.DataFrame, *, select: str = METRIC_VAL) -> pd.DataFrame:
+    """How precise each method's test score can be, given the size of the test set.
+
+    One evaluation on ``test_n`` examples (metric :data:`METRIC_TEST_N`) estimates a proportion
+    whose 95% Wilson interval half-width is given here for each (dataset, method)'s best
+    configuration at its mean test score (an approximation for micro-F1). Without ``test_n``
+    the columns are NaN and ``small`` is NA.
+
+    Returns:
+        ``dataset``, ``method``, ``config_id``, ``test_n``, ``test_score_mean`` (percent),
+        ``ci95_low``/``ci95_high`` (percent), ``ci95_halfwidth`` (percentage points),
+        ``small`` (``test_n`` < :data:`SMALL_TEST_SET`).
+    """
+    cols = ["dataset", "method", "config_id", "test_n", "test_score_mean", "ci95_low",
+            "ci95_high", "ci95_halfwidth", "small"]  # fmt: skip
+    done = finished_trials(df)
+    if done.empty:
+        return pd.DataFrame(columns=cols)
+    scale = score_scale(done[METRIC_TEST])
+    best = best_configs(done, ["dataset", "method"], select=select)
+    n_col = f"{METRIC_TEST_N}_mean"
+    rows = []
+    for _, r in best.iterrows():
+        n = r[n_col] if n_col in best.columns else float("nan")
+        p = float(r[f"{METRIC_TEST}_mean"]) * scale / 100.0
+        low, high = wilson_interval(p, n)
+        rows.append({
+            "dataset": r["dataset"], "method": r["method"], "config_id": r["config_id"],
+            "test_n": n, "test_score_mean": p * 100.0, "ci95_low": low * 100.0,
+            "ci95_high": high * 100.0, "ci95_halfwidth": (high - low) * 50.0,
+            "small": pd.NA if _isnan(n) else bool(n < SMALL_TEST_SET),
+        })  # fmt: skip
+    table = pd.DataFrame(rows, columns=cols)
+    return _ordered(table.assign(source=OUR_SOURCE), ["dataset", "method"]).drop(columns="source")
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ network, so student rows carry the student's parameter count (and, on ModelNet40
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -19,6 +19,13 @@ import pandas as pd
 PAPER_SOURCE = "paper (Yang et al. 2020)"
 OUR_SOURCE = "this study"
 PAPER_DEVICE = "GTX 1080Ti"
+#: Test examples behind the paper's scores: PPI's 2 test graphs (5524 nodes) and ModelNet40's
+#: official test split (2468 shapes). A study whose ``test_n`` differs ran on other data.
+PAPER_TEST_N = {"ppi": 5524, "modelnet40": 2468}
+#: The paper rows' source when the study's test set differs from the paper's (e.g. a ModelNet40
+#: subset) and when the study logged no ``test_n`` to check it by.
+PAPER_OTHER_DATA = f"{PAPER_SOURCE}, other data"
+PAPER_UNCHECKED = f"{PAPER_SOURCE}, data not checked"
 
 
 @dataclass(frozen=True)
@@ -72,13 +79,31 @@ def canonical_dataset(name: object) -> str:
     return "".join(ch for ch in str(name).lower() if ch.isalnum())
 
 
-def paper_frame(rows: Iterable[PaperRow], datasets: Iterable[object]) -> pd.DataFrame:
+def paper_source(dataset: object, test_n: float | None) -> tuple[str, str]:
+    """(source, note) of the paper's rows for a study dataset whose test set has ``test_n``
+    examples: :data:`PAPER_SOURCE` when it is the paper's, :data:`PAPER_OTHER_DATA` when it
+    differs, :data:`PAPER_UNCHECKED` when ``test_n`` is unknown (NaN or None)."""
+    paper_n = PAPER_TEST_N.get(canonical_dataset(dataset))
+    if paper_n is None or test_n is None or not np.isfinite(float(test_n)):
+        return PAPER_UNCHECKED, "the study logged no test_n: its data/split may differ"
+    if int(round(float(test_n))) == paper_n:
+        return PAPER_SOURCE, ""
+    return PAPER_OTHER_DATA, f"paper: {paper_n} test examples; this study: {int(float(test_n))}"
+
+
+def paper_frame(
+    rows: Iterable[PaperRow],
+    datasets: Iterable[object],
+    test_n: Mapping[object, float] | None = None,
+) -> pd.DataFrame:
     """Paper rows for the given datasets only, in the columns of :mod:`analysis.ablation` tables.
 
     Args:
         rows: :data:`METHOD_ROWS` or :data:`KERNEL_ROWS`.
         datasets: The study's dataset names (matched by :func:`canonical_dataset`); each paper
             row takes the study's spelling of its dataset.
+        test_n: Study dataset -> its number of test examples (metric ``test_n``); labels the
+            rows by :func:`paper_source` (default: unknown, "data not checked").
 
     Returns:
         Columns ``source``, ``dataset``, ``method``, ``lsp.kernel`` (kernel rows only), ``n``
@@ -108,5 +133,8 @@ def paper_frame(rows: Iterable[PaperRow], datasets: Iterable[object]) -> pd.Data
     frame["device"] = pd.Series(
         [PAPER_DEVICE if r.latency_ms_p50 is not None else None for r in rows], dtype="object"
     )
-    frame["note"] = pd.Series([r.note for r in rows], dtype="object")
+    labels = {d: paper_source(d, (test_n or {}).get(d)) for d in spelled.values()}
+    frame["source"] = pd.Series([labels[spelled[r.dataset]][0] for r in rows], dtype="object")
+    notes = ["; ".join(x for x in (r.note, labels[spelled[r.dataset]][1]) if x) for r in rows]
+    frame["note"] = pd.Series(notes, dtype="object")
     return frame

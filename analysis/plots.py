@@ -24,20 +24,45 @@ from study.errors import choose
 __all__ = [
     "ARCH_LEGEND_TITLE",
     "score_axis_label",
+    "readable",
     "plot_pareto",
     "plot_hyperparameter",
     "plot_training_curves",
+    "plot_losses_by_run",
 ]
 
 ARCH_COLUMN = "student_arch"
+#: The gid of the rings that mark the front's points in :func:`plot_pareto`.
+FRONT_MARKS_GID = "pareto-front-marks"
 #: The legend section that names the marker of each student architecture in :func:`plot_pareto`.
 ARCH_LEGEND_TITLE = "student arch"
+
+
+#: Axis names for the metrics and hyperparameters the report draws.
+READABLE = {
+    "epoch_val_score": "validation score",
+    "val_score": "validation score",
+    "test_score": "test score",
+    "train_loss": "training loss (method's own objective)",
+    "distill_loss": "distillation term (defined per method)",
+    "latency_ms_p50": "latency p50 (ms)",
+    "num_params": "parameters",
+    "lsp.lambda": "LSP weight λ (lsp.lambda)",
+    "lsp.kernel": "LSP kernel",
+    "kd.temperature": "KD temperature T (kd.temperature)",
+    "kd.alpha": "KD weight α (kd.alpha)",
+}
+
+
+def readable(name: str) -> str:
+    """An axis name for a metric or hyperparameter (the raw name when none is known)."""
+    return READABLE.get(name, name)
 
 
 def score_axis_label(dataset: str | Sequence[str] | None = None, score: str = "test_score") -> str:
     """``"test micro-F1 (%)"`` for PPI, ``"test accuracy (%)"`` otherwise (``"val ..."`` for
     ``val_score``); ``"test score (%)"`` when several datasets share the axis."""
-    split = "val" if score.startswith("val") else "test"
+    split = "validation" if score.startswith(("val", "epoch_val")) else "test"
     names = [] if dataset is None else [dataset] if isinstance(dataset, str) else list(dataset)
     names = sorted({str(n).lower() for n in names})
     if len(names) != 1:
@@ -126,24 +151,51 @@ def plot_pareto(
             if handle is not None:  # matplotlib types a handle it could not draw as None
                 handles.append(handle)
                 labels.append(_count_label(text.get_text()))
-    f = front.loc[front[[x_mean, y_mean]].notna().all(axis=1)].sort_values(x_mean)
+    f = front.loc[front[[x_mean, y_mean]].notna().all(axis=1)].sort_values([x_mean, y_mean])
     if len(f):
+        fx = pd.to_numeric(f[x_mean]).to_numpy(dtype="float64")
+        fy = pd.to_numeric(f[y_mean]).to_numpy(dtype="float64") * scale
+        # The step line runs on to the slowest configuration: the best score reachable within
+        # each latency. A front of one point, or of points sharing a latency, stays visible.
+        right = float(np.nanmax(data["x"])) if len(data) else float(fx.max())
+        right = max(right, float(fx.max()))
+        span = right - float(fx.min())
+        right += 0.05 * span if span > 0 else 0.05 * max(abs(right), 1.0)
         (line,) = ax.plot(
-            pd.to_numeric(f[x_mean]),
-            pd.to_numeric(f[y_mean]) * scale,
+            [*fx, right],
+            [*fy, fy[-1]],
             drawstyle="steps-post",
             color="black",
             linewidth=1.2,
             zorder=2,
         )
-        handles.append(line)
-        labels.append("Pareto front")
+        ring = ax.scatter(
+            fx, fy, s=260, facecolors="none", edgecolors="black", linewidths=1.4, zorder=4
+        )
+        ring.set_gid(FRONT_MARKS_GID)
+        handles += [line, ring]
+        labels += ["Pareto front", "on the front"]
+    if "n" in data.columns:
+        for x, y, n in zip(data["x"], data["y"], data["n"], strict=True):
+            if not _isnan(n):
+                ax.annotate(
+                    f"n={int(n)}", (x, y), xytext=(6, -10), textcoords="offset points",
+                    fontsize="x-small", color="0.3",
+                )  # fmt: skip
+    ax.set_title("mean over seeds; error bars ±1 std (none when n=1)", fontsize="small")
     if handles:
         ax.legend(handles, labels, fontsize="small", loc="best")
     ax.set_xlabel("latency p50 (ms)")
     ax.set_ylabel(score_axis_label(_datasets(summary), score))
     ax.grid(True, alpha=0.3)
     return ax
+
+
+def _isnan(x: object) -> bool:
+    try:
+        return x is None or bool(pd.isna(x))
+    except (TypeError, ValueError):
+        return False
 
 
 def _auto_xscale(x: np.ndarray) -> str:
@@ -190,20 +242,37 @@ def plot_hyperparameter(
     for level, color in zip(levels, palette, strict=False):
         part = data if level is None else data.loc[data[hue].astype(str) == level]
         std = _nan0(part[y_std]) * scale if y_std in part.columns else None
+        n = pd.to_numeric(part["n"], errors="coerce") if "n" in part.columns else None
+        # A trend line only where every point is a mean over two seeds or more.
+        joined = n is not None and len(part) > 1 and bool((n >= 2).all())
+        xs = part["_x"].to_numpy(dtype="float64")
+        ys = pd.to_numeric(part[y_mean]).to_numpy(dtype="float64") * scale
         ax.errorbar(
-            part["_x"].to_numpy(dtype="float64"),
-            pd.to_numeric(part[y_mean]).to_numpy(dtype="float64") * scale,
+            xs,
+            ys,
             yerr=std,
             marker="o",
+            linestyle="-" if joined else "none",
             capsize=3,
             color=color,
             label=level,
         )
+        if n is not None:
+            for x, y, k in zip(xs, ys, n, strict=True):
+                if not _isnan(k):
+                    ax.annotate(
+                        f"n={int(k)}", (x, y), xytext=(5, 5), textcoords="offset points",
+                        fontsize="x-small", color=color,
+                    )  # fmt: skip
+    ax.set_title(
+        "mean over seeds, error bars ±1 std; lines join only means of n≥2 seeds",
+        fontsize="small",
+    )
     ax.set_xscale(xscale or _auto_xscale(data["_x"].to_numpy(dtype="float64")))
-    ax.set_xlabel(param)
+    ax.set_xlabel(readable(param))
     ax.set_ylabel(score_axis_label(_datasets(table), score))
     if hue is not None and levels:
-        ax.legend(title=hue, fontsize="small")
+        ax.legend(title=readable(hue), fontsize="small")
     ax.grid(True, alpha=0.3)
     return ax
 
@@ -215,7 +284,11 @@ def plot_training_curves(
     key: str = "epoch_val_score",
     labels: Mapping[str, str] | None = None,
 ) -> Axes:
-    """Per-epoch curves of some runs (e.g. the best trial of each method).
+    """Per-epoch curves of some runs (e.g. the best trial of each method) on one axis.
+
+    Only for a metric defined alike for every run (``epoch_val_score``, in percent): a loss
+    includes each method's own distillation term, so losses of different methods go on
+    separate axes (:func:`plot_losses_by_run`).
 
     Args:
         history: Long frame from :func:`analysis.runs.load_history` (run_id, key, step, value).
@@ -236,11 +309,13 @@ def plot_training_curves(
     # Two runs with one label must stay apart in the legend.
     shown = [f"{s} {r[:6]}" if shown.count(s) > 1 else s for s, r in zip(shown, runs, strict=True)]
     palette = sns.color_palette(n_colors=max(len(runs), 1))
+    # A score per epoch is drawn in percent, like every other score.
+    scale = score_scale(data["value"]) if key == "epoch_val_score" else 1.0
     for run, label, color in zip(runs, shown, palette, strict=False):
         part = data.loc[data["run_id"] == run].sort_values("step")
         ax.plot(
             part["step"].to_numpy(dtype="float64"),
-            part["value"].to_numpy(dtype="float64"),
+            part["value"].to_numpy(dtype="float64") * scale,
             label=label,
             color=color,
             marker="o" if len(part) < 20 else None,
@@ -248,7 +323,9 @@ def plot_training_curves(
         )
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(key)
+    ax.set_ylabel(
+        score_axis_label(None, "epoch_val_score") if key == "epoch_val_score" else readable(key)
+    )
     ax.legend(fontsize="small")
     ax.grid(True, alpha=0.3)
     return ax
@@ -263,3 +340,46 @@ def _count_label(text: str) -> str:
     if value >= 1e6:
         return f"{value / 1e6:.2f}M"
     return f"{value / 1e3:.1f}k" if value >= 1e3 else f"{value:g}"
+
+
+def plot_losses_by_run(
+    history: pd.DataFrame,
+    axes: Sequence[Axes],
+    *,
+    key: str = "train_loss",
+    labels: Mapping[str, str] | None = None,
+) -> list[Axes]:
+    """One panel per run for a loss whose definition differs between methods (``train_loss``
+    is the task loss plus each method's own weighted distillation term), each on its own y axis
+    and titled by its label, so no two methods' losses are read on one scale.
+
+    Args:
+        history: Long frame from :func:`analysis.runs.load_history`.
+        axes: At least as many Axes as runs with ``key`` logged (extra ones are switched off).
+        key: The loss.
+        labels: run_id -> title (default: the first 8 characters of the run id).
+    """
+    data = history.loc[history["key"] == key]
+    runs = list(dict.fromkeys(data["run_id"]))
+    names = dict(labels or {})
+    palette = sns.color_palette(n_colors=max(len(runs), 1))
+    used: list[Axes] = []
+    for ax, run, color in zip(axes, runs, palette, strict=False):
+        part = data.loc[data["run_id"] == run].sort_values("step")
+        ax.plot(
+            part["step"].to_numpy(dtype="float64"),
+            part["value"].to_numpy(dtype="float64"),
+            color=color,
+            marker="o" if len(part) < 20 else None,
+            markersize=3,
+        )
+        ax.set_title(names.get(run, run[:8]), fontsize="small")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        used.append(ax)
+    if used:
+        used[0].set_ylabel(readable(key))
+    for ax in axes[len(used) :]:
+        ax.set_axis_off()
+    return used

@@ -13,6 +13,8 @@ Layout of ``out_dir`` (stable; the command line ``distill-study report STUDY --o
     tables/students.csv|.tex   by student size
     tables/lsp_lambda.csv      LSP lambda by kernel   (when searched)
     tables/kd_temperature.csv  KD temperature         (when searched)
+    tables/vs_student_alone.csv|.tex  each method minus the student alone, paired by seed (95% CI)
+    tables/test_set.csv        test examples and each method's binomial (Wilson) 95% CI
     figures/pareto_<dataset>.png|.svg, figures/lsp_lambda_<dataset>.png|.svg,
     figures/kd_temperature_<dataset>.png|.svg, figures/training_curves_<dataset>.png|.svg
 
@@ -37,7 +39,12 @@ from tqdm import tqdm
 from analysis import ablation
 from analysis.ablation import METHOD_LABELS
 from analysis.pareto import DEFAULT_OBJECTIVES, pareto_front
-from analysis.plots import plot_hyperparameter, plot_pareto, plot_training_curves
+from analysis.plots import (
+    plot_hyperparameter,
+    plot_losses_by_run,
+    plot_pareto,
+    plot_training_curves,
+)
 from analysis.runs import (
     display_uri,
     failed_trials,
@@ -86,13 +93,20 @@ class _Report:
     def section(self, title: str, *text: str) -> None:
         self.lines += ["", f"## {title}", *(["", *text] if text else [])]
 
-    def table(self, name: str, table: pd.DataFrame, *, latex: bool = False) -> None:
+    def table(
+        self,
+        name: str,
+        table: pd.DataFrame,
+        *,
+        latex: bool = False,
+        shown: pd.DataFrame | None = None,
+    ) -> None:
         self.tables[name] = table
         if latex:
-            self.latex[name] = table
+            self.latex[name] = table if shown is None else shown
         self.lines += [
             "",
-            ablation.to_markdown(table).rstrip("\n"),
+            ablation.to_markdown(table if shown is None else shown).rstrip("\n"),
             "",
             f"CSV: [tables/{name}.csv](tables/{name}.csv)",
         ]
@@ -141,6 +155,8 @@ def _plan(study: str, uri: str, runs: pd.DataFrame, teachers: pd.DataFrame, bar:
     _add_pareto_fronts(rep, summary, datasets)
     bar.update()
     _add_ablation_tables(rep, done, teachers)
+    _add_vs_student(rep, done)
+    _add_test_set_size(rep, done)
     bar.update()
     _add_hyperparameter_sweeps(rep, done)
     bar.update()
@@ -177,8 +193,10 @@ def _add_header(
         "",
         "Values are mean ± sample std over seeds (n = seeds); with n=1 no std is shown. Each "
         "table row is the best configuration of its group, chosen on the mean validation score "
-        "and reported on test. Scores in percent. Paper rows: Yang et al., CVPR 2020 (no std "
-        "published; latency on a GTX 1080Ti).",
+        "and reported on test. Every score in every table and figure is in percent (CSV "
+        "included). Paper rows: Yang et al., CVPR 2020 (no std published; latency on a GTX "
+        "1080Ti); they are labelled 'other data' when this study's test set differs from the "
+        "paper's and 'data not checked' when the trials logged no `test_n`.",
     ]
 
 
@@ -244,6 +262,70 @@ def _marker_note(summary: pd.DataFrame) -> str:
 def _draw_pareto(summary: pd.DataFrame, front: pd.DataFrame, fig: Figure) -> None:
     # The front is chosen on validation: drawn in that space its step line is monotone.
     plot_pareto(summary, front, fig.add_subplot(), score=METRIC_VAL)
+
+
+def _add_vs_student(rep: _Report, done: pd.DataFrame) -> None:
+    """Each method's best configuration against the student alone, paired by seed."""
+    table = ablation.paired_vs_none(done)
+    if table.empty:
+        return
+    rep.section(
+        "Against the student alone",
+        "Does a method help here? Each method's best configuration (chosen on validation) "
+        "against the best student-alone (`none`) configuration of the same dataset and student "
+        "where there is one: the mean over seeds of the paired test-score difference, in "
+        "percentage points, with its 95% t-interval (n = seeds both ran). A CI that contains 0 "
+        "is no evidence either way; with n=1 there is no interval.",
+    )
+    rep.table("vs_student_alone", table, latex=True, shown=ablation.format_paired(table))
+
+
+def _add_test_set_size(rep: _Report, done: pd.DataFrame) -> None:
+    """The binomial uncertainty of each test score, with a warning where the test set is small."""
+    table = ablation.test_set_table(done)
+    if table.empty:
+        return
+    known = table.loc[table["test_n"].notna()]
+    if known.empty:
+        rep.section(
+            "Test set size",
+            f"The trials logged no `{ablation.METRIC_TEST_N}` (number of test examples), so the "
+            "precision of a single test score cannot be given here.",
+        )
+        rep.tables["test_set"] = table
+        return
+    small = known.loc[known["small"].astype(bool)]
+    text = (
+        "One evaluation on `test_n` examples: the 95% Wilson interval of each method's mean "
+        "test score, and its half-width in percentage points (for micro-F1 an approximation)."
+    )
+    if not small.empty:
+        sizes = ", ".join(
+            f"{ds}: {int(n)}" for ds, n in small.groupby("dataset")["test_n"].min().items()
+        )
+        widest = float(small["ci95_halfwidth"].max())
+        text = (
+            f"**Warning: small test set** ({sizes} test examples, below "
+            f"{ablation.SMALL_TEST_SET}). A single test score is uncertain by up to "
+            f"±{widest:.1f} points (95% Wilson interval), so differences between methods "
+            "smaller than that are not evidence. " + text
+        )
+    rep.section("Test set size", text)
+    shown = pd.DataFrame(
+        {
+            "dataset": table["dataset"],
+            "method": table["method"].map(lambda m: METHOD_LABELS.get(m, m)),
+            "test examples": table["test_n"].map(lambda n: "" if pd.isna(n) else f"{int(n)}"),
+            "test score (%) [95% Wilson CI]": [
+                "" if pd.isna(lo) else f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+                for m, lo, hi in zip(
+                    table["test_score_mean"], table["ci95_low"], table["ci95_high"], strict=True
+                )
+            ],
+            "± (pp)": table["ci95_halfwidth"].map(lambda h: "" if pd.isna(h) else f"{h:.1f}"),
+        }
+    )
+    rep.table("test_set", table, shown=shown)
 
 
 def _add_ablation_tables(rep: _Report, done: pd.DataFrame, teachers: pd.DataFrame) -> None:
@@ -312,20 +394,31 @@ def _add_training_curves(
         return
     rep.section(
         "Training curves",
-        "The best seed of each method's best configuration.",
+        "The best seed of each method's best configuration. Top: validation score per epoch "
+        "(comparable across methods). Below: each run's training loss on its own axis: the "
+        "loss is the task loss plus the method's own weighted distillation term, so losses of "
+        "different methods are not comparable.",
     )
     for ds in datasets:
         ids = set(done.loc[done["dataset"] == ds, "run_id"])
         h = history.loc[history["run_id"].isin(ids)]
         if h.empty:
             continue
+        rep.figure(
+            f"training_curves_{_slug(ds)}",
+            functools.partial(_draw_curves, h, best),
+            f"Training curves {ds}",
+        )
 
-        def draw(fig: Figure, h: pd.DataFrame = h) -> None:
-            left, right = fig.subplots(1, 2)
-            plot_training_curves(h, left, key="epoch_val_score", labels=best)
-            plot_training_curves(h, right, key="train_loss", labels=best)
 
-        rep.figure(f"training_curves_{_slug(ds)}", draw, f"Training curves {ds}")
+def _draw_curves(history: pd.DataFrame, labels: dict[str, str], fig: Figure) -> None:
+    k = max(history.loc[history["key"] == "train_loss", "run_id"].nunique(), 1)
+    fig.set_size_inches(max(10.0, 2.6 * k), 7.5)
+    grid = fig.add_gridspec(2, k)
+    plot_training_curves(history, fig.add_subplot(grid[0, :]), key="epoch_val_score", labels=labels)
+    plot_losses_by_run(
+        history, [fig.add_subplot(grid[1, i]) for i in range(k)], key="train_loss", labels=labels
+    )
 
 
 def _write(rep: _Report, folder: Path, bar: tqdm) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import statistics
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from analysis import ablation
-from analysis.paper import PAPER_SOURCE
+from analysis.paper import PAPER_UNCHECKED as PAPER_SOURCE  # fixtures log no test_n
 from analysis.runs import load_runs, load_teachers
 from study.errors import UserInputError
 from tests.mlflow_fixtures import example_trials, fill_study
@@ -280,3 +281,90 @@ def test_failure_table_counts_failed_and_killed_trials_per_method(alpha):
     # The failed trials logged the best scores of the study, and no table or summary shows them.
     assert "cfgG" not in set(ablation.config_summary(alpha)["config_id"])
     assert "cfgG" not in set(ablation.method_table(alpha)["config_id"].dropna())
+
+
+# --------------------------------------------------------------------------------------------
+# Uncertainty: paired differences against the student alone, small test sets, paper labels
+# --------------------------------------------------------------------------------------------
+def _paired_runs() -> pd.DataFrame:
+    """ModelNet40, 29 test shapes: none and LSP on seeds 0-3 (LSP +2, +4, +3, +5 points better),
+    KD on seed 0 only, FitNet on seeds 7-8 only (no seed in common)."""
+    rows = []
+    none = [0.70, 0.71, 0.69, 0.72]
+    lsp = [0.72, 0.75, 0.72, 0.77]
+    for seed, (b, m) in enumerate(zip(none, lsp, strict=True)):
+        rows.append(("none", "n0", seed, b))
+        rows.append(("lsp", "l0", seed, m))
+    rows += [("kd", "k0", 0, 0.70), ("fitnet", "f0", 7, 0.7), ("fitnet", "f0", 8, 0.7)]
+    return pd.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(len(rows))],
+            "status": "FINISHED",
+            "dataset": "modelnet40",
+            "method": [r[0] for r in rows],
+            "config_id": [r[1] for r in rows],
+            "seed": [r[2] for r in rows],
+            "test_score": [r[3] for r in rows],
+            "val_score": [r[3] for r in rows],
+            "student_arch": "dgcnn",
+            "test_n": 29.0,
+        }
+    )
+
+
+def test_t_quantile_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for dof in (1, 2, 3, 10, 30, 31, 50, 200):
+        assert ablation.t_quantile_975(dof) == pytest.approx(stats.t.ppf(0.975, dof), rel=1e-5)
+
+
+def test_paired_vs_none_ci_by_hand():
+    t = ablation.paired_vs_none(_paired_runs()).set_index("method")
+    assert list(t.index) == ["kd", "fitnet", "lsp"]  # the paper's order, none left out
+    diffs = np.array([2.0, 4.0, 3.0, 5.0])  # percentage points
+    half = 3.182446305284263 * diffs.std(ddof=1) / 2.0  # t_{0.975}(3) * s / sqrt(4)
+    lsp = t.loc["lsp"]
+    assert lsp["n"] == 4 and lsp["baseline_config_id"] == "n0"
+    assert lsp["diff"] == pytest.approx(3.5)
+    assert lsp["ci95_low"] == pytest.approx(3.5 - half) and lsp["ci95_high"] == pytest.approx(
+        3.5 + half
+    )
+    assert lsp["verdict"] == "better than student alone"
+    assert t.loc["kd", "n"] == 1 and math.isnan(t.loc["kd", "ci95_low"])
+    assert t.loc["kd", "verdict"].startswith("n<2")
+    assert t.loc["fitnet", "n"] == 0 and "no seed in common" in t.loc["fitnet", "note"]
+    shown = ablation.format_paired(ablation.paired_vs_none(_paired_runs()))
+    cell = shown.set_index("method").loc["LSP"].iloc[1]
+    assert cell == f"+3.50 [{3.5 - half:+.2f}, {3.5 + half:+.2f}] (n=4)"
+
+
+def test_wilson_interval_and_small_test_set():
+    # Wilson by hand for p = 0.5, n = 29: centre 0.5, half z*sqrt(p(1-p)/n + z^2/4n^2)/(1+z^2/n).
+    z = 1.959963984540054
+    half = z * math.sqrt(0.25 / 29 + z * z / (4 * 29 * 29)) / (1 + z * z / 29)
+    low, high = ablation.wilson_interval(0.5, 29)
+    assert (low, high) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
+    assert all(math.isnan(x) for x in ablation.wilson_interval(0.5, float("nan")))
+    t = ablation.test_set_table(_paired_runs()).set_index("method")
+    assert t.loc["lsp", "test_n"] == 29 and bool(t.loc["lsp", "small"])
+    assert 14 < t.loc["lsp", "ci95_halfwidth"] < 17  # about ±16 points on 29 shapes
+    no_n = ablation.test_set_table(_paired_runs().drop(columns="test_n"))
+    assert no_n["test_n"].isna().all() and no_n["small"].isna().all()
+
+
+def test_paper_rows_labelled_by_the_test_set():
+    from analysis.paper import PAPER_OTHER_DATA
+    from analysis.paper import PAPER_SOURCE as SAME
+
+    runs = _paired_runs()
+    paper = ablation.method_table(runs).query("source != 'this study'")
+    assert set(paper["source"]) == {PAPER_OTHER_DATA}
+    assert paper["note"].str.contains("2468 test examples; this study: 29").all()
+    paper = ablation.method_table(runs.assign(test_n=2468.0)).query("source != 'this study'")
+    assert set(paper["source"]) == {SAME}
+
+
+def test_to_percent_scales_every_score_column():
+    t = pd.DataFrame({"test_score_mean": [0.9], "test_auroc_mean": [0.95], "n": [1]})
+    out = ablation.to_percent(t, 100.0)
+    assert out["test_score_mean"].tolist() == [90.0] and out["test_auroc_mean"].tolist() == [95.0]

@@ -18,7 +18,13 @@ from mlflow.tracking import MlflowClient
 import analysis.report as report_mod
 from analysis.ablation import factor_table, summarize
 from analysis.pareto import pareto_front
-from analysis.plots import plot_hyperparameter, plot_pareto, plot_training_curves
+from analysis.plots import (
+    FRONT_MARKS_GID,
+    plot_hyperparameter,
+    plot_losses_by_run,
+    plot_pareto,
+    plot_training_curves,
+)
 from analysis.report import write_report
 from analysis.runs import load_runs
 from study.errors import UserInputError
@@ -79,12 +85,12 @@ def _files(folder: Path) -> list[str]:
 def test_report_files(report):
     figures = ["pareto_ppi", "lsp_lambda_ppi", "kd_temperature_ppi", "training_curves_ppi"]
     tables = ["runs", "configurations", "methods", "kernels", "students", "lsp_lambda",
-              "kd_temperature", "failed"]  # fmt: skip
+              "kd_temperature", "failed", "vs_student_alone", "test_set"]  # fmt: skip
     expected = (
         ["README.md", "pareto.csv"]
         + [f"figures/{f}.{ext}" for f in figures for ext in ("png", "svg")]
         + [f"tables/{t}.csv" for t in tables]
-        + [f"tables/{t}.tex" for t in ("methods", "kernels", "students")]
+        + [f"tables/{t}.tex" for t in ("methods", "kernels", "students", "vs_student_alone")]
     )
     assert _files(report) == sorted(expected)
     assert [p.name for p in report.parent.iterdir()] == ["alpha"]  # no temp folder left
@@ -193,9 +199,13 @@ def test_plot_pareto_draws_the_front(uri):
     plot_pareto(summary, front, ax, score="val_score")
     step = [ln for ln in ax.get_lines() if ln.get_drawstyle() == "steps-post"]
     assert len(step) == 1
-    np.testing.assert_allclose(step[0].get_xdata(), [2.0, 3.0, 4.0])
-    np.testing.assert_allclose(step[0].get_ydata(), [75.0, 81.25, 87.5])
-    assert ax.get_xlabel() == "latency p50 (ms)" and ax.get_ylabel() == "val micro-F1 (%)"
+    # The front's points, then on to the right of the slowest configuration (F at 4.5 ms).
+    np.testing.assert_allclose(step[0].get_xdata()[:3], [2.0, 3.0, 4.0])
+    np.testing.assert_allclose(step[0].get_ydata(), [75.0, 81.25, 87.5, 87.5])
+    assert step[0].get_xdata()[3] > 4.5
+    assert ax.get_xlabel() == "latency p50 (ms)" and ax.get_ylabel() == "validation micro-F1 (%)"
+    (rings,) = [c for c in ax.collections if c.get_gid() == FRONT_MARKS_GID]
+    np.testing.assert_allclose(rings.get_offsets(), [[2.0, 75.0], [3.0, 81.25], [4.0, 87.5]])
     labels = [t.get_text() for t in ax.get_legend().texts]
     assert {"LSP", "KD", "student alone", "FitNet", "AT", "Pareto front"} <= set(labels)
 
@@ -231,7 +241,11 @@ def test_plot_pareto_marks_student_architectures_apart():
     markers = [str(legend.legend_handles[i].get_marker()) for i in range(start + 1, start + 4)]
     assert len(set(markers)) == 3
     # Each point's marker follows its architecture: same arch, same path; other arch, other path.
-    (points,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+    (points,) = [
+        c
+        for c in ax.collections
+        if isinstance(c, PathCollection) and c.get_gid() != FRONT_MARKS_GID
+    ]
     paths = [p.vertices.tobytes() for p in points.get_paths()]
     assert len(paths) == 6
     assert paths[0] == paths[1] and paths[2] == paths[3] and paths[4] == paths[5]
@@ -315,3 +329,31 @@ def test_report_front_and_best_choose_on_validation(tmp_path: Path) -> None:
     ours = methods.loc[methods["method"] == "kd"]
     assert ours["config_id"].tolist() == ["val_best"]
     assert "chosen on validation" in (out / "README.md").read_text()
+
+
+def test_hyperparameter_plot_joins_only_multi_seed_means():
+    table = pd.DataFrame(
+        {"dataset": "cora", "kd.temperature": [2.0, 4.0, 8.0], "n": [1, 3, 1],
+         "test_score_mean": [71.0, 73.4, 71.0], "test_score_std": [np.nan, 0.5, np.nan]}
+    )  # fmt: skip
+    ax = Figure().add_subplot()
+    plot_hyperparameter(table, "kd.temperature", ax)
+    (container,) = ax.containers
+    assert container.lines[0].get_linestyle() == "None"  # single-seed points: no trend line
+    assert ax.get_xlabel() == "KD temperature T (kd.temperature)"
+    assert {t.get_text() for t in ax.texts} == {"n=1", "n=3"}
+    ax = Figure().add_subplot()
+    plot_hyperparameter(table.assign(n=2), "kd.temperature", ax)
+    assert ax.containers[0].lines[0].get_linestyle() == "-"
+
+
+def test_losses_of_different_methods_get_their_own_axes():
+    history = pd.DataFrame(
+        {"run_id": ["r1"] * 2 + ["r2"] * 2, "key": "train_loss", "step": [0, 1] * 2,
+         "value": [1.0, 0.5, 9.0, 6.0]}
+    )  # fmt: skip
+    fig = Figure()
+    axes = fig.subplots(1, 3)
+    used = plot_losses_by_run(history, list(axes), labels={"r1": "LSP", "r2": "KD"})
+    assert [a.get_title() for a in used] == ["LSP", "KD"]
+    assert [len(a.get_lines()) for a in used] == [1, 1] and not axes[2].axison
