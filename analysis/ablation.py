@@ -72,7 +72,7 @@ PERCENT_METRICS = (
 )
 #: The final metric a trial logs for the number of test examples its test score counts
 #: (shapes, nodes or graphs); the binomial CI of :func:`test_set_table` needs it.
-METRIC_TEST_N = "test_n"
+METRIC_TEST_N = "test_n"  # logged by every trial: the test examples its score counts
 #: Below this many test examples the report warns (binomial CI half-width per method).
 SMALL_TEST_SET = 200
 # Columns that differ between the seeds of one configuration by construction: never carried.

@@ -214,9 +214,10 @@ def _evaluate_nodes(
         all_logits.append(_logits(forward(model, data))[data.mask].cpu())
         targets.append(data.y[data.mask].cpu())
     logits, y = torch.cat(all_logits), torch.cat(targets)
-    return node_scores(
+    scores = node_scores(
         logits, y, multilabel=task.multilabel, metric=task.metric, with_auroc=with_auroc
     )
+    return {**scores, "n": float(len(y))}  # how many examples the score counts
 
 
 def _evaluate_clouds(
@@ -233,7 +234,7 @@ def _evaluate_clouds(
     present = counts > 0
     mean_class = (per_class[present] / counts[present]).mean().item()
     acc = correct.mean().item()
-    return {"score": acc, "accuracy": acc, "mean_class_accuracy": mean_class}
+    return {"score": acc, "accuracy": acc, "mean_class_accuracy": mean_class, "n": float(len(y))}
 
 
 # ---------------------------------------------------------------- the teacher

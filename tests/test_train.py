@@ -581,7 +581,8 @@ def test_gat_student_on_tiny_ppi(tiny_ppi_root: Path, method: str) -> None:
     )
     for r in result.history:
         assert np.isfinite(r["train_loss"]) and r["distill_loss"] > 0
-    assert set(result.test_metrics) == {"score", "micro_f1", "auroc"}
+    assert set(result.test_metrics) == {"score", "micro_f1", "auroc", "n"}
+    assert result.test_metrics["n"] == sum(int(g.mask.sum()) for g in task.test)
     assert 0.0 <= result.test_metrics["auroc"] <= 1.0
     assert 0.0 <= result.test_score <= 1.0
     assert result.test_score == result.test_metrics["micro_f1"]
