@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -426,6 +427,34 @@ def _trainable(spec: StudySpec, ctx: StudyContext, task: Task) -> Any:
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, task=task), resources)
 
 
+#: How many checkpoints before a trial's oldest kept one :func:`_restore_lost_checkpoints` fills.
+LOST_CHECKPOINTS = 2
+
+
+def _restore_lost_checkpoints(folder: Path) -> int:
+    """Put back the checkpoints a killed driver's saved state may still name.
+
+    Tune deletes a trial's old checkpoint as soon as it registers a new one, but saves the
+    experiment state a moment later: a driver killed in between leaves state naming a deleted
+    checkpoint, and Tune then refuses to resume that trial ("does not exist on storage
+    anymore"). The newest checkpoint is a later point of the same training, so the missing
+    names just before the oldest kept one become copies of it: the trial resumes from its newest
+    state (epochs it logged already are not logged again, see study.trial). Returns the count.
+    """
+    restored = 0
+    for trial in (p for p in folder.iterdir() if p.is_dir()):
+        kept = sorted(trial.glob("checkpoint_*"))
+        if not kept:
+            continue
+        first = int(kept[0].name.removeprefix("checkpoint_"))
+        for index in range(max(0, first - LOST_CHECKPOINTS), first):
+            missing = trial / f"checkpoint_{index:06d}"
+            if not missing.exists():
+                shutil.copytree(kept[-1], missing)
+                restored += 1
+    return restored
+
+
 def build_tuner(spec: StudySpec, ctx: StudyContext, storage: Path, task: Task) -> tune.Tuner:
     """The study as a ``Tuner``: searcher, optional ASHA, concurrency, resources, checkpoints.
 
@@ -716,6 +745,7 @@ def resume_study(
     task = load_study_task(spec, ctx.data_root)
     start_ray(address, user_modules(spec))
     client.update_run(ctx.parent_run_id, status="RUNNING")
+    _restore_lost_checkpoints(folder)
     tuner = tune.Tuner.restore(
         str(folder),
         trainable=_trainable(spec, ctx, task),

@@ -303,3 +303,19 @@ def test_a_study_resumed_after_sigint_keeps_the_searchers_memory(tmp_path: Path)
     assert sorted(by_number) == [0, 1, 2, 3]
     assert all(t["state"] == "COMPLETE" for t in after["trials"])
     assert not list(folder.glob("searcher-state-*.pkl"))
+
+
+def test_checkpoints_a_killed_driver_still_names_are_put_back(tmp_path: Path) -> None:
+    from study.runner import LOST_CHECKPOINTS, _restore_lost_checkpoints
+
+    trial = tmp_path / "run_trial_0"
+    for index in (5, 6):
+        (trial / f"checkpoint_{index:06d}").mkdir(parents=True)
+        (trial / f"checkpoint_{index:06d}" / "trial_state.pt").write_text(str(index))
+    (tmp_path / "run_trial_1").mkdir()  # a trial that never checkpointed: left alone
+    assert _restore_lost_checkpoints(tmp_path) == LOST_CHECKPOINTS == 2
+    for index in (3, 4):  # the newest state under the names Tune may still hold
+        assert (trial / f"checkpoint_{index:06d}" / "trial_state.pt").read_text() == "6"
+    assert not (trial / "checkpoint_000002").exists()
+    assert list((tmp_path / "run_trial_1").iterdir()) == []
+    assert _restore_lost_checkpoints(tmp_path) == 0  # nothing is overwritten
