@@ -427,7 +427,7 @@ def _trainable(spec: StudySpec, ctx: StudyContext, task: Task) -> Any:
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, task=task), resources)
 
 
-#: How many checkpoints before a trial's oldest kept one :func:`_restore_lost_checkpoints` fills.
+#: How many checkpoints before a trial's newest one :func:`_restore_lost_checkpoints` fills.
 LOST_CHECKPOINTS = 2
 
 
@@ -438,7 +438,7 @@ def _restore_lost_checkpoints(folder: Path) -> int:
     experiment state a moment later: a driver killed in between leaves state naming a deleted
     checkpoint, and Tune then refuses to resume that trial ("does not exist on storage
     anymore"). The newest checkpoint is a later point of the same training, so the missing
-    names just before the oldest kept one become copies of it: the trial resumes from its newest
+    names just before it become copies of it: the trial resumes from its newest
     state (epochs it logged already are not logged again, see study.trial). Returns the count.
     """
     restored = 0
@@ -446,8 +446,8 @@ def _restore_lost_checkpoints(folder: Path) -> int:
         kept = sorted(trial.glob("checkpoint_*"))
         if not kept:
             continue
-        first = int(kept[0].name.removeprefix("checkpoint_"))
-        for index in range(max(0, first - LOST_CHECKPOINTS), first):
+        newest = int(kept[-1].name.removeprefix("checkpoint_"))
+        for index in range(max(0, newest - LOST_CHECKPOINTS), newest):
             missing = trial / f"checkpoint_{index:06d}"
             if not missing.exists():
                 shutil.copytree(kept[-1], missing)

@@ -313,9 +313,10 @@ def test_checkpoints_a_killed_driver_still_names_are_put_back(tmp_path: Path) ->
         (trial / f"checkpoint_{index:06d}").mkdir(parents=True)
         (trial / f"checkpoint_{index:06d}" / "trial_state.pt").write_text(str(index))
     (tmp_path / "run_trial_1").mkdir()  # a trial that never checkpointed: left alone
-    assert _restore_lost_checkpoints(tmp_path) == LOST_CHECKPOINTS == 2
-    for index in (3, 4):  # the newest state under the names Tune may still hold
-        assert (trial / f"checkpoint_{index:06d}" / "trial_state.pt").read_text() == "6"
-    assert not (trial / "checkpoint_000002").exists()
+    assert _restore_lost_checkpoints(tmp_path) == 1 and LOST_CHECKPOINTS == 2
+    # The newest state under the name Tune may still hold; the one still there is untouched.
+    assert (trial / "checkpoint_000004" / "trial_state.pt").read_text() == "6"
+    assert (trial / "checkpoint_000005" / "trial_state.pt").read_text() == "5"
+    assert not (trial / "checkpoint_000003").exists()
     assert list((tmp_path / "run_trial_1").iterdir()) == []
     assert _restore_lost_checkpoints(tmp_path) == 0  # nothing is overwritten
