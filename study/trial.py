@@ -149,7 +149,9 @@ def recorded_result(client: MlflowClient, run: Run, spec: StudySpec) -> dict[str
     if run.info.status == "FAILED" and tags.get(tr.TAG_ERROR):
         epoch = max(_logged_steps(client, run_id).values(), default=-1) + 1
         return diverged_result(spec, run_id, config_id, epoch, tags[tr.TAG_ERROR])
-    if run.info.status != "FINISHED":
+    if run.info.status != "FINISHED" or tr.METRIC_VAL not in run.data.metrics:
+        # Not finished, or finished without final scores (stopped early): Tune still wants
+        # it, so it trains on from its checkpoint in the same run.
         return None
     finals = {k: v for k, v in run.data.metrics.items() if k not in tr.EPOCH_METRICS}
     epoch = max((m.step for m in client.get_metric_history(run_id, tr.METRIC_TEST)), default=0)
@@ -339,11 +341,16 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
                 student, teacher, task, train_cfg, plan.distill, on_epoch=reporter, resume=resume
             )
         except SystemExit:
-            # Tune stops a function trainable (the scheduler stopped the trial) by raising
-            # SystemExit(0) in its report: the run ends FINISHED, tagged, without final metrics.
+            # Tune stops a function trainable by raising SystemExit(0) in its report: with a
+            # scheduler, that is the scheduler stopping it (the run ends FINISHED, tagged,
+            # without final metrics); without one it is the study being interrupted (Ctrl-C),
+            # and the run must stay unfinished so that `resume` continues it.
             reporter.flush()
-            client.set_tag(run_id, tr.TAG_STOPPED_EARLY, "true")
-            status = "FINISHED"
+            if spec.scheduler is not None:
+                client.set_tag(run_id, tr.TAG_STOPPED_EARLY, "true")
+                status = "FINISHED"
+            else:
+                status = "KILLED"
             raise
         except TrainingDiverged as err:
             reporter.flush()  # the epochs before it: the curve shows the blow-up
