@@ -46,7 +46,7 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
     objectives: [{metric: val_score, mode: max}]  # val_score latency_ms_p50/p90 num_params
     scheduler: null             # or {type: asha, grace_period: 10, reduction_factor: 3, max_t: ..}
     resources: {cpu: 1, gpu: 0} # per trial; a fractional gpu shares one
-    latency: {repeats: 30, warmup: 5, threads: 1}
+    latency: {repeats: 30, warmup: 5, threads: 1, onnx: true}  # onnx: also time under ONNX Runtime
     fault_tolerance: {checkpoint_every: 20, checkpoint_min_seconds: 30, max_failures: 0}
 
 Search: ``<method>.<param>`` (LSP: also its kernels' parameters) applies only to trials of that
@@ -305,6 +305,7 @@ class LatencySpec:
     repeats: cat.Count = 30
     warmup: _NonNegInt = 5
     threads: cat.Count = 1
+    onnx: bool = True  # also time each student under ONNX Runtime on CPU (study.onnx_runtime)
 
 
 @pdc.dataclass(frozen=True, config=_STRICT)

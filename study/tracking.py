@@ -68,6 +68,11 @@ METRIC_LATENCY_P50 = "latency_ms_p50"
 METRIC_LATENCY_P90 = "latency_ms_p90"
 METRIC_PARAMS = "num_params"
 METRIC_TRAIN_SECONDS = "train_seconds"
+# The same input timed under ONNX Runtime on CPU (study.onnx_runtime; not calibrated), and the
+# trial tag that says "measured" or why there is no such figure.
+METRIC_LATENCY_ONNX_P50 = "latency_onnx_ms_p50"
+METRIC_LATENCY_ONNX_P90 = "latency_onnx_ms_p90"
+TAG_ONNX = "gds.onnx"
 FINAL_METRICS = (
     METRIC_VAL,
     METRIC_TEST,
@@ -85,12 +90,34 @@ EXTRA_METRICS = (
     "test_auroc",
     "test_mean_class_accuracy",
     "latency_ms_p50_in_trial",
+    METRIC_LATENCY_ONNX_P50,
+    METRIC_LATENCY_ONNX_P90,
 )
+# The runtimes `select --runtime` chooses on: runtime -> the trial metric of its p50 latency.
+RUNTIME_LATENCY_P50 = {"torch": METRIC_LATENCY_P50, "onnx": METRIC_LATENCY_ONNX_P50}
+
+# Model Registry: the aliases select and promote move, and the model-version tags they write.
+ALIAS_CHALLENGER = "challenger"
+ALIAS_CHAMPION = "champion"
+VTAG_STUDY_RUN = "gds.study_run_id"  # the study's parent run (lineage: teacher -> study -> version)
+VTAG_RUNTIME = "gds.runtime"
+VTAG_MAX_LATENCY = "max_latency_ms"
+# promote's record of its comparison, on the challenger's version (gds.promote.<key>).
+VTAG_PROMOTE_PREFIX = "gds.promote."
+PROMOTED = "promoted"
+KEPT = "kept"
+# Pipeline runs (one per round, in the experiment <study>-pipeline); the round and the data's
+# fingerprint also tag the round's study run and model version.
+ROLE_PIPELINE = "pipeline"
+TAG_PIPELINE_ROUND = "gds.pipeline_round"
+TAG_DATA_FINGERPRINT = "gds.data_fingerprint"
+
 # Per-epoch metric keys (logged with step=epoch).
 EPOCH_METRICS = ("train_loss", "distill_loss", "epoch_val_score")
 
 TEACHER_CHECKPOINT_ARTIFACT = "teacher/teacher.pt"
-# Each trial's trained student, as written by study.export (weights, config, TorchScript).
+# Each trial's trained student, as written by study.export (weights, config, TorchScript), and
+# an MLflow pyfunc model in the same folder (study.pyfunc_model: MLmodel, input example).
 STUDENT_ARTIFACT_DIR = "student"
 
 

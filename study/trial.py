@@ -40,6 +40,8 @@ from study.export import export_student
 from study.latency import LatencyResult, count_parameters
 from study.models import build_model
 from study.names import trial_run_name
+from study.onnx_runtime import onnx_study_latency
+from study.pyfunc_model import add_task_pyfunc
 from study.search import trial_params
 from study.teachers import load_teacher, teacher_cache_path
 from study.train import (
@@ -269,7 +271,8 @@ def _log_student(
     result: TrainResult,
     task: Task,
 ) -> None:
-    """Export the trained student (study.export's layout) under the run's ``student/``."""
+    """Export the trained student (study.export's layout, and an MLflow pyfunc model in the same
+    folder: study.pyfunc_model) under the run's ``student/``."""
     metadata = {
         "study": spec.name,
         "dataset": spec.dataset.label,
@@ -285,6 +288,7 @@ def _log_student(
             metadata=metadata,
             example_inputs=latency_input(task),
         )
+        add_task_pyfunc(folder, task, result.model)
         client.log_artifacts(run_id, str(folder), artifact_path=tr.STUDENT_ARTIFACT_DIR)
 
 
@@ -360,7 +364,8 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
             return
         reporter.flush()
         lat = study_latency(result.model, task, spec, device)
-        final = final_metrics(result, lat)
+        onnx_metrics, onnx_tags = onnx_study_latency(result.model, task, spec)
+        final = {**final_metrics(result, lat), **onnx_metrics}
         # An attempt killed after logging its final metrics logged them already: not twice.
         done = client.get_run(run_id).data.metrics
         now = int(time.time() * 1000)
@@ -371,7 +376,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
                 for k, v in final.items()
                 if k not in done
             ],
-            tags=[RunTag(k, str(v)) for k, v in lat.as_tags().items()],
+            tags=[RunTag(k, str(v)) for k, v in {**lat.as_tags(), **onnx_tags}.items()],
         )
         _log_student(client, run_id, spec, plan, result, task)
         status = "FINISHED"
