@@ -1,7 +1,8 @@
 """The distill-study command line.
 
 One run without Ray: `teacher` trains and saves a teacher, `distill` distils one student.
-Studies on Ray: `validate`, `run`, `resume`, `list`; results: `report`, `select`. Bad input is one
+Studies on Ray: `validate`, `run`, `resume`, `list`; results: `report`, `select`; deployment:
+`promote`, `pipeline`. Bad input is one
 line on stderr and exit code 2, before anything starts. Help texts are plain text (no markup).
 """
 
@@ -257,7 +258,99 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--model-name", default=None, help="registered model name (default: <study>-student)"
     )
+    _add_runtime_arg(sel)
+    sel.add_argument(
+        "--promote",
+        action="store_true",
+        help="then promote the new version (the challenger) to champion if it wins (see promote)",
+    )
+    sel.add_argument(
+        "--data-root",
+        default=None,
+        help="datasets folder for --promote (default: $GDS_DATA_ROOT, else the user cache)",
+    )
+
+    pro = sub.add_parser(
+        "promote",
+        help="move the champion alias to the challenger if it beats the champion on the "
+        "study's validation data within the latency budget",
+    )
+    pro.add_argument(
+        "study", help="the study whose validation data decides (its MLflow experiment)"
+    )
+    pro.add_argument(
+        "--model-name", default=None, help="registered model name (default: <study>-student)"
+    )
+    pro.add_argument(
+        "--max-latency-ms",
+        type=float,
+        default=None,
+        help="budget on the challenger's latency p50 (default: the one it was selected under)",
+    )
+    pro.add_argument(
+        "--runtime",
+        choices=["torch", "onnx"],
+        default=None,
+        help="time under PyTorch or ONNX Runtime (default: the runtime it was selected under)",
+    )
+    _add_tracking_arg(pro)
+    pro.add_argument(
+        "--data-root",
+        default=None,
+        help="datasets folder (default: $GDS_DATA_ROOT, else the user cache)",
+    )
+
+    pipe = sub.add_parser(
+        "pipeline",
+        help="one round of the production loop: teacher (train or reuse), study, select, "
+        "register, promote",
+    )
+    pipe.add_argument("file", help="the study file; each round runs it as <name>-r<N>")
+    pipe.add_argument(
+        "--max-latency-ms", type=float, required=True, help="the latency budget (ms, p50)"
+    )
+    _add_tracking_arg(pipe)
+    pipe.add_argument(
+        "--storage", default=None, help="folder of study folders (default: ~/ray_results)"
+    )
+    pipe.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address (default: $RAY_ADDRESS, else a new local Ray on 127.0.0.1 only)",
+    )
+    pipe.add_argument(
+        "--data-root",
+        default=None,
+        help="datasets folder (default: $GDS_DATA_ROOT, else the user cache)",
+    )
+    pipe.add_argument(
+        "--model-name", default=None, help="registered model name (default: <study>-student)"
+    )
+    pipe.add_argument(
+        "--out",
+        default="exports",
+        help="folder of the rounds' exports; a round's is OUT/<name>-r<N> (default: exports)",
+    )
+    _add_runtime_arg(pipe)
     return parser
+
+
+def _add_tracking_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
+    )
+
+
+def _add_runtime_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="whose latency the budget holds: PyTorch (latency_ms_p50) or ONNX Runtime on CPU "
+        "(latency_onnx_ms_p50) (default: torch)",
+    )
 
 
 def _options(pairs: list[str]) -> dict[str, Any]:
@@ -589,11 +682,62 @@ def cmd_select(args: argparse.Namespace) -> int:
             args.out,
             tracking_uri=args.tracking_uri,
             model_name=args.model_name,
+            runtime=args.runtime,
         )
     except NoConfigWithinBudget as exc:
         print(f"distill-study select: {exc}", file=sys.stderr)
         return 1
     print(describe_selection(result))
+    if args.promote:
+        from study.promote import describe_promotion, promote
+
+        decision = promote(
+            args.study,
+            model_name=result.model_name,
+            max_latency_ms=args.max_latency_ms,
+            runtime=args.runtime,
+            tracking_uri=args.tracking_uri,
+            data_root=args.data_root,
+        )
+        print(describe_promotion(decision))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from study.promote import describe_promotion, promote
+
+    result = promote(
+        args.study,
+        model_name=args.model_name,
+        max_latency_ms=args.max_latency_ms,
+        runtime=args.runtime,
+        tracking_uri=args.tracking_uri,
+        data_root=args.data_root,
+    )
+    print(describe_promotion(result))
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from study.pipeline import describe_pipeline, run_pipeline
+    from study.select import NoConfigWithinBudget
+
+    try:
+        result = run_pipeline(
+            args.file,
+            args.max_latency_ms,
+            tracking_uri=args.tracking_uri,
+            storage=args.storage,
+            address=args.address,
+            data_root=args.data_root,
+            model_name=args.model_name,
+            out=args.out,
+            runtime=args.runtime,
+        )
+    except NoConfigWithinBudget as exc:
+        print(f"distill-study pipeline: {exc}", file=sys.stderr)
+        return 1
+    print(describe_pipeline(result))
     return 0
 
 
@@ -606,6 +750,8 @@ COMMANDS = {
     "list": cmd_list,
     "report": cmd_report,
     "select": cmd_select,
+    "promote": cmd_promote,
+    "pipeline": cmd_pipeline,
 }
 
 

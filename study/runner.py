@@ -522,12 +522,18 @@ def smoke_mapping(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def load_study(path: str | os.PathLike, *, smoke: bool = False) -> tuple[StudySpec, str]:
+def load_study(
+    path: str | os.PathLike, *, smoke: bool = False, name: str | None = None
+) -> tuple[StudySpec, str]:
     """The validated spec of a study file and the YAML text it was validated from
-    (:mod:`study.studyfile` reads it)."""
+    (:mod:`study.studyfile` reads it); ``name`` replaces the file's study name (a pipeline
+    round's)."""
     source = str(path)
     text = read_study_file(path)
     data = read_study_mapping(text, source)
+    if name is not None:
+        data = {**data, "name": name}
+        text = yaml.safe_dump(data, sort_keys=False)
     # The file as written is checked first: errors name its own keys, and smoke_mapping gets
     # a valid study, not a value it cannot handle.
     spec = parse_study_spec(data, source)
@@ -545,9 +551,11 @@ def run_study(
     address: str | None = None,
     data_root: str | None = None,
     smoke: bool = False,
+    name: str | None = None,
 ) -> StudyOutcome:
-    """Validate ``path``, then run the study it describes to the end (see module docstring)."""
-    spec, text = load_study(path, smoke=smoke)
+    """Validate ``path``, then run the study it describes to the end (see module docstring);
+    ``name`` replaces the file's study name."""
+    spec, text = load_study(path, smoke=smoke, name=name)
     uri = tr.resolve_tracking_uri(tracking_uri)
     root = storage_root(storage)
     # Everything that can be wrong is checked before Ray, MLflow or a folder is touched.

@@ -56,6 +56,7 @@ __all__ = [
 
 ROLE_SELECTION = "selection"
 MODEL_ARTIFACT_DIR = "model"
+MLMODEL_FILE = "MLmodel"  # MLflow's model file, written by study.pyfunc_model
 _P50 = f"{tr.METRIC_LATENCY_P50}_mean"
 _TEST = f"{tr.METRIC_TEST}_mean"
 _VAL = f"{tr.METRIC_VAL}_mean"
@@ -70,12 +71,13 @@ class NoConfigWithinBudget(Exception):  # noqa: N818 - it is an outcome, not a f
         fastest: the summary row of the fastest configuration.
     """
 
-    def __init__(self, max_latency_ms: float, fastest: pd.Series) -> None:
+    def __init__(self, max_latency_ms: float, fastest: pd.Series, latency: str = _P50) -> None:
         self.max_latency_ms = max_latency_ms
         self.fastest = fastest
+        what = "latency p50" if latency == _P50 else latency.removesuffix("_mean")
         super().__init__(
-            f"no configuration has a mean latency p50 within {max_latency_ms:g} ms; the fastest "
-            f"is {fastest['config_id']} ({_describe(fastest)}) at {fastest[_P50]:.3f} ms, "
+            f"no configuration has a mean {what} within {max_latency_ms:g} ms; the fastest "
+            f"is {fastest['config_id']} ({_describe(fastest)}) at {fastest[latency]:.3f} ms, "
             f"validation score {_score_text(fastest.get(_VAL, math.nan))}, test score "
             f"{_score_text(fastest.get(_TEST, math.nan))}"
         )
@@ -109,6 +111,9 @@ class SelectionResult:
     model_version: str
     torchscript: bool = False
     candidates: int = 0
+    runtime: str = "torch"
+    latency_onnx_ms_p50: float = math.nan
+    mlflow_model: bool = False  # the export is an MLflow pyfunc model (an MLmodel file)
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,7 +134,7 @@ def check_budget(max_latency_ms: float) -> float:
     return value
 
 
-def choose_config(summary: pd.DataFrame, max_latency_ms: float) -> pd.Series:
+def choose_config(summary: pd.DataFrame, max_latency_ms: float, latency: str = _P50) -> pd.Series:
     """The configuration with the best mean validation score among those within the latency
     budget. The test score is never looked at: it is reported beside the choice.
 
@@ -137,6 +142,8 @@ def choose_config(summary: pd.DataFrame, max_latency_ms: float) -> pd.Series:
         summary: one row per configuration, as :func:`analysis.ablation.config_summary` gives:
             ``config_id``, ``val_score_mean``, ``latency_ms_p50_mean`` (more columns are kept).
         max_latency_ms: the budget on the mean p50 latency (inclusive).
+        latency: the column of mean p50 latencies to hold to the budget (default PyTorch's;
+            ``latency_onnx_ms_p50_mean`` for ONNX Runtime, see :func:`latency_column`).
 
     Returns:
         The chosen row. Ties on the score go to the lower mean latency, then the smaller
@@ -148,22 +155,24 @@ def choose_config(summary: pd.DataFrame, max_latency_ms: float) -> pd.Series:
         NoConfigWithinBudget: no row within the budget (it carries the fastest row).
     """
     budget = check_budget(max_latency_ms)
-    for col in ("config_id", _VAL, _P50):
+    for col in ("config_id", _VAL, latency):
         if col not in summary.columns:
             raise UserInputError(
                 f"summary has no column {col!r} (columns: {', '.join(map(str, summary.columns))})"
             )
-    lat = pd.to_numeric(summary[_P50], errors="coerce")
+    lat = pd.to_numeric(summary[latency], errors="coerce")
     score = pd.to_numeric(summary[_VAL], errors="coerce")
     data = summary.assign(_lat=lat, _score=score).loc[lat.notna() & score.notna()]
     if data.empty:
-        raise UserInputError("no configuration has both a validation score and a latency p50")
+        raise UserInputError(
+            f"no configuration has both a validation score and a {latency.removesuffix('_mean')}"
+        )
     within = data.loc[data["_lat"] <= budget]
     if within.empty:
         fastest = data.sort_values(
             ["_lat", "_score", "config_id"], ascending=[True, False, True], kind="stable"
         ).iloc[0]
-        raise NoConfigWithinBudget(budget, fastest.drop(["_lat", "_score"]))
+        raise NoConfigWithinBudget(budget, fastest.drop(["_lat", "_score"]), latency)
     best = within.sort_values(
         ["_score", "_lat", "config_id"], ascending=[False, True, True], kind="stable"
     ).iloc[0]
@@ -189,7 +198,7 @@ def default_model_name(study: str) -> str:
     return f"{study}-student"
 
 
-def _check_model_name(name: str) -> str:
+def check_model_name(name: str) -> str:
     # MLflow's own rule (mlflow.utils.validation._validate_model_name), checked before anything
     # is written so that a bad name cannot leave an unregistered export behind.
     if not name or not name.strip() or any(c in name for c in "/:") or ".." in name:
@@ -287,6 +296,7 @@ def select_and_export(
     *,
     tracking_uri: str | None = None,
     model_name: str | None = None,
+    runtime: str = "torch",
 ) -> SelectionResult:
     """Choose the best configuration of ``study`` within the latency budget, export its student
     to ``out_dir`` and register it as a new model version (see the module docstring).
@@ -297,9 +307,12 @@ def select_and_export(
         out_dir: the export folder to create; it may exist only if empty.
         tracking_uri: MLflow tracking URI (default: :func:`study.tracking.resolve_tracking_uri`).
         model_name: registered model name (default ``<study>-student``).
+        runtime: whose latency the budget holds: ``torch`` (``latency_ms_p50``) or ``onnx``
+            (``latency_onnx_ms_p50``, ONNX Runtime on CPU).
 
     Returns:
-        The :class:`SelectionResult`.
+        The :class:`SelectionResult`. The new version gets the alias ``challenger``
+        (``distill-study promote`` decides whether it becomes the ``champion``).
 
     Raises:
         UserInputError: an unknown study, a study without finished trials, a bad budget or
@@ -309,11 +322,12 @@ def select_and_export(
     from study.export import check_target
 
     budget = check_budget(max_latency_ms)
-    name = _check_model_name(model_name if model_name is not None else default_model_name(study))
+    latency = latency_column(runtime)
+    name = check_model_name(model_name if model_name is not None else default_model_name(study))
     out = Path(os.path.abspath(out_dir))
     check_target(out, "--out")
     uri = tr.resolve_tracking_uri(tracking_uri)
-    choice = _choose(study, budget, uri)
+    choice = _choose(study, budget, uri, latency)
     client = tr.open_store(uri)  # load_runs has checked that the store exists
     teacher_score = _teacher_test_score(client, choice.teacher_run_id)
     hyper = _hyperparameters(client, choice.source_run_id)
@@ -331,6 +345,7 @@ class _Choice:
     candidates: int  # configurations within the budget
     source_run_id: str
     teacher_run_id: str
+    latency: str = _P50  # the column of mean p50 latencies the budget held
 
     @property
     def config_id(self) -> str:
@@ -345,7 +360,16 @@ class _Choice:
         return str(self.row.get("student_arch"))
 
 
-def _choose(study: str, budget: float, uri: str) -> _Choice:
+def latency_column(runtime: str) -> str:
+    """The summary column of mean p50 latencies under ``runtime`` (``torch`` or ``onnx``)."""
+    if runtime not in tr.RUNTIME_LATENCY_P50:
+        raise UserInputError(
+            f"--runtime: {runtime!r} is not a runtime (valid: {', '.join(tr.RUNTIME_LATENCY_P50)})"
+        )
+    return f"{tr.RUNTIME_LATENCY_P50[runtime]}_mean"
+
+
+def _choose(study: str, budget: float, uri: str, latency: str = _P50) -> _Choice:
     """Read the study's runs, choose the configuration (:func:`choose_config`) and its seed run
     (:func:`pick_seed_run`)."""
     from analysis.ablation import config_summary
@@ -358,8 +382,14 @@ def _choose(study: str, budget: float, uri: str) -> _Choice:
             f"study {study!r} has no finished trials ({len(runs)} trial runs in the store)"
         )
     summary = config_summary(runs)
-    row = choose_config(summary, budget)
-    within = int((pd.to_numeric(summary[_P50], errors="coerce") <= budget).sum())
+    if latency not in summary.columns:
+        metric = latency.removesuffix("_mean")
+        raise UserInputError(
+            f"--runtime: no trial of study {study!r} logged {metric} (the study ran with "
+            "latency.onnx: false, or before trials timed ONNX Runtime)"
+        )
+    row = choose_config(summary, budget, latency)
+    within = int((pd.to_numeric(summary[latency], errors="coerce") <= budget).sum())
     seed_run = pick_seed_run(done, row["config_id"])
     return _Choice(
         row=row,
@@ -367,6 +397,7 @@ def _choose(study: str, budget: float, uri: str) -> _Choice:
         candidates=within,
         source_run_id=str(seed_run["run_id"]),
         teacher_run_id=str(seed_run.get("teacher_run_id") or ""),
+        latency=latency,
     )
 
 
@@ -389,9 +420,9 @@ def _register(
         client.log_artifacts(sel_id, str(out), artifact_path=MODEL_ARTIFACT_DIR)
         _ensure_registered_model(client, name, study)
         source = client.get_run(sel_id).info.artifact_uri.rstrip("/") + f"/{MODEL_ARTIFACT_DIR}"
-        version = client.create_model_version(
-            name, source=source, run_id=sel_id, tags=_version_tags(study, choice)
-        )
+        tags = {**_version_tags(study, choice), **_lineage_tags(client, exp.experiment_id, budget)}
+        version = client.create_model_version(name, source=source, run_id=sel_id, tags=tags)
+        client.set_registered_model_alias(name, tr.ALIAS_CHALLENGER, str(version.version))
         status = "FINISHED"
     finally:
         client.set_terminated(sel_id, status=status)
@@ -410,8 +441,36 @@ def _selection_tags(study: str, choice: _Choice) -> dict[str, str]:
     }
 
 
+def _runtime(choice: _Choice) -> str:
+    return next(k for k, v in tr.RUNTIME_LATENCY_P50.items() if f"{v}_mean" == choice.latency)
+
+
+def _lineage_tags(client: Any, experiment_id: str, budget: float) -> dict[str, str]:
+    """The version's budget and its study run (lineage: teacher run -> study run -> version),
+    with the study run's pipeline round and data fingerprint where it has them."""
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{tr.TAG_ROLE}` = '{tr.ROLE_STUDY}'", max_results=1
+    )
+    tags = {tr.VTAG_MAX_LATENCY: f"{budget:g}"}
+    if found:
+        study_run = found[0]
+        tags[tr.VTAG_STUDY_RUN] = study_run.info.run_id
+        for key in (tr.TAG_PIPELINE_ROUND, tr.TAG_DATA_FINGERPRINT):
+            if key in study_run.data.tags:
+                tags[key] = study_run.data.tags[key]
+    return tags
+
+
 def _version_tags(study: str, choice: _Choice) -> dict[str, str]:
+    onnx = f"{tr.METRIC_LATENCY_ONNX_P50}_mean"
+    extra = (
+        {}
+        if not math.isfinite(_float(choice.row, onnx))
+        else {tr.METRIC_LATENCY_ONNX_P50: f"{_float(choice.row, onnx):.6g}"}
+    )
     return {
+        **extra,
+        tr.VTAG_RUNTIME: _runtime(choice),
         "study": study,
         "config_id": choice.config_id,
         "teacher_run_id": choice.teacher_run_id,
@@ -482,6 +541,9 @@ def _result(
         model_version=version,
         torchscript=bool(config.get("torchscript", {}).get("available")),
         candidates=choice.candidates,
+        runtime=_runtime(choice),
+        latency_onnx_ms_p50=_float(row, f"{tr.METRIC_LATENCY_ONNX_P50}_mean"),
+        mlflow_model=(out / MLMODEL_FILE).is_file(),
     )
 
 
@@ -514,13 +576,30 @@ def describe_selection(result: SelectionResult) -> str:
         f"  test score:      {_score_text(result.test_score)} (mean over {result.n_seeds} "
         "seed(s); not used to choose)",
         f"  latency:         p50 {result.latency_ms_p50:.3f} ms, "
-        f"p90 {result.latency_ms_p90:.3f} ms",
+        f"p90 {result.latency_ms_p90:.3f} ms (PyTorch)"
+        + (
+            f"; ONNX Runtime p50 {result.latency_onnx_ms_p50:.3f} ms"
+            if math.isfinite(result.latency_onnx_ms_p50)
+            else ""
+        )
+        + f"; the budget held {result.runtime}'s",
         f"  parameters:      {result.num_params:,.0f}",
         f"  vs teacher:      teacher {_score_text(result.teacher_test_score)}, loss {loss} "
         f"(teacher run {result.teacher_run_id})",
         f"exported the student of run {result.source_run_id} (best val_score of the seeds) to "
         f"{result.out_dir} (TorchScript: {'yes' if result.torchscript else 'no'})",
         f"registered model {result.model_name!r} version {result.model_version} "
-        f"(selection run {result.selection_run_id})",
+        f"(selection run {result.selection_run_id}), alias {tr.ALIAS_CHALLENGER!r}",
     ]
+    if result.mlflow_model:
+        uri = f"models:/{result.model_name}/{result.model_version}"
+        lines.append(
+            f"  an MLflow pyfunc model: mlflow.pyfunc.load_model({uri!r}), or serve it with "
+            f"`mlflow models serve -m {uri} --env-manager local --host 127.0.0.1`"
+        )
+    else:
+        lines.append(
+            "  not an MLflow model (its trial ran before trials logged pyfunc models): load it "
+            "with study.export.load"
+        )
     return "\n".join(lines)
