@@ -74,9 +74,8 @@ def store(tmp_path_factory: pytest.TempPathFactory, gds_data_root: Path) -> Stor
         return {"method": "none", "dataset": "cora", "config_id": cfg, "student_arch": arch,
                 "params": {"student.arch": arch}, "metrics": metrics}  # fmt: skip
 
-    ids = fill_study(
-        uri, STUDY, [trial("gcn_cfg", "gcn", 0.80, 3.0, 1.0), trial("mlp_cfg", "mlp", 0.60, 1.0, 0.5)]
-    )
+    trials = [trial("gcn_cfg", "gcn", 0.80, 3.0, 1.0), trial("mlp_cfg", "mlp", 0.60, 1.0, 0.5)]
+    ids = fill_study(uri, STUDY, trials)
     client = MlflowClient(uri)
     graph = task.test[0]  # type: ignore[attr-defined]
     for run_id, arch in zip(ids["trial_run_ids"], ["gcn", "mlp"], strict=True):
@@ -109,11 +108,17 @@ def server(store: Store, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int
     def start(model_uri: str) -> tuple[subprocess.Popen, int]:
         port = _free_port()
         env = {**os.environ, tr.TRACKING_URI_ENV: store.uri}
-        cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
-               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "-w", "1"]  # fmt: skip
-        log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=tmp_path)  # fmt: skip
+        serve = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+        where = ["--host", "127.0.0.1", "--port", str(port), "-w", "1"]
+        with open(tmp_path / "serve.log", "wb") as log:  # the child keeps its own handle
+            proc = subprocess.Popen(
+                [sys.executable, "-m", *serve, *where],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: ended below, nothing else
+                cwd=tmp_path,
+            )
         started.append((proc, port))
         return proc, port
 
@@ -132,7 +137,8 @@ def _wait_until_up(proc: subprocess.Popen, port: int, log: Path) -> None:
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited ({proc.returncode}): {log.read_text()[-2000:]}")
+            tail = log.read_text()[-2000:]
+            pytest.fail(f"mlflow models serve exited ({proc.returncode}): {tail}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
                 if r.status == 200:
