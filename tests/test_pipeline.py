@@ -1,0 +1,128 @@
+"""`distill-study pipeline`: two rounds on a real Ray and a real MLflow store, the data changed
+in between (another synthetic graph: a new fingerprint), so the second round trains a new
+teacher, re-distils, registers a challenger and promotes it only if it wins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from study import tracking as tr
+from study.cli import main
+from tests.studies import tiny_study
+
+pytestmark = pytest.mark.ray
+
+STUDY = "pipe"
+MODEL = f"{STUDY}-student"
+P = tr.VTAG_PROMOTE_PREFIX
+
+
+def _write(path: Path, graph_seed: int) -> None:
+    study = tiny_study(
+        STUDY,
+        dataset={
+            "name": "synthetic_sbm",
+            "options": {"num_nodes": 200, "num_features": 8, "seed": graph_seed},
+        },
+        methods=["none"],
+        search={"student.arch": {"choice": ["gcn", "mlp"]}},
+        searcher={"algorithm": "grid", "num_samples": 1, "max_concurrent": 2},
+    )
+    study["teacher"]["train"]["epochs"] = 3
+    study["student"]["train"]["epochs"] = 3
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+
+
+def _runs(client: MlflowClient, experiment: str, role: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, experiment
+    return client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{tr.TAG_ROLE}` = '{role}'",
+        order_by=["attributes.start_time ASC"],
+    )
+
+
+def test_two_rounds_retrain_redistil_and_promote_only_a_winner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv(tr.TRACKING_URI_ENV, uri)
+    path = tmp_path / "pipe.yaml"
+    args = ["pipeline", str(path), "--max-latency-ms", "1000", "--tracking-uri", uri]
+    args += ["--storage", str(tmp_path / "studies"), "--out", str(tmp_path / "exports")]
+    try:
+        _write(path, graph_seed=0)
+        assert main(args) == 0
+        first = capsys.readouterr().out
+        _write(path, graph_seed=1)  # the data changes: another graph, another fingerprint
+        assert main(args) == 0
+        second = capsys.readouterr().out
+    finally:
+        ray.shutdown()
+    assert "pipeline round 1 of 'pipe'" in first and "pipeline round 2 of 'pipe'" in second
+    assert "trained for this data" in first and "trained for this data" in second
+
+    client = MlflowClient(uri)
+    rounds = _runs(client, f"{STUDY}-pipeline", tr.ROLE_PIPELINE)
+    assert [r.data.tags[tr.TAG_PIPELINE_ROUND] for r in rounds] == ["1", "2"]
+    assert all(r.info.status == "FINISHED" for r in rounds)
+    prints = [r.data.tags[tr.TAG_DATA_FINGERPRINT] for r in rounds]
+    assert prints[0] != prints[1]
+
+    # Lineage of each round: teacher run -> study run -> model version.
+    teachers = []
+    for n, run in enumerate(rounds, start=1):
+        tags, metrics = run.data.tags, run.data.metrics
+        (study_run,) = _runs(client, f"{STUDY}-r{n}", tr.ROLE_STUDY)
+        (teacher,) = _runs(client, f"{STUDY}-r{n}", tr.ROLE_TEACHER)  # trained in this round
+        teachers.append(teacher)
+        assert tags[tr.TAG_TEACHER_RUN] == teacher.info.run_id
+        assert tags[tr.VTAG_STUDY_RUN] == study_run.info.run_id
+        assert study_run.data.tags[tr.TAG_TEACHER_RUN] == teacher.info.run_id
+        assert study_run.data.tags[tr.TAG_DATA_FINGERPRINT] == prints[n - 1]
+        assert metrics["teacher_val_score"] == teacher.data.metrics[tr.METRIC_VAL]  # the ceiling
+        assert metrics["teacher_test_score"] == teacher.data.metrics[tr.METRIC_TEST]
+        version = client.get_model_version(MODEL, tags["model_version"])
+        assert str(version.version) == str(n)
+        assert version.tags[tr.TAG_TEACHER_RUN] == teacher.info.run_id
+        assert version.tags[tr.VTAG_STUDY_RUN] == study_run.info.run_id
+        assert version.tags[tr.TAG_PIPELINE_ROUND] == str(n)
+        assert version.tags[tr.TAG_DATA_FINGERPRINT] == prints[n - 1]
+        assert version.tags["study"] == f"{STUDY}-r{n}"
+        # Every trial logged its student as an MLflow model and an ONNX Runtime latency.
+        for trial in _runs(client, f"{STUDY}-r{n}", tr.ROLE_TRIAL):
+            names = {a.path for a in client.list_artifacts(trial.info.run_id, "student")}
+            assert "student/MLmodel" in names and "student/weights.pt" in names
+            assert trial.data.tags[tr.TAG_ONNX] == "measured"
+            assert trial.data.metrics[tr.METRIC_LATENCY_ONNX_P50] > 0
+    t_hash = [t.data.tags[tr.TAG_TEACHER_HASH] for t in teachers]
+    assert t_hash[0] != t_hash[1]  # new data: a new teacher, not the first one reused
+
+    # Round 1 had no champion; round 2's challenger is promoted exactly when it wins.
+    v1, v2 = (client.get_model_version(MODEL, v).tags for v in ("1", "2"))
+    assert v1[f"{P}decision"] == tr.PROMOTED and v1[f"{P}champion_version"] == "none"
+    assert v2[f"{P}champion_version"] == "1"
+    wins = float(v2[f"{P}challenger_val_score"]) > float(v2[f"{P}champion_val_score"])
+    assert v2[f"{P}decision"] == (tr.PROMOTED if wins else tr.KEPT)
+    champion = client.get_model_version_by_alias(MODEL, tr.ALIAS_CHAMPION)
+    assert str(champion.version) == ("2" if wins else "1")
+    assert rounds[1].data.tags["champion_version"] == str(champion.version)
+    assert str(client.get_model_version_by_alias(MODEL, tr.ALIAS_CHALLENGER).version) == "2"
+
+    # The registered version loads as an MLflow model and answers its own input example.
+    example = tmp_path / "exports" / f"{STUDY}-r2" / "input_example.json"
+    assert example.is_file()
+    loaded = mlflow.pyfunc.load_model(f"models:/{MODEL}/2")
+    request = loaded.input_example
+    probs = loaded.predict(request)
+    assert probs.shape == (len(request["nodes"]), 4)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
