@@ -101,7 +101,7 @@ def _alias_version(client: Any, name: str, alias: str) -> Any | None:
         raise
 
 
-def _check_model(client: Any, name: str) -> None:
+def _check_model(client: Any, name: str, key: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -111,7 +111,7 @@ def _check_model(client: Any, name: str) -> None:
             raise
         known = sorted(m.name for m in client.search_registered_models(max_results=100))
         raise UserInputError(
-            f"--model-name: no registered model {name!r} (found: {', '.join(known) or 'none'}); "
+            f"{key}: no registered model {name!r} (found: {', '.join(known) or 'none'}); "
             "`distill-study select` registers one"
         ) from None
 
@@ -133,7 +133,9 @@ def study_spec(client: Any, study: str) -> Any:
     )
     if not runs:
         raise UserInputError(f"study {study!r}: no study run in the MLflow store")
-    with tempfile.TemporaryDirectory() as tmp:
+    from study.select import PROGRESS_ENV, scoped_env
+
+    with tempfile.TemporaryDirectory() as tmp, scoped_env(PROGRESS_ENV, "false"):
         path = client.download_artifacts(runs[0].info.run_id, "study.yaml", tmp)
         text = Path(path).read_text()
     return parse_study_text(text, f"study {study!r} (its logged study.yaml)")
@@ -142,8 +144,12 @@ def study_spec(client: Any, study: str) -> Any:
 def _download(client: Any, name: str, version: str, dest: Path) -> Path:
     import mlflow.artifacts
 
+    from study.select import PROGRESS_ENV, scoped_env
+
     source = client.get_model_version_download_uri(name, version)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest)))
+    with scoped_env(PROGRESS_ENV, "false"):  # the command prints one report, not a meter
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest))
+    return Path(local)
 
 
 def measure(client: Any, name: str, version: Any, task: Any, spec: Any, runtime: str) -> Contender:
@@ -221,7 +227,7 @@ def promote(
         raise UserInputError(f"--tracking-uri: {uri} has no MLflow store (no file {path})")
     client = tr.open_store(uri)
     name = model_name or default_model_name(study)
-    _check_model(client, name)
+    _check_model(client, name, "--model-name" if model_name else f"study {study!r} (its model)")
     challenger = _alias_version(client, name, tr.ALIAS_CHALLENGER)
     if challenger is None:
         raise UserInputError(
@@ -306,6 +312,8 @@ def describe_promotion(result: PromoteResult) -> str:
         )
 
     verdict = "promoted to champion" if result.promoted else "not promoted"
+    if result.champion is not None and result.champion.version == result.challenger.version:
+        return f"{result.model_name!r}: {result.reason}"
     return "\n".join(
         [
             f"{result.model_name!r}: challenger version {result.challenger.version} {verdict}: "

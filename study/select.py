@@ -60,7 +60,7 @@ MLMODEL_FILE = "MLmodel"  # MLflow's model file, written by study.pyfunc_model
 _P50 = f"{tr.METRIC_LATENCY_P50}_mean"
 _TEST = f"{tr.METRIC_TEST}_mean"
 _VAL = f"{tr.METRIC_VAL}_mean"
-_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class NoConfigWithinBudget(Exception):  # noqa: N818 - it is an outcome, not a failure
@@ -225,7 +225,7 @@ def _copy_student(client: Any, run_id: str, out: Path) -> dict[str, Any]:
         )
     with fileio.staging_folder(out) as tmp:
         # No progress bar: the command prints one report, not MLflow's download meter.
-        with _env(_PROGRESS_ENV, "false"):
+        with scoped_env(PROGRESS_ENV, "false"):
             local = Path(client.download_artifacts(run_id, tr.STUDENT_ARTIFACT_DIR, str(tmp)))
         config = export.read_config(local)
         export.load(local)  # the weights must fit the spec: refuse a broken export here
@@ -234,7 +234,8 @@ def _copy_student(client: Any, run_id: str, out: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
+def scoped_env(name: str, value: str) -> Iterator[None]:
+    """Set the environment variable ``name`` to ``value`` for the ``with`` block."""
     previous = os.environ.get(name)
     os.environ[name] = value
     try:

@@ -17,8 +17,6 @@ from study import tracking as tr
 from study.cli import main
 from tests.studies import tiny_study
 
-pytestmark = pytest.mark.ray
-
 STUDY = "pipe"
 MODEL = f"{STUDY}-student"
 P = tr.VTAG_PROMOTE_PREFIX
@@ -50,6 +48,27 @@ def _runs(client: MlflowClient, experiment: str, role: str) -> list:
     )
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--max-latency-ms", "-2"], "--max-latency-ms: expected a positive number"),
+        (["--max-latency-ms", "5", "--model-name", "a/b"], "--model-name: 'a/b'"),
+    ],
+)
+def test_bad_input_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], expected: str
+) -> None:
+    path = tmp_path / "pipe.yaml"
+    _write(path, graph_seed=0)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    code = main(["pipeline", str(path), "--tracking-uri", uri, "--storage", str(tmp_path / "s"),
+                 "--out", str(tmp_path / "exports"), *extra])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and expected in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.yaml"]  # no store, no folder
+
+
+@pytest.mark.ray
 def test_two_rounds_retrain_redistil_and_promote_only_a_winner(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
