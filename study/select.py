@@ -20,7 +20,13 @@ its student, register it in the MLflow Model Registry.
    ``max_latency_ms``, ``config_id``, ...) logs DIR as artifacts under ``model/``, and a new
    version of the registered model (default ``<study>-student``) is created from that run's
    ``model/`` artifact URI, with tags ``study``, ``config_id``, ``teacher_run_id``, ``method``,
-   ``student_arch``, ``latency_ms_p50``, ``val_score`` and ``test_score``.
+   ``student_arch``, ``latency_ms_p50``, ``val_score`` and ``test_score`` (and
+   ``max_latency_ms``, ``gds.runtime``, ``gds.study_run_id``, the ONNX figure where logged), and
+   the alias ``challenger`` (:mod:`study.promote` decides on ``champion``). Trials log their
+   student as an MLflow pyfunc model in the same folder (:mod:`study.pyfunc_model`), so the
+   version loads with ``mlflow.pyfunc.load_model("models:/<name>/<version>")`` and serves.
+
+``--runtime onnx`` holds the budget to ``latency_onnx_ms_p50`` (ONNX Runtime on CPU) instead.
 
 The loss against the teacher is the teacher run's ``test_score`` minus the configuration's mean
 test score, in points (percentage points for scores logged as fractions).
