@@ -56,11 +56,11 @@ class PipelineResult:
     promotion: PromoteResult
 
 
-def next_round(client: Any, storage: Path, study: str) -> int:
-    """1 + the highest round ``N`` of ``study-r<N>`` among MLflow experiments and study folders
-    (1 for the first round)."""
+def next_round(client: Any | None, storage: Path, study: str) -> int:
+    """1 + the highest round ``N`` of ``study-r<N>`` among MLflow experiments (``client``; None
+    for a store not made yet) and study folders (1 for the first round)."""
     pattern = re.compile(rf"^{re.escape(study)}-r(\d+)$")
-    names = [e.name for e in client.search_experiments(max_results=50000)]
+    names = [] if client is None else [e.name for e in client.search_experiments(max_results=50000)]
     if storage.is_dir():
         names += [p.name for p in storage.iterdir()]
     rounds = [int(m.group(1)) for n in names if (m := pattern.match(n))]
@@ -125,7 +125,7 @@ def run_pipeline(
     from study.data.base import data_fingerprint
     from study.export import check_target
     from study.preflight import load_and_check
-    from study.runner import load_study, run_study, storage_root
+    from study.runner import load_study, run_study, storage_root, store_exists
     from study.select import (
         check_budget,
         check_model_name,
@@ -142,11 +142,12 @@ def run_pipeline(
     fingerprint = data_fingerprint(task)
     uri = tr.resolve_tracking_uri(tracking_uri)
     root = storage_root(storage)
-    client = tr.open_store(uri)
-    n = next_round(client, root, spec.name)
+    # A missing sqlite store is made only once every check has passed.
+    n = next_round(tr.open_store(uri) if store_exists(uri) else None, root, spec.name)
     round_study = ROUND_PATTERN.format(study=spec.name, n=n)
     out_dir = Path(os.path.abspath(out or "exports")) / round_study
     check_target(out_dir, "--out")
+    client = tr.open_store(uri)
     params = {
         "file": str(path),
         "max_latency_ms": f"{budget:g}",

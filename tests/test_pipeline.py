@@ -68,6 +68,19 @@ def test_bad_input_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.yaml"]  # no store, no folder
 
 
+def test_an_existing_round_export_is_refused(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "pipe.yaml"
+    _write(path, graph_seed=0)
+    taken = tmp_path / "exports" / f"{STUDY}-r1"
+    taken.mkdir(parents=True)
+    (taken / "keep.txt").write_text("mine")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["pipeline", str(path), "--max-latency-ms", "5", "--tracking-uri", uri]
+    assert main([*args, "--out", str(tmp_path / "exports")]) == 2
+    assert "--out:" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists() and (taken / "keep.txt").read_text() == "mine"
+
+
 @pytest.mark.ray
 def test_two_rounds_retrain_redistil_and_promote_only_a_winner(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
