@@ -76,6 +76,7 @@ def test_an_existing_round_export_is_refused(tmp_path: Path, capsys) -> None:
     (taken / "keep.txt").write_text("mine")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = ["pipeline", str(path), "--max-latency-ms", "5", "--tracking-uri", uri]
+    args += ["--storage", str(tmp_path / "studies")]
     assert main([*args, "--out", str(tmp_path / "exports")]) == 2
     assert "--out:" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists() and (taken / "keep.txt").read_text() == "mine"
