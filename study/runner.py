@@ -29,13 +29,13 @@ from ray import tune
 
 from study import allocator
 from study import tracking as tr
-from study.calibration import calibrate_latency
 from study.catalog import module_origin
 from study.config import StudySpec, parse_study_spec, read_study_mapping, stable_hash, teacher_hash
-from study.context import StudyContext, load_study_task, study_latency, trial_device
+from study.context import StudyContext, load_study_task, trial_device
 from study.data.base import Task, data_fingerprint, io_channels
 from study.errors import UserInputError
 from study.latency import count_parameters
+from study.latency_service import logged_figures, quiet_latency, start_cache
 from study.models import build_model
 from study.preflight import load_and_check
 from study.search import JsonOptunaSearch, make_search, read_json
@@ -319,7 +319,7 @@ def _log_teacher_run(
     )
     run_id = run.info.run_id
     try:
-        lat = study_latency(model, task, spec, device)
+        lat = quiet_latency(model, task, spec, device)
         metrics = {
             **metrics,
             tr.METRIC_LATENCY_P50: lat.p50_ms,
@@ -731,7 +731,7 @@ def resume_study(
 
     A finished study is read-only: when its study run is FINISHED and every trial run has
     ended, :class:`StudyAlreadyFinished` is raised before Ray starts or anything is written
-    (no metric, param or tag; no latency calibration), so the figures a report has read stay.
+    (no metric, param or tag), so the figures a report has read stay.
     """
     ctx, folder = read_context(name, storage)
     if tracking_uri and tracking_uri != ctx.tracking_uri:
@@ -759,6 +759,11 @@ def _fit_and_close(
     tuner: tune.Tuner, spec: StudySpec, ctx: StudyContext, folder: Path, client: MlflowClient
 ) -> StudyOutcome:
     status = "KILLED"
+    # The study's latency figures; a resumed study starts from those its trials logged. The
+    # handle lives until the trials are done.
+    cache = start_cache(
+        ctx.parent_run_id, logged_figures(client, ctx.experiment_id, ctx.parent_run_id)
+    )
     try:
         results = tuner.fit()
         # ResultGrid is indexable but declares no __iter__.
@@ -790,16 +795,10 @@ def _fit_and_close(
                 f"their tag {tr.TAG_ERROR}; the analysis counts them and leaves them out), e.g.: "
                 f"{next(iter(failed.values()))}"
             )
-        if any(r.get(tr.METRIC_TEST) is not None for r in rows):
-            print(
-                "[gds] re-measuring student and teacher latency on an idle device "
-                "(see study.calibration)"
-            )
-            calibrate_latency(spec, rows, client, ctx.teacher_run_id, ctx.data_root)
-        # Set last: a study whose calibration failed is not FINISHED, so resume may finish it.
         status = outcome.status
         return outcome
     finally:
+        ray.kill(cache)
         client.set_terminated(ctx.parent_run_id, status=status)
 
 
