@@ -48,6 +48,10 @@ CONTEXT_FILE = "gds_context.json"
 DEFAULT_STORAGE = "~/ray_results"
 
 
+#: In a trial's row of :class:`StudyOutcome`: the scheduler stopped it (see settle_stopped).
+ROW_STOPPED_EARLY = "stopped_early"
+
+
 @dataclass
 class StudyOutcome:
     """What a finished (or interrupted) study leaves: where, and its trials' final rows.
@@ -75,9 +79,18 @@ class StudyOutcome:
         return sum(t.get(tr.METRIC_TEST) is not None for t in self.trials)
 
     @property
+    def stopped_early(self) -> int:
+        """Trials the scheduler (ASHA) stopped before ``max_t``: ended, but no final scores."""
+        return sum(bool(t.get(ROW_STOPPED_EARLY)) for t in self.trials)
+
+    @property
     def ended(self) -> bool:
-        """Every trial finished or failed with a recorded reason (none interrupted)."""
-        return all(t.get(tr.METRIC_TEST) is not None or t.get(RESULT_ERROR) for t in self.trials)
+        """Every trial finished, was stopped by the scheduler or failed with a recorded reason
+        (none interrupted)."""
+        return all(
+            t.get(tr.METRIC_TEST) is not None or t.get(RESULT_ERROR) or t.get(ROW_STOPPED_EARLY)
+            for t in self.trials
+        )
 
     @property
     def complete(self) -> bool:
@@ -746,6 +759,7 @@ def resume_study(
     start_ray(address, user_modules(spec))
     client.update_run(ctx.parent_run_id, status="RUNNING")
     _restore_lost_checkpoints(folder)
+    settle_stopped(folder, client, ctx)  # in case the driver died before it could
     tuner = tune.Tuner.restore(
         str(folder),
         trainable=_trainable(spec, ctx, task),
@@ -753,6 +767,38 @@ def resume_study(
         resume_errored=True,
     )
     return _fit_and_close(tuner, spec, ctx, folder, client)
+
+
+def settle_stopped(
+    folder: Path,
+    client: MlflowClient,
+    ctx: StudyContext,
+    rows: list[dict[str, Any]] | None = None,
+) -> None:
+    """Tell trials the scheduler stopped from trials a Ctrl-C interrupted, by Tune's saved
+    trial status (TERMINATED: it ended). A trial cannot tell the two apart (Tune stops both the
+    same way), so with a scheduler it tags its run ``gds.stopped_early`` either way; an
+    interrupted one gets its run back to KILLED, untagged, so that ``resume`` continues it.
+    ``rows`` (the trials' last results) of stopped trials get ``ROW_STOPPED_EARLY``."""
+    if ctx.spec.scheduler is None:
+        return
+    statuses = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(folder)).trials}
+    for row in rows or []:
+        ended = statuses.get(str(row.get("trial_id"))) == "TERMINATED"
+        if ended and row.get(tr.METRIC_TEST) is None and not row.get(RESULT_ERROR):
+            row[ROW_STOPPED_EARLY] = True
+    tagged = client.search_runs(
+        [ctx.experiment_id],
+        filter_string=(
+            f"tags.`{tr.TAG_PARENT}` = '{ctx.parent_run_id}' "
+            f"and tags.`{tr.TAG_STOPPED_EARLY}` = 'true'"
+        ),
+        max_results=50_000,
+    )
+    for run in tagged:
+        if statuses.get(run.data.tags.get(tr.TAG_TRIAL_ID, "")) != "TERMINATED":
+            client.delete_tag(run.info.run_id, tr.TAG_STOPPED_EARLY)
+            client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def _fit_and_close(
@@ -771,6 +817,7 @@ def _fit_and_close(
             dict(r.metrics or {}, config=r.config)
             for r in (results[i] for i in range(len(results)))
         ]
+        settle_stopped(folder, client, ctx, rows)
         errors = len(results.errors)
         failed = {
             str(r.get("mlflow_run_id", "")): str(r[RESULT_ERROR])
