@@ -56,6 +56,10 @@ TAG_STUDENT_ARCH = "student_arch"
 TAG_STOPPED_EARLY = "gds.stopped_early"  # a trial the scheduler stopped: no final scores
 TAG_NODE = "gds.node_id"  # the Ray node a trial ran on
 TAG_WORKER_PID = "gds.worker_pid"  # the process that last (re)started the trial, on that node
+# The latency figure's key in the study's cache (study.latency_service.signature), and whether
+# this trial measured it ("measured") or read the figure another trial measured ("cached").
+TAG_LATENCY_SIGNATURE = "gds.latency_signature"
+TAG_LATENCY_SOURCE = "gds.latency_source"
 # Why a trial run ended FAILED, one line (e.g. "training diverged at epoch 3: ..."); the
 # analysis leaves such runs out of every table and front and counts them with this reason.
 TAG_ERROR = "gds.error"
@@ -68,7 +72,8 @@ METRIC_LATENCY_P50 = "latency_ms_p50"
 METRIC_LATENCY_P90 = "latency_ms_p90"
 METRIC_PARAMS = "num_params"
 METRIC_TRAIN_SECONDS = "train_seconds"
-# The same input timed under ONNX Runtime on CPU (study.onnx_runtime; not calibrated), and the
+# The same input timed under ONNX Runtime on CPU (study.onnx_runtime; in the trial, not yet
+# through study.latency_service), and the
 # trial tag that says "measured" or why there is no such figure.
 METRIC_LATENCY_ONNX_P50 = "latency_onnx_ms_p50"
 METRIC_LATENCY_ONNX_P90 = "latency_onnx_ms_p90"
@@ -82,14 +87,17 @@ FINAL_METRICS = (
     METRIC_TRAIN_SECONDS,
 )
 # Final metrics some trials log beside those: the split metrics behind test_score (AUROC for
-# binary and multi-label tasks, mean class accuracy for point clouds) and the in-trial latency
-# that study.calibration replaces.
+# binary and multi-label tasks, mean class accuracy for point clouds) and the bounds of the
+# latency p50's 95% confidence interval.
+METRIC_LATENCY_CI_LOW = "latency_ms_p50_ci_low"
+METRIC_LATENCY_CI_HIGH = "latency_ms_p50_ci_high"
 EXTRA_METRICS = (
     "test_accuracy",
     "test_micro_f1",
     "test_auroc",
     "test_mean_class_accuracy",
-    "latency_ms_p50_in_trial",
+    METRIC_LATENCY_CI_LOW,
+    METRIC_LATENCY_CI_HIGH,
     METRIC_LATENCY_ONNX_P50,
     METRIC_LATENCY_ONNX_P90,
 )

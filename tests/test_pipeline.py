@@ -136,7 +136,7 @@ def test_two_rounds_retrain_redistil_and_promote_only_a_winner(
         for trial in _runs(client, f"{STUDY}-r{n}", tr.ROLE_TRIAL):
             names = {a.path for a in client.list_artifacts(trial.info.run_id, "student")}
             assert "student/MLmodel" in names and "student/weights.pt" in names
-            assert trial.data.tags[tr.TAG_ONNX] == "measured"
+            assert trial.data.tags[tr.TAG_ONNX].startswith("measured")
             assert trial.data.metrics[tr.METRIC_LATENCY_ONNX_P50] > 0
     t_hash = [t.data.tags[tr.TAG_TEACHER_HASH] for t in teachers]
     assert t_hash[0] != t_hash[1]  # new data: a new teacher, not the first one reused
