@@ -22,6 +22,10 @@ TASK_WORDS = {NODE: "node-classification", POINTCLOUD: "point-cloud"}
 
 #: Headline scores a node task can be judged by (``dataset.metric``).
 NODE_METRICS = ("accuracy", "macro_f1", "micro_f1", "auroc")
+#: Headline scores a point-cloud task can be judged by (``dataset.metric``).
+POINTCLOUD_METRICS = ("accuracy", "mean_class_accuracy", "auroc")
+#: By task kind.
+TASK_METRICS = {NODE: NODE_METRICS, POINTCLOUD: POINTCLOUD_METRICS}
 
 
 class Params(BaseModel):

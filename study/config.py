@@ -20,7 +20,8 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
       path: graph.pt            #   left to the loader | a saved graph (relative to this file)
       factory: "module:fn"      #   | a function returning the task (path, factory: node tasks)
       options: {}               # [{}] the loader's keyword options
-      metric: accuracy          # [the dataset's] accuracy macro_f1 micro_f1 auroc (node tasks)
+      metric: accuracy          # [the dataset's] accuracy macro_f1 micro_f1 auroc (nodes);
+                                #   accuracy mean_class_accuracy auroc (point clouds)
     teacher:                    # required: built-in keys or factory keys
       arch: gat                 # a MODELS entry (gat gcn sage mlp: node tasks; dgcnn: clouds)
       preset: null              # a preset of the arch (ppi_teacher, ...): then only dropout
@@ -866,10 +867,11 @@ def _parse_dataset(chk: _Check, raw: dict[str, Any], base: Path) -> DatasetSpec:
             chk.fail(f"dataset.options.{next(iter(options))}", "a saved graph takes no options")
         path = chk.file(d.path, base, "dataset.path")
     if d.metric is not None:
-        chk.name(d.metric, "dataset.metric", "metric", cat.NODE_METRICS)
-        if kind != cat.NODE:
+        valid = cat.TASK_METRICS[kind]
+        if d.metric in cat.NODE_METRICS + cat.POINTCLOUD_METRICS and d.metric not in valid:
             what = f"dataset {d.name!r} is a {cat.TASK_WORDS[kind]} task"
-            chk.fail("dataset.metric", f"applies only to node tasks, but {what}")
+            chk.fail("dataset.metric", f"{what}; expected one of {', '.join(valid)}")
+        chk.name(d.metric, "dataset.metric", "metric", valid)
     return DatasetSpec(d.name, options, path, d.factory, d.metric, str(base))
 
 

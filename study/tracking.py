@@ -77,14 +77,20 @@ FINAL_METRICS = (
     METRIC_TRAIN_SECONDS,
 )
 # Final metrics some trials log beside those: the split metrics behind test_score (AUROC for
-# binary and multi-label tasks, mean class accuracy for point clouds) and the in-trial latency
-# that study.calibration replaces.
+# every classification task, mean class accuracy for point clouds, per-class summaries) and
+# the in-trial latency that study.calibration replaces.
 EXTRA_METRICS = (
     "test_accuracy",
     "test_micro_f1",
     "test_auroc",
     "test_mean_class_accuracy",
     "latency_ms_p50_in_trial",
+    # study.per_class: per split, macro-F1 and the worst class's recall; AUROC of validation.
+    "test_macro_f1",
+    "test_worst_class_recall",
+    "val_macro_f1",
+    "val_worst_class_recall",
+    "val_auroc",
 )
 # Per-epoch metric keys (logged with step=epoch).
 EPOCH_METRICS = ("train_loss", "distill_loss", "epoch_val_score")

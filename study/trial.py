@@ -40,6 +40,7 @@ from study.export import export_student
 from study.latency import LatencyResult, count_parameters
 from study.models import build_model
 from study.names import trial_run_name
+from study.per_class import TABLE_ARTIFACT, per_class_figures
 from study.search import trial_params
 from study.teachers import load_teacher, teacher_cache_path
 from study.train import (
@@ -361,6 +362,8 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
         reporter.flush()
         lat = study_latency(result.model, task, spec, device)
         final = final_metrics(result, lat)
+        class_table, class_figures = per_class_figures(result.model, task, device)
+        final.update(class_figures)
         # An attempt killed after logging its final metrics logged them already: not twice.
         done = client.get_run(run_id).data.metrics
         now = int(time.time() * 1000)
@@ -373,6 +376,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
             ],
             tags=[RunTag(k, str(v)) for k, v in lat.as_tags().items()],
         )
+        client.log_table(run_id, data=class_table, artifact_file=TABLE_ARTIFACT)
         _log_student(client, run_id, spec, plan, result, task)
         status = "FINISHED"
         report = {"epoch": result.epochs_run, **final, "config_id": plan.config_id}

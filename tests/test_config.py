@@ -517,10 +517,11 @@ BAD = [
         "unknown metric 'f1' (valid: accuracy, auroc, macro_f1, micro_f1)",
     ),
     (
-        "metric on modelnet40",
-        _set("dataset", {"name": "modelnet40", "metric": "accuracy"}),
+        "node metric on modelnet40",
+        _set("dataset", {"name": "modelnet40", "metric": "macro_f1"}),
         "dataset.metric",
-        "applies only to node tasks, but dataset 'modelnet40' is a point-cloud task",
+        "dataset 'modelnet40' is a point-cloud task; expected one of accuracy, "
+        "mean_class_accuracy, auroc",
     ),
     (
         "dataset root option",
