@@ -437,6 +437,7 @@ def fit(
     method = build_method(distill)
     if method.needs_teacher and teacher is None:
         raise ValueError(f"method {distill.method!r} needs a teacher")
+    method.prepare(model, teacher)
     device = torch.device(cfg.device)
     cache = (
         TeacherCache(teacher, method, device)
