@@ -26,6 +26,7 @@ from study.data.base import NodeTask, PointCloudTask, Task, io_channels
 from study.errors import UserInputError, one_line
 from study.layer_map import LAST_PAIRS, parse_layer_map
 from study.models import build_model
+from study.models.attention import set_attention_recording
 from study.models.base import ModelOutput
 from study.teachers import load_teacher_weights
 
@@ -129,6 +130,8 @@ def check_layer_maps(spec: StudySpec, teacher_out: ModelOutput, student_out: Mod
     for method, path, value in layer_maps(spec):
         s_n, what = model_layers(method, student_out)
         t_n, _ = model_layers(method, teacher_out)
+        if spec.method_defaults[method].get("teacher_source") == "gradient":
+            t_n = 1  # the teacher's gradient-based importance: one distribution, one "layer"
         if s_n == 0 or t_n == 0:
             continue  # a model without attention is refused by check_attention
         pairs = LAST_PAIRS if value == "last" else () if isinstance(value, str) else value
@@ -216,11 +219,14 @@ def check_models(spec: StudySpec, task: Task) -> None:
         )
     else:
         teacher = in_file(spec, "teacher", _build, teacher_spec, task)
+    attention = any(reads_attention(m) for m in spec.methods)
+    set_attention_recording(teacher, attention)
     teacher_out = in_file(spec, "teacher", check_forward, teacher, probe, task)
     for model, options in builtin_variants(spec) or [
         (spec.student.model, o) for o in student_variants(spec)
     ]:
         student = in_file(spec, "student", _build, model, task, options)
+        set_attention_recording(student, attention)
         student_out = in_file(spec, "student", check_forward, student, probe, task)
         check_attention(spec, teacher_out, student_out)
         check_layer_maps(spec, teacher_out, student_out)

@@ -242,7 +242,7 @@ def gradient_edge_importance(
     from torch_geometric.explain.algorithm.utils import clear_masks, set_masks
 
     n, num_edges = x.shape[0], edge_index.shape[1]
-    weight = torch.ones(num_edges, device=x.device, requires_grad=True)
+    weight = torch.ones(num_edges, dtype=x.dtype, device=x.device, requires_grad=True)
     set_masks(model, weight, edge_index, apply_sigmoid=False)
     try:
         with torch.enable_grad():

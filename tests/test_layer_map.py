@@ -1,0 +1,105 @@
+"""layer_map: the uniform rule, searching it, and every map checked against both models' depths
+when a study is validated (one line naming the file and the key, exit 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from study.cli import main
+from study.config import parse_study_spec, resolve_trial
+from study.distill.methods import build_method
+from study.layer_map import resolve_layer_map, uniform_layer_map
+from tests.studies import tiny_study
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize(
+    ("teacher", "student", "expected"),
+    [
+        (5, 2, ((0, 2), (1, 4))),  # round(2.5) = 3 (halves up) and round(5) = 5, minus one
+        (3, 3, ((0, 0), (1, 1), (2, 2))),  # same depth: the identity
+        (6, 2, ((0, 2), (1, 5))),  # every third teacher layer
+        (2, 5, ((0, 0), (1, 0), (2, 0), (3, 1), (4, 1))),  # deeper student: never below 0
+    ],
+)
+def test_uniform_pairs_every_nth_teacher_layer(
+    teacher: int, student: int, expected: tuple[tuple[int, int], ...]
+) -> None:
+    assert uniform_layer_map(student, teacher) == expected
+    assert resolve_layer_map("uniform", student, teacher) == expected
+
+
+def test_named_and_explicit_maps_resolve_or_say_which_pair_is_out() -> None:
+    assert resolve_layer_map("last", 2, 5) == ((1, 4),)
+    assert resolve_layer_map(((0, -2), (-1, -1)), 2, 5) == ((0, 3), (1, 4))
+    with pytest.raises(ValueError, match=r"pair \[1\] = \[0, 12\] is outside"):
+        resolve_layer_map(((0, 0), (0, 12)), 2, 5)
+
+
+def _write(tmp_path: Path, **overrides: Any) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(tiny_study("maps", **overrides), sort_keys=False))
+    return path
+
+
+def _refused(capsys: pytest.CaptureFixture, path: Path, *needles: str) -> str:
+    code = main(["validate", str(path)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    for needle in (str(path), *needles):
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def test_a_layer_map_past_the_depths_is_refused_by_validate(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, method_defaults={"lsp": {"layer_map": [[0, 12]]}})
+    _refused(
+        capsys,
+        path,
+        "method_defaults.lsp.layer_map[0]",
+        "the teacher's 1 hidden layers, got [0, 12]",
+    )
+
+
+def test_a_searched_student_depth_is_checked_too(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    # Fine for a student of depth 3 (two hidden layers), not for the searched depth 2 (one).
+    path = _write(
+        tmp_path,
+        student={**tiny_study("x")["student"], "depth": 3},
+        method_defaults={"lsp": {"layer_map": [[1, 0]]}},
+        search={"student.depth": {"choice": [3, 2]}},
+    )
+    _refused(capsys, path, "method_defaults.lsp.layer_map[0]", "within the student's 1")
+
+
+def test_layer_map_is_a_search_choice_checked_choice_by_choice(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    choices = ["last", "uniform", [[0, 0]], [[0, 5]]]
+    path = _write(tmp_path, search={"lsp.layer_map": {"choice": choices}})
+    _refused(capsys, path, "search.lsp.layer_map.choice[3][0]", "got [0, 5]")
+
+    spec = parse_study_spec(
+        tiny_study("maps", search={"lsp.layer_map": {"choice": choices[:3]}}), str(path)
+    )
+    dim = spec.dimension("lsp.layer_map")
+    assert dim is not None and dim.args == ("last", "uniform", "[[0, 0]]")  # plain choices
+    for text, value in zip(dim.args, ("last", "uniform", ((0, 0),)), strict=True):
+        plan = resolve_trial(spec, {"method": "lsp", "seed": 0, "lsp.layer_map": text})
+        assert plan.distill.params["layer_map"] == value
+        assert build_method(plan.distill).layer_map == value  # type: ignore[attr-defined]
+    assert (
+        main(["validate", str(_write(tmp_path, search={"lsp.layer_map": {"choice": choices[:3]}}))])
+        == 0
+    )
