@@ -195,7 +195,7 @@ METHODS = Catalog(
             "teacher's gradient-based edge importance): per-target KL",
             "study.distill.methods:EdgeAttention",
             EdgeAttentionParams,
-            {"label": "edge attention", "reads_attention": True},
+            {"label": "edge attention", "reads_attention": True, "opt_in": True},
         ),
     ],
 )
@@ -409,6 +409,12 @@ def reads_hidden(method: str) -> bool:
     """Whether a method matches the models' hidden features (``info["reads_hidden"]``): a user
     model must then name its ``hidden`` submodules."""
     return bool(METHODS.get(method).info.get("reads_hidden", False))
+
+
+def default_methods() -> tuple[str, ...]:
+    """The methods of a study that lists none: every method but the opt-in ones
+    (``info["opt_in"]``: edge_attention, which needs students with attention)."""
+    return tuple(e.name for e in METHODS if not e.info.get("opt_in", False))
 
 
 def reads_attention(method: str) -> bool:

@@ -34,7 +34,7 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
       train: {epochs: 200, lr: 0.005, weight_decay: 5.0e-4, optimizer: adam, momentum: 0.9,
               batch_size: 32, eval_every: 1, seed: 0}    # TrainConfig's defaults
     student: {...}              # required; the teacher's keys but checkpoint and train.seed
-    methods: [none, kd, fitnet, at, lsp]   # [every METHODS entry]; a search dimension
+    methods: [none, kd, fitnet, at, lsp]   # [every METHODS entry but the opt-in edge_attention]
     method_defaults:            # per method, over the entry's defaults (LSP: and the kernels')
       lsp: {lambda: 100.0, kernel: rbf, sigma: 1.0, direction: student_teacher,
             lsp_until_epoch: null, layer_map: last}   # last | uniform | [[s, t], ...]
@@ -759,7 +759,7 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
         )
     base = Path(source).parent.resolve()
     dataset = _parse_dataset(chk, top.dataset, base)
-    methods = cat.METHODS.names() if top.methods is None else top.methods
+    methods = cat.default_methods() if top.methods is None else top.methods
     for i, method in enumerate(methods):
         chk.name(method, f"methods[{i}]", "method", cat.METHODS.names())
     methods = _unique(chk, methods, "methods", "method")

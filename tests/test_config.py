@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from study.catalogs import METHODS
+from study.catalogs import METHODS, default_methods
 from study.config import (
     FaultToleranceSpec,
     config_id,
@@ -319,7 +319,7 @@ BAD = [
         "unknown method",
         _set("methods", ["none", "kdd"]),
         "methods[1]",
-        "unknown method 'kdd' (valid: at, fitnet, kd, lsp, none)",
+        "unknown method 'kdd' (valid: at, edge_attention, fitnet, kd, lsp, none)",
     ),
     (
         "unknown kernel in a choice",
@@ -699,7 +699,8 @@ def test_duplicate_yaml_key_names_its_line(tmp_path: Path):
 def test_defaults_and_yaml12_floats(tmp_path: Path):
     spec = load_study_spec(_write(tmp_path, MINIMAL))
     assert spec.student.train.weight_decay == 5e-4  # YAML 1.1 would read the string '5e-4'
-    assert spec.methods == METHODS.names() and spec.seeds == (0,)
+    assert spec.methods == default_methods() and spec.seeds == (0,)
+    assert "edge_attention" not in spec.methods  # opt-in: it needs students with attention
     assert spec.method_defaults["lsp"]["lambda"] == 100.0
     assert spec.method_defaults["lsp"]["kernel"] == "rbf"
     assert spec.searcher.algorithm == "tpe" and spec.num_trials == spec.searcher.num_samples
