@@ -232,15 +232,15 @@ def check_models(spec: StudySpec, task: Task) -> None:
         check_layer_maps(spec, teacher_out, student_out)
 
 
-def builtin_variants(spec: StudySpec) -> list[tuple[ModelSpec, None]]:
+def builtin_variants(spec: StudySpec) -> list[tuple[ModelSpec, dict[str, Any] | None]]:
     """A built-in student at each searched architecture and depth (both ends of a range), the
     keys that change its layers; ``[]`` for a factory student."""
     if spec.student.model.factory is not None:
         return []
     arch_dim, depth_dim = spec.dimension("student.arch"), spec.dimension("student.depth")
-    archs = list(arch_dim.args) if arch_dim is not None else [spec.student.model.arch]
+    archs = list(arch_dim.args) if arch_dim is not None else [str(spec.student.model.arch)]
     depths: list[Any] = list(depth_dim.args) if depth_dim is not None else [None]
-    out = []
+    out: list[tuple[ModelSpec, dict[str, Any] | None]] = []
     for arch in archs:
         for depth in depths:
             takes = depth is not None and "depth" in MODELS.get(arch).param_names()

@@ -70,7 +70,7 @@ class AttentionRecorder:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers = [m for m in model.modules() if isinstance(m, ATTENTION_LAYERS)]
+        self.layers: list[Any] = [m for m in model.modules() if isinstance(m, ATTENTION_LAYERS)]
         self.enabled = False
         self._seen: list[tuple[nn.Module, Tensor, dict[str, Any]]] = []
         for layer in self.layers:
@@ -108,7 +108,7 @@ def _pair(kwargs: dict[str, Any], name: str, edge_index: Tensor) -> tuple[Tensor
     return src[edge_index[0]], dst[edge_index[1]]
 
 
-def _log_attention(module: nn.Module, edge_index: Tensor, kwargs: dict[str, Any]) -> LayerAttention:
+def _log_attention(module: Any, edge_index: Tensor, kwargs: dict[str, Any]) -> LayerAttention:
     """One layer's ``(edge_index [2, E], log_alpha [E, H])`` from what its hook kept."""
     num_nodes = int(kwargs.get("dim_size") or int(edge_index[1].max()) + 1)
     edge_attr = kwargs.get("edge_attr")
