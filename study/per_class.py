@@ -24,9 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from study.data.base import NodeTask, PointCloudTask, Task
+from study.tracking import CLASS_TABLE_ARTIFACT
 
 #: Where a trial's per-class table lies among its artifacts (``MlflowClient.log_table``).
-TABLE_ARTIFACT = "per_class.json"
+TABLE_ARTIFACT = CLASS_TABLE_ARTIFACT
 #: The table's columns, in order.
 COLUMNS: tuple[str, ...] = (
     "split",

@@ -96,6 +96,8 @@ EXTRA_METRICS = (
 EPOCH_METRICS = ("train_loss", "distill_loss", "epoch_val_score")
 
 TEACHER_CHECKPOINT_ARTIFACT = "teacher/teacher.pt"
+# Each trial's per-class table (study.per_class: recall, precision, F1 per class and split).
+CLASS_TABLE_ARTIFACT = "per_class.json"
 # Each trial's trained student, as written by study.export (weights, config, TorchScript).
 STUDENT_ARTIFACT_DIR = "student"
 
