@@ -103,3 +103,45 @@ def test_layer_map_is_a_search_choice_checked_choice_by_choice(
         main(["validate", str(_write(tmp_path, search={"lsp.layer_map": {"choice": choices[:3]}}))])
         == 0
     )
+
+
+def test_a_searched_map_goes_through_optuna_and_trains(tmp_path: Path) -> None:
+    """Optuna samples the map's plain choice; the trial resolves it and edge_attention trains."""
+    import optuna
+    import torch
+
+    from study.data.base import io_channels
+    from study.data.registry import load_task
+    from study.models import build_model
+    from study.search import suggest
+    from study.train import distill_student
+
+    choices = ["last", "uniform", [[0, 0], [1, 1]]]
+    study = tiny_study(
+        "ea", methods=["edge_attention"], search={"edge_attention.layer_map": {"choice": choices}}
+    )
+    spec = parse_study_spec(study, str(tmp_path / "ea.yaml"))
+    (dim,) = spec.search
+    optuna_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for value in dim.args:  # every choice once, through Optuna's categorical distribution
+        optuna_study.enqueue_trial({dim.name: value})
+    seen = set()
+    task = load_task("synthetic_sbm", num_nodes=200, num_features=8)
+    torch.manual_seed(0)
+    teacher = build_model("gat", width=4, depth=2, heads=2, dropout=0.0, **io_channels(task))
+    for _ in dim.args:
+        trial = optuna_study.ask()
+        value = suggest(trial, dim)
+        seen.add(value)
+        plan = resolve_trial(spec, {"method": "edge_attention", "seed": 0, dim.name: value})
+        student = build_model(plan.student.arch, **plan.student.build_kwargs(), **io_channels(task))
+        result = distill_student(student, teacher, task, replace_epochs(plan), plan.distill)
+        assert result.history[0]["distill_loss"] > 0.0
+        optuna_study.tell(trial, result.val_score)
+    assert seen == set(dim.args)
+
+
+def replace_epochs(plan):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return replace(plan.student_train, epochs=2)
