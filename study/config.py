@@ -55,7 +55,9 @@ method, which must be in ``methods``, and a kernel's parameter (``lsp.sigma``: r
 ``lsp.c``: poly) only with that kernel; ``student.<key>`` applies to every trial, a size key
 only to the architectures that take it (``heads``: gat, ``k``: dgcnn). Either condition is on the
 searched ``lsp.kernel``/``student.arch``, or an error against the fixed one. Float parameters
-take every kind, integers ``int``/``logint``/``choice``, names and booleans ``choice``. ``grid``
+take every kind, integers ``int``/``logint``/``choice``, names and booleans ``choice``, a
+``layer_map`` ``choice`` only (``last``, ``uniform`` or lists of pairs, held as their JSON text
+so that Optuna sees plain values: :mod:`study.layer_map`). ``grid``
 needs choices only and is enumerated per method (:func:`grid_configs`), ``num_samples`` [1]
 repeating it; otherwise ``num_samples`` [10] counts configurations, each run once per seed.
 ``num_samples`` is at most :data:`MAX_NUM_SAMPLES` (100,000) and a study at most
