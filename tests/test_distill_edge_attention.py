@@ -278,3 +278,18 @@ def test_students_and_teachers_without_attention_are_refused_in_one_line(
     defaults = {"edge_attention": {"teacher_source": "gradient"}}
     code, captured, _ = _validate(tmp_path, capsys, teacher=gcn, method_defaults=defaults)
     assert code == 0, captured.err
+
+
+def test_prepare_refuses_models_without_attention() -> None:
+    from study.errors import UserInputError
+    from study.models.mlp import MLP
+
+    gat = build_gat(6, 3, width=2, depth=2, heads=1)
+    method = build_method(DistillConfig("edge_attention", {}))
+    with pytest.raises(UserInputError, match="the student \\(MLP\\) has no attention"):
+        method.prepare(MLP(6, 3, width=4, depth=2), gat)
+    with pytest.raises(UserInputError, match="expected teacher_source: gradient"):
+        method.prepare(gat, GCN(6, 3, width=4, depth=2))
+    build_method(DistillConfig("edge_attention", {"teacher_source": "gradient"})).prepare(
+        gat, GCN(6, 3, width=4, depth=2)
+    )

@@ -41,7 +41,7 @@ from study.distill.lsp import local_structure, lsp_loss, union_edges
 from study.distill.params import validate_params
 from study.errors import UserInputError
 from study.layer_map import LAST, UNIFORM, resolve_layer_map
-from study.models.attention import set_attention_recording
+from study.models.attention import has_attention, set_attention_recording
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
@@ -342,6 +342,17 @@ class EdgeAttention(DistillMethod):
         return 1.0, self.lambda_
 
     def prepare(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        # Studies refuse these at validation; this says the same to direct library callers.
+        if not has_attention(student):
+            raise UserInputError(
+                f"edge_attention: the student ({type(student).__name__}) has no attention layers "
+                "(expected a gat student or a model built of GATConv/GATv2Conv layers)"
+            )
+        if teacher is not None and not self.gradient and not has_attention(teacher):
+            raise UserInputError(
+                f"edge_attention: the teacher ({type(teacher).__name__}) has no attention layers; "
+                "expected teacher_source: gradient"
+            )
         set_attention_recording(student, True)
         if teacher is not None and not self.gradient:
             set_attention_recording(teacher, True)
