@@ -237,6 +237,8 @@ def test_the_method_on_a_graph_equals_the_loss_of_the_two_models() -> None:
     assert term.item() == pytest.approx(float(want.detach()), rel=1e-6)
     term.backward()
     assert student.convs[0].att_src.grad is not None
+    # Only training forwards of the student record: evaluation and latency keep nothing.
+    assert student.eval()(graph.x, graph.edge_index).attention is None
 
 
 # ---------------------------------------------------------------- refused before anything starts

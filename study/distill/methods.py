@@ -353,7 +353,9 @@ class EdgeAttention(DistillMethod):
                 f"edge_attention: the teacher ({type(teacher).__name__}) has no attention layers; "
                 "expected teacher_source: gradient"
             )
-        set_attention_recording(student, True)
+        # The student's attention is read only by this term: its evaluation and latency keep
+        # nothing; the frozen teacher runs in eval mode.
+        set_attention_recording(student, True, training_only=True)
         if teacher is not None and not self.gradient:
             set_attention_recording(teacher, True)
         self._teacher = teacher

@@ -56,7 +56,7 @@ class _Record:
 
     def __call__(self, module: nn.Module, inputs: tuple[Any, Any, dict[str, Any]]) -> None:
         edge_index, _, kwargs = inputs
-        if self.recorder.enabled and isinstance(edge_index, Tensor) and edge_index.dim() == 2:
+        if self.recorder.active() and isinstance(edge_index, Tensor) and edge_index.dim() == 2:
             self.recorder._seen.append((module, edge_index, dict(kwargs)))
 
 
@@ -72,6 +72,7 @@ class AttentionRecorder:
     def __init__(self, model: nn.Module) -> None:
         self.layers: list[Any] = [m for m in model.modules() if isinstance(m, ATTENTION_LAYERS)]
         self.enabled = False
+        self.training_only = False
         self._seen: list[tuple[nn.Module, Tensor, dict[str, Any]]] = []
         for layer in self.layers:
             layer.register_edge_update_forward_pre_hook(_Record(self))
@@ -80,11 +81,18 @@ class AttentionRecorder:
         # A copy or a pickle of the model carries no activations of an earlier forward.
         return {**self.__dict__, "_seen": []}
 
+    def active(self) -> bool:
+        """Whether a forward now records: on, and in training mode where asked (a student's
+        attention is read only by its training loss, so evaluation and latency keep nothing)."""
+        if not self.enabled or not self.layers:
+            return False
+        return not self.training_only or bool(self.layers[0].training)
+
     def start(self) -> None:
         self._seen = []
 
     def take(self) -> AttentionFn | None:
-        if not self.layers or not self.enabled:
+        if not self.active():
             self._seen = []
             return None
         seen, self._seen = self._seen, []
@@ -142,8 +150,10 @@ def has_attention(model: nn.Module) -> bool:
     return recorder is not None and bool(recorder.layers)
 
 
-def set_attention_recording(model: nn.Module, on: bool) -> None:
-    """Turn attention recording on or off for ``model``'s forwards (no-op without a recorder)."""
+def set_attention_recording(model: nn.Module, on: bool, *, training_only: bool = False) -> None:
+    """Turn attention recording on or off for ``model``'s forwards (no-op without a recorder);
+    ``training_only``: record in training mode only."""
     recorder = recorder_of(model)
     if recorder is not None:
         recorder.enabled = on
+        recorder.training_only = training_only
