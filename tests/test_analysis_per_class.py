@@ -53,6 +53,13 @@ def _trials() -> list[dict[str, Any]]:
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     uri = f"sqlite:///{tmp_path_factory.mktemp('pc')}/mlflow.db"
     fill_study(uri, "pc", _trials())
+    clouds = [
+        {"method": "none", "dataset": "modelnet40", "seed": seed,
+         "metrics": {"test_score": acc, "val_score": acc, "test_mean_class_accuracy": macc,
+                     "test_auroc": 0.95, "latency_ms_p50": 1.0, "num_params": 100.0}}
+        for seed, acc, macc in ((0, 0.875, 0.75), (1, 0.9375, 0.8125))
+    ]  # fmt: skip
+    fill_study(uri, "clouds", clouds)
     return uri
 
 
@@ -112,3 +119,13 @@ def test_figure_and_report_section(store: str, tmp_path: Path) -> None:
     assert image.shape[0] > 400 and image.shape[1] > 600
     # AUROC beside the scores in the methods table.
     assert "test AUROC (%)" in readme and "90.00" in readme
+
+
+def test_point_cloud_tables_show_mean_class_accuracy_beside_accuracy(store: str) -> None:
+    from analysis.ablation import format_table, method_table
+
+    shown = format_table(method_table(load_runs("clouds", tracking_uri=store), paper=False))
+    (row,) = shown.loc[shown["method"] == "student alone"].to_dict("records")
+    assert row["test score (%)"] == "90.62 ± 4.42 (n=2)"
+    assert row["test mAcc (%)"] == "78.12 ± 4.42"
+    assert row["test AUROC (%)"] == "95.00 ± 0.00"
