@@ -46,16 +46,31 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> LayerPairs:
 
 
 def parse_layer_map(value: Any) -> Any:
-    """A layer map as a schema reads it: the JSON text of explicit pairs (a search choice) as
-    tuples; lists as tuples; anything else unchanged (the schema then checks it)."""
+    """A layer map as a schema reads it: a name, or pairs (lists or the JSON text of a search
+    choice) as a tuple of ``(int, int)``.
+
+    Raises:
+        ValueError: anything else, in one line (pydantic reports it at the key).
+    """
+    expected = "expected last, uniform or a list of [student layer, teacher layer] pairs"
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
             value = json.loads(value)
         except ValueError:
-            raise ValueError(
-                f"expected last, uniform or a list of [student, teacher] pairs, got {value!r}"
-            ) from None
-    return _tuples(value)
+            raise ValueError(expected) from None
+    if value in NAMED:
+        return value
+    if isinstance(value, (list, tuple)) and value and all(_is_pair(p) for p in value):
+        return tuple((int(s), int(t)) for s, t in value)
+    raise ValueError(expected)  # callers name the value (config: ", got ..."; methods: "(got ...)")
+
+
+def _is_pair(pair: Any) -> bool:
+    return (
+        isinstance(pair, (list, tuple))
+        and len(pair) == 2
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in pair)
+    )
 
 
 def _tuples(value: Any) -> Any:

@@ -41,6 +41,19 @@ def test_named_and_explicit_maps_resolve_or_say_which_pair_is_out() -> None:
         resolve_layer_map(((0, 0), (0, 12)), 2, 5)
 
 
+@pytest.mark.parametrize("value", ["every", [[0]], [], [[True, 1]], 3])
+def test_a_malformed_map_is_one_line_at_its_key(value: object) -> None:
+    from study.errors import UserInputError
+
+    study = tiny_study("maps", method_defaults={"lsp": {"layer_map": value}})
+    with pytest.raises(UserInputError) as err:
+        parse_study_spec(study, "s.yaml")
+    assert str(err.value).startswith(
+        "s.yaml: method_defaults.lsp.layer_map: expected last, uniform or a list of "
+        "[student layer, teacher layer] pairs, got "
+    )
+
+
 def _write(tmp_path: Path, **overrides: Any) -> Path:
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(tiny_study("maps", **overrides), sort_keys=False))
