@@ -249,9 +249,10 @@ def gradient_edge_importance(
             y = _predicted_logit(model, x, edge_index)
             target = edge_index[1]
             out = torch.zeros(num_edges, dtype=y.dtype, device=y.device)
-            eye = torch.eye(n, dtype=y.dtype, device=y.device)
             for start in range(0, n, batch):
-                rows = eye[start : start + batch]
+                size = min(batch, n - start)  # one-hot rows of this batch's nodes, [B, N]
+                rows = torch.zeros(size, n, dtype=y.dtype, device=y.device)
+                rows[torch.arange(size), torch.arange(start, start + size)] = 1.0
                 (grads,) = torch.autograd.grad(
                     y, weight, grad_outputs=rows, retain_graph=True, is_grads_batched=True
                 )  # [B, E]: d y_k / d w_e for the batch's nodes k
