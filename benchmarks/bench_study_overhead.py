@@ -4,7 +4,7 @@
 Both sides do the same work on the same machine, one trial at a time: load the data, train the
 teacher once, then for every configuration train the student (``distill_student``), time its
 latency and export it. The study side adds Ray (start-up, a teacher task, one actor per trial),
-MLflow logging (per epoch and final), Tune checkpoints and the idle-device latency calibration;
+MLflow logging (per epoch and final), Tune checkpoints and the latency service (quiet windows);
 the configurations are the ones the study's searcher sampled, replayed in the plain loop.
 Figures: end to end, and per trial (Tune's ``time_total_s`` against the plain trial's time).
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(
         f"\nper trial: {per_trial_ratio:.3f}x; end to end: {study_total / plain_total:.3f}x "
-        "(Ray start-up, the teacher task and the latency calibration included)"
+        "(Ray start-up and the teacher task included)"
     )
     payload = {
         "benchmark": NAME,

@@ -494,6 +494,8 @@ def _print_outcome(outcome: Any) -> Any:
     finished = sum(t.get("test_score") is not None for t in outcome.trials)
     print(
         f"\nStudy {outcome.name!r}: {finished}/{len(outcome.trials)} trials finished, "
+        f"{outcome.stopped_early} stopped early by the scheduler (no final scores; off the "
+        "fronts), "
         f"{len(outcome.failed)} failed (training diverged; left out of tables and fronts), "
         f"{outcome.errors} errored"
     )
@@ -534,6 +536,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.file}: ok ({checked}): study {spec.name!r}, {spec.num_trials} trials on "
         f"{spec.dataset.label}"
     )
+    warning = spec.searcher.generations_warning()
+    if warning:  # valid, but not what an NSGA-II study is for: said before it runs
+        print(f"[gds] warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -47,7 +47,9 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
     objectives: [{metric: val_score, mode: max}]  # val_score latency_ms_p50/p90 num_params
     scheduler: null             # or {type: asha, grace_period: 10, reduction_factor: 3, max_t: ..}
     resources: {cpu: 1, gpu: 0} # per trial; a fractional gpu shares one
-    latency: {repeats: 30, warmup: 5, threads: 1}
+    latency: {repeats: 30, warmup: 5, threads: 1,      # rounds of 30 timed calls until the
+              tolerance: 0.03, max_repeats: 300,    # p50's 95% CI is within 3%, with the
+              max_seconds: 30, quiet: true}         # machine's trials paused (quiet)
     fault_tolerance: {checkpoint_every: 20, checkpoint_min_seconds: 30, max_failures: 0}
 
 Search: ``<method>.<param>`` (LSP: also its kernels' parameters) applies only to trials of that
@@ -89,7 +91,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
 
 import annotated_types as at
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic import dataclasses as pdc
 from pydantic.fields import FieldInfo
 
@@ -306,9 +316,24 @@ class ResourceSpec:
 
 @pdc.dataclass(frozen=True, config=_STRICT)
 class LatencySpec:
+    """How each student's latency is timed (see study.latency_service): rounds of ``repeats``
+    calls after ``warmup``, until the p50's 95% CI is within ``tolerance`` of it or
+    ``max_repeats`` calls / ``max_seconds`` are spent; ``quiet``: with the machine's trials
+    paused (off only to measure what that buys)."""
+
     repeats: cat.Count = 30
     warmup: _NonNegInt = 5
     threads: cat.Count = 1
+    tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.03
+    max_repeats: cat.Count = 300
+    max_seconds: cat.Positive = 30.0
+    quiet: bool = True
+
+    @model_validator(mode="after")
+    def _rounds_fit(self) -> LatencySpec:
+        if self.max_repeats < self.repeats:
+            raise ValueError(f"max_repeats {self.max_repeats} is below repeats {self.repeats}")
+        return self
 
 
 @pdc.dataclass(frozen=True, config=_STRICT)

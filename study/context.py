@@ -1,6 +1,6 @@
 """What the trials of a study share, below Ray: the study context, its dataset loaded once per
 process, the device and latency settings. The trainable (``study.trial``), the runner and the
-latency calibration all build on this module, which imports neither Ray nor MLflow.
+latency service all build on this module, which imports neither Ray nor MLflow.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 from study.config import StudySpec, parse_study_text
 from study.data.base import PointCloudTask, Task
 from study.data.registry import load_dataset
-from study.latency import LatencyResult, measure_latency
+from study.latency import LatencyResult, measure_until_stable
 
 
 @dataclass(frozen=True)
@@ -78,13 +78,19 @@ def latency_input(task: Task, device: str = "cpu") -> tuple[Any, ...]:
 
 
 def study_latency(model: nn.Module, task: Task, spec: StudySpec, device: str) -> LatencyResult:
-    """Time ``model`` on the task's one-graph (or one-cloud) input with the study's settings."""
-    return measure_latency(
+    """Time ``model`` on the task's one-graph (or one-cloud) input with the study's settings,
+    in rounds until the p50 is known to ``latency.tolerance`` (no quiet window: see
+    :func:`study.latency_service.quiet_latency`)."""
+    lat = spec.latency
+    return measure_until_stable(
         model,
         latency_input(task, device),
-        repeats=spec.latency.repeats,
-        warmup=spec.latency.warmup,
-        threads=spec.latency.threads,
+        tolerance=lat.tolerance,
+        max_repeats=lat.max_repeats,
+        max_seconds=lat.max_seconds,
+        repeats=lat.repeats,
+        warmup=lat.warmup,
+        threads=lat.threads,
         device=device,
     )
 

@@ -30,11 +30,12 @@ Rules, so that a figure can be read without this file:
 
 from __future__ import annotations
 
+import math
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,15 @@ class LatencyResult:
     torch_version: str
     samples_per_call: int = 1
     times_ms: tuple[float, ...] = field(default=(), repr=False)
+    p50_ci_low_ms: float = float("nan")
+    p50_ci_high_ms: float = float("nan")
+    stable: bool = True
+    quiet: bool = True
+
+    @property
+    def p50_ci_rel(self) -> float:
+        """Half the width of the p50's 95% confidence interval, as a fraction of the p50."""
+        return (self.p50_ci_high_ms - self.p50_ci_low_ms) / 2 / self.p50_ms
 
     def as_metrics(self, prefix: str = "latency_ms") -> dict[str, float]:
         """Float metrics for MLflow: ``{prefix}_p50``, ``_p90``, ``_mean``, ``_std``, ``_min``,
@@ -98,6 +108,8 @@ class LatencyResult:
             f"{prefix}_std": self.std_ms,
             f"{prefix}_min": self.min_ms,
             f"{prefix}_per_sample_p50": self.per_sample_p50_ms,
+            f"{prefix}_p50_ci_low": self.p50_ci_low_ms,
+            f"{prefix}_p50_ci_high": self.p50_ci_high_ms,
         }
 
     def as_tags(self) -> dict[str, str]:
@@ -106,7 +118,34 @@ class LatencyResult:
             "latency_device": self.device_name,
             "latency_threads": str(self.threads),
             "latency_torch_version": self.torch_version,
+            "latency_repeats": str(self.repeats),
+            "latency_stable": str(self.stable).lower(),
+            "latency_quiet": str(self.quiet).lower(),
         }
+
+    @classmethod
+    def from_logged(
+        cls, metrics: dict[str, float], tags: dict[str, str], prefix: str = "latency_ms"
+    ) -> LatencyResult:
+        """The figure :meth:`as_metrics` and :meth:`as_tags` logged (without the call times)."""
+        nan = float("nan")
+        return cls(
+            p50_ms=metrics[f"{prefix}_p50"],
+            p90_ms=metrics.get(f"{prefix}_p90", nan),
+            mean_ms=metrics.get(f"{prefix}_mean", nan),
+            std_ms=metrics.get(f"{prefix}_std", nan),
+            min_ms=metrics.get(f"{prefix}_min", nan),
+            repeats=int(tags.get("latency_repeats", "0")),
+            warmup_used=0,
+            per_sample_p50_ms=metrics.get(f"{prefix}_per_sample_p50", nan),
+            device_name=tags.get("latency_device", ""),
+            threads=int(tags.get("latency_threads", "0")),
+            torch_version=tags.get("latency_torch_version", ""),
+            p50_ci_low_ms=metrics.get(f"{prefix}_p50_ci_low", nan),
+            p50_ci_high_ms=metrics.get(f"{prefix}_p50_ci_high", nan),
+            stable=tags.get("latency_stable", "true") == "true",
+            quiet=tags.get("latency_quiet", "true") == "true",
+        )
 
 
 def measure_latency(
@@ -180,8 +219,16 @@ def measure_latency(
         for module, mode in modes:
             module.training = mode
 
+    return _summarise(times, len(warmup_times), dev, used_threads, samples_per_call)
+
+
+def _summarise(
+    times: list[float], warmup_used: int, dev: torch.device, threads: int, samples_per_call: int
+) -> LatencyResult:
     arr = np.asarray(times, dtype=np.float64)
+    repeats = len(times)
     p50, p90 = (float(v) for v in np.percentile(arr, [50, 90], method="linear"))
+    low, high = median_ci(times)
     return LatencyResult(
         p50_ms=p50,
         p90_ms=p90,
@@ -189,13 +236,88 @@ def measure_latency(
         std_ms=float(arr.std(ddof=1)) if repeats > 1 else 0.0,
         min_ms=float(arr.min()),
         repeats=repeats,
-        warmup_used=len(warmup_times),
+        warmup_used=warmup_used,
         per_sample_p50_ms=p50 / samples_per_call,
         device_name=device_name(dev),
-        threads=used_threads,
+        threads=threads,
         torch_version=torch.__version__,
         samples_per_call=samples_per_call,
         times_ms=tuple(times),
+        p50_ci_low_ms=low,
+        p50_ci_high_ms=high,
+    )
+
+
+def median_ci(
+    times: list[float] | tuple[float, ...], confidence: float = 0.95
+) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median of ``times``: the order
+    statistics ``x_(l)`` and ``x_(u)`` with ``P(l <= B < u) >= confidence`` for
+    ``B ~ Binomial(n, 1/2)`` (the count of draws below the true median). Timing noise is
+    skewed (a few slow calls), so no normal approximation of the times is assumed.
+    For ``n < 6`` no such pair exists at 95%: the whole range is returned.
+    """
+    x = np.sort(np.asarray(times, dtype=np.float64))
+    n = len(x)
+    if n == 0:
+        raise UserInputError("median_ci: no times")
+    # The largest l with P(B <= l - 1) <= (1 - confidence) / 2, 1-based; u = n - l + 1 by
+    # symmetry. Exact binomial sums (integers) for any n.
+    tail, below, low = (1.0 - confidence) / 2 * 2**n, 0, 0
+    while low < n and below + math.comb(n, low) <= tail:
+        below += math.comb(n, low)
+        low += 1
+    if low < 1:
+        return float(x[0]), float(x[-1])
+    return float(x[low - 1]), float(x[n - low])
+
+
+def measure_until_stable(
+    model: nn.Module,
+    inputs: tuple | torch.Tensor | Callable[[], Any],
+    *,
+    tolerance: float = 0.03,
+    max_repeats: int = 300,
+    max_seconds: float = 30.0,
+    repeats: int = 30,
+    **kwargs: Any,
+) -> LatencyResult:
+    """:func:`measure_latency`, repeated in rounds of ``repeats`` timed calls (warm-up only
+    before the first) until the p50's 95% confidence interval (:func:`median_ci` over every
+    call so far) lies within ``tolerance`` (a fraction) of the p50, or ``max_repeats`` calls or
+    ``max_seconds`` of timing have been spent; then ``stable`` says which it was.
+
+    Other keyword arguments (``warmup``, ``threads``, ``device``, ``samples_per_call``, ...) go to
+    :func:`measure_latency`.
+    """
+    if not 0 < tolerance < 1:
+        raise UserInputError(f"tolerance={tolerance}: must lie in (0, 1), e.g. 0.03")
+    if max_repeats < repeats:
+        raise UserInputError(f"max_repeats={max_repeats}: must be at least repeats={repeats}")
+    first = measure_latency(model, inputs, repeats=repeats, **kwargs)
+    times = list(first.times_ms)
+    spent = sum(times) / 1e3
+    result = first
+    while not _within(result, tolerance) and len(times) + repeats <= max_repeats:
+        if spent >= max_seconds:
+            break
+        more = measure_latency(model, inputs, repeats=repeats, **{**kwargs, "warmup": 0})
+        times.extend(more.times_ms)
+        spent += sum(more.times_ms) / 1e3
+        result = _summarise(
+            times,
+            first.warmup_used,
+            _resolve_device(model, inputs, kwargs.get("device")),
+            first.threads,
+            first.samples_per_call,
+        )
+    return replace(result, stable=_within(result, tolerance))
+
+
+def _within(result: LatencyResult, tolerance: float) -> bool:
+    return (
+        result.p50_ci_low_ms >= (1 - tolerance) * result.p50_ms
+        and result.p50_ci_high_ms <= (1 + tolerance) * result.p50_ms
     )
 
 

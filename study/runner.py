@@ -29,13 +29,13 @@ from ray import tune
 
 from study import allocator
 from study import tracking as tr
-from study.calibration import calibrate_latency
 from study.catalog import module_origin
 from study.config import StudySpec, parse_study_spec, read_study_mapping, stable_hash, teacher_hash
-from study.context import StudyContext, load_study_task, study_latency, trial_device
+from study.context import StudyContext, load_study_task, trial_device
 from study.data.base import Task, data_fingerprint, io_channels
 from study.errors import UserInputError
 from study.latency import count_parameters
+from study.latency_service import logged_figures, quiet_latency, start_cache
 from study.models import build_model
 from study.preflight import load_and_check
 from study.search import JsonOptunaSearch, make_search, read_json
@@ -46,6 +46,10 @@ from study.trial import RESULT_ERROR, run_trial
 
 CONTEXT_FILE = "gds_context.json"
 DEFAULT_STORAGE = "~/ray_results"
+
+
+#: In a trial's row of :class:`StudyOutcome`: the scheduler stopped it (see settle_stopped).
+ROW_STOPPED_EARLY = "stopped_early"
 
 
 @dataclass
@@ -75,9 +79,18 @@ class StudyOutcome:
         return sum(t.get(tr.METRIC_TEST) is not None for t in self.trials)
 
     @property
+    def stopped_early(self) -> int:
+        """Trials the scheduler (ASHA) stopped before ``max_t``: ended, but no final scores."""
+        return sum(bool(t.get(ROW_STOPPED_EARLY)) for t in self.trials)
+
+    @property
     def ended(self) -> bool:
-        """Every trial finished or failed with a recorded reason (none interrupted)."""
-        return all(t.get(tr.METRIC_TEST) is not None or t.get(RESULT_ERROR) for t in self.trials)
+        """Every trial finished, was stopped by the scheduler or failed with a recorded reason
+        (none interrupted)."""
+        return all(
+            t.get(tr.METRIC_TEST) is not None or t.get(RESULT_ERROR) or t.get(ROW_STOPPED_EARLY)
+            for t in self.trials
+        )
 
     @property
     def complete(self) -> bool:
@@ -319,7 +332,7 @@ def _log_teacher_run(
     )
     run_id = run.info.run_id
     try:
-        lat = study_latency(model, task, spec, device)
+        lat = quiet_latency(model, task, spec, device)
         metrics = {
             **metrics,
             tr.METRIC_LATENCY_P50: lat.p50_ms,
@@ -731,7 +744,7 @@ def resume_study(
 
     A finished study is read-only: when its study run is FINISHED and every trial run has
     ended, :class:`StudyAlreadyFinished` is raised before Ray starts or anything is written
-    (no metric, param or tag; no latency calibration), so the figures a report has read stay.
+    (no metric, param or tag), so the figures a report has read stay.
     """
     ctx, folder = read_context(name, storage)
     if tracking_uri and tracking_uri != ctx.tracking_uri:
@@ -746,6 +759,7 @@ def resume_study(
     start_ray(address, user_modules(spec))
     client.update_run(ctx.parent_run_id, status="RUNNING")
     _restore_lost_checkpoints(folder)
+    settle_stopped(folder, client, ctx)  # in case the driver died before it could
     tuner = tune.Tuner.restore(
         str(folder),
         trainable=_trainable(spec, ctx, task),
@@ -755,10 +769,47 @@ def resume_study(
     return _fit_and_close(tuner, spec, ctx, folder, client)
 
 
+def settle_stopped(
+    folder: Path,
+    client: MlflowClient,
+    ctx: StudyContext,
+    rows: list[dict[str, Any]] | None = None,
+) -> None:
+    """Tell trials the scheduler stopped from trials a Ctrl-C interrupted, by Tune's saved
+    trial status (TERMINATED: it ended). A trial cannot tell the two apart (Tune stops both the
+    same way), so with a scheduler it tags its run ``gds.stopped_early`` either way; an
+    interrupted one gets its run back to KILLED, untagged, so that ``resume`` continues it.
+    ``rows`` (the trials' last results) of stopped trials get ``ROW_STOPPED_EARLY``."""
+    if ctx.spec.scheduler is None:
+        return
+    statuses = {t.trial_id: t.status for t in tune.ExperimentAnalysis(str(folder)).trials}
+    for row in rows or []:
+        ended = statuses.get(str(row.get("trial_id"))) == "TERMINATED"
+        if ended and row.get(tr.METRIC_TEST) is None and not row.get(RESULT_ERROR):
+            row[ROW_STOPPED_EARLY] = True
+    tagged = client.search_runs(
+        [ctx.experiment_id],
+        filter_string=(
+            f"tags.`{tr.TAG_PARENT}` = '{ctx.parent_run_id}' "
+            f"and tags.`{tr.TAG_STOPPED_EARLY}` = 'true'"
+        ),
+        max_results=50_000,
+    )
+    for run in tagged:
+        if statuses.get(run.data.tags.get(tr.TAG_TRIAL_ID, "")) != "TERMINATED":
+            client.delete_tag(run.info.run_id, tr.TAG_STOPPED_EARLY)
+            client.set_terminated(run.info.run_id, status="KILLED")
+
+
 def _fit_and_close(
     tuner: tune.Tuner, spec: StudySpec, ctx: StudyContext, folder: Path, client: MlflowClient
 ) -> StudyOutcome:
     status = "KILLED"
+    # The study's latency figures; a resumed study starts from those its trials logged. The
+    # handle lives until the trials are done.
+    cache = start_cache(
+        ctx.parent_run_id, logged_figures(client, ctx.experiment_id, ctx.parent_run_id)
+    )
     try:
         results = tuner.fit()
         # ResultGrid is indexable but declares no __iter__.
@@ -766,6 +817,7 @@ def _fit_and_close(
             dict(r.metrics or {}, config=r.config)
             for r in (results[i] for i in range(len(results)))
         ]
+        settle_stopped(folder, client, ctx, rows)
         errors = len(results.errors)
         failed = {
             str(r.get("mlflow_run_id", "")): str(r[RESULT_ERROR])
@@ -790,16 +842,10 @@ def _fit_and_close(
                 f"their tag {tr.TAG_ERROR}; the analysis counts them and leaves them out), e.g.: "
                 f"{next(iter(failed.values()))}"
             )
-        if any(r.get(tr.METRIC_TEST) is not None for r in rows):
-            print(
-                "[gds] re-measuring student and teacher latency on an idle device "
-                "(see study.calibration)"
-            )
-            calibrate_latency(spec, rows, client, ctx.teacher_run_id, ctx.data_root)
-        # Set last: a study whose calibration failed is not FINISHED, so resume may finish it.
         status = outcome.status
         return outcome
     finally:
+        ray.kill(cache)
         client.set_terminated(ctx.parent_run_id, status=status)
 
 

@@ -56,6 +56,10 @@ TAG_STUDENT_ARCH = "student_arch"
 TAG_STOPPED_EARLY = "gds.stopped_early"  # a trial the scheduler stopped: no final scores
 TAG_NODE = "gds.node_id"  # the Ray node a trial ran on
 TAG_WORKER_PID = "gds.worker_pid"  # the process that last (re)started the trial, on that node
+# The latency figure's key in the study's cache (study.latency_service.signature), and whether
+# this trial measured it ("measured") or read the figure another trial measured ("cached").
+TAG_LATENCY_SIGNATURE = "gds.latency_signature"
+TAG_LATENCY_SOURCE = "gds.latency_source"
 # Why a trial run ended FAILED, one line (e.g. "training diverged at epoch 3: ..."); the
 # analysis leaves such runs out of every table and front and counts them with this reason.
 TAG_ERROR = "gds.error"
@@ -78,13 +82,16 @@ FINAL_METRICS = (
 )
 # Final metrics some trials log beside those: the split metrics behind test_score (AUROC for
 # every classification task, mean class accuracy for point clouds, per-class summaries) and
-# the in-trial latency that study.calibration replaces.
+# the bounds of the latency p50's 95% confidence interval.
+METRIC_LATENCY_CI_LOW = "latency_ms_p50_ci_low"
+METRIC_LATENCY_CI_HIGH = "latency_ms_p50_ci_high"
 EXTRA_METRICS = (
     "test_accuracy",
     "test_micro_f1",
     "test_auroc",
     "test_mean_class_accuracy",
-    "latency_ms_p50_in_trial",
+    METRIC_LATENCY_CI_LOW,
+    METRIC_LATENCY_CI_HIGH,
     # study.per_class: per split, macro-F1 and the worst class's recall; AUROC of validation.
     "test_macro_f1",
     "test_worst_class_recall",

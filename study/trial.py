@@ -28,19 +28,15 @@ from torch import nn
 
 from study import tracking as tr
 from study.config import StudySpec, TrialPlan, resolve_trial
-from study.context import (
-    StudyContext,
-    latency_input,
-    load_study_task,
-    study_latency,
-    trial_device,
-)
+from study.context import StudyContext, latency_input, load_study_task, trial_device
 from study.data.base import Task, io_channels
 from study.export import export_student
 from study.latency import LatencyResult, count_parameters
+from study.latency_service import study_figure
 from study.models import build_model
 from study.names import trial_run_name
 from study.per_class import TABLE_ARTIFACT, per_class_figures
+from study.quiet import Worker
 from study.search import trial_params
 from study.teachers import load_teacher, teacher_cache_path
 from study.train import (
@@ -190,6 +186,8 @@ class EpochReporter:
     checkpoint, and at the end). A scheduler compares trials epoch by epoch; without one, Tune
     hears of progress at most every :data:`TUNE_REPORT_SECONDS`.
 
+    ``pause`` (:meth:`study.quiet.Worker.pause_point`) is called first at each epoch's end.
+
     ``logged`` holds, per metric key, the highest step an earlier attempt of the trial already
     logged: a retried or resumed trial re-runs the epochs after its checkpoint on the same seeded
     trajectory (RNG state included), and those records are not logged again, so every step is
@@ -203,8 +201,10 @@ class EpochReporter:
         spec: StudySpec,
         best_val: float,
         logged: dict[str, int] | None = None,
+        pause: Callable[[], None] | None = None,
     ) -> None:
         self.client, self.run_id = client, run_id
+        self.pause = pause
         self.logged = dict(logged or {})
         self.policy = spec.fault_tolerance
         self.report_every_epoch = spec.scheduler is not None
@@ -223,6 +223,8 @@ class EpochReporter:
     def __call__(
         self, epoch: int, record: dict[str, float], snapshot: Callable[[], dict[str, Any]]
     ) -> None:
+        if self.pause is not None:  # a latency measurement on this machine may run now
+            self.pause()
         now_ms, now = int(time.time() * 1000), time.monotonic()
         self.pending.extend(
             Metric(k, float(v), now_ms, epoch)
@@ -256,6 +258,8 @@ def final_metrics(result: TrainResult, lat: LatencyResult) -> dict[str, float]:
         tr.METRIC_TEST: result.test_score,
         tr.METRIC_LATENCY_P50: lat.p50_ms,
         tr.METRIC_LATENCY_P90: lat.p90_ms,
+        tr.METRIC_LATENCY_CI_LOW: lat.p50_ci_low_ms,
+        tr.METRIC_LATENCY_CI_HIGH: lat.p50_ci_high_ms,
         tr.METRIC_PARAMS: float(count_parameters(result.model)),
         tr.METRIC_TRAIN_SECONDS: result.train_seconds,
         **{f"test_{k}": v for k, v in result.test_metrics.items() if k != "score"},
@@ -287,6 +291,61 @@ def _log_student(
             example_inputs=latency_input(task),
         )
         client.log_artifacts(run_id, str(folder), artifact_path=tr.STUDENT_ARTIFACT_DIR)
+
+
+class _StoppedBy(SystemExit):
+    """Tune stopped the trial (a scheduler, or the study interrupted); ``status`` is how its
+    run ends."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(0)
+        self.status = status
+
+
+def _train(
+    client: MlflowClient,
+    run_id: str,
+    ctx: StudyContext,
+    plan: TrialPlan,
+    task: Task,
+    teacher: nn.Module,
+    device: str,
+    resume: dict[str, Any] | None,
+    logged: dict[str, int],
+    worker: Worker,
+) -> TrainResult | None:
+    """Train the trial's student; None when training diverged (its run then FAILED, with the
+    reason, and Tune told)."""
+    spec = ctx.spec
+    seed_everything(plan.seed)  # the seed fixes the initial weights too
+    student = build_model(plan.student.arch, **plan.student.build_kwargs(), **io_channels(task))
+    best = -float("inf") if resume is None else resume["best_val"]
+    reporter = EpochReporter(client, run_id, spec, best, logged, pause=worker.pause_point)
+    train_cfg = with_device(plan.student_train, device)
+    if spec.scheduler is not None:  # scheduler.max_t caps the epochs
+        train_cfg = replace(train_cfg, epochs=spec.scheduler.epochs(train_cfg.epochs))
+    try:
+        result = distill_student(
+            student, teacher, task, train_cfg, plan.distill, on_epoch=reporter, resume=resume
+        )
+    except SystemExit as stop:
+        # Tune stops a function trainable by raising SystemExit(0) in its report: with a
+        # scheduler, that is the scheduler stopping it (the run ends FINISHED, tagged, without
+        # final metrics); without one it is the study being interrupted (Ctrl-C), and the run
+        # must stay unfinished so that `resume` continues it.
+        reporter.flush()
+        if spec.scheduler is not None:
+            client.set_tag(run_id, tr.TAG_STOPPED_EARLY, "true")
+            raise _StoppedBy("FINISHED") from stop
+        raise _StoppedBy("KILLED") from stop
+    except TrainingDiverged as err:
+        reporter.flush()  # the epochs before it: the curve shows the blow-up
+        client.set_tag(run_id, tr.TAG_ERROR, str(err))
+        client.set_terminated(run_id, status="FAILED")  # before Tune hears it ended
+        tune.report(diverged_result(spec, run_id, plan.config_id, err.epoch, str(err)))
+        return None
+    reporter.flush()
+    return result
 
 
 def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = None) -> None:
@@ -329,44 +388,26 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
     resume = _resume_state()
     status = "FAILED"
     try:
-        seed_everything(plan.seed)  # the seed fixes the initial weights too
-        student = build_model(plan.student.arch, **plan.student.build_kwargs(), **io_channels(task))
-        reporter = EpochReporter(
-            client, run_id, spec, -float("inf") if resume is None else resume["best_val"], logged
-        )
-        train_cfg = with_device(plan.student_train, device)
-        if spec.scheduler is not None:  # scheduler.max_t caps the epochs
-            train_cfg = replace(train_cfg, epochs=spec.scheduler.epochs(train_cfg.epochs))
-        try:
-            result = distill_student(
-                student, teacher, task, train_cfg, plan.distill, on_epoch=reporter, resume=resume
+        with Worker() as worker:  # training pauses at epoch ends while a latency is timed
+            result = _train(
+                client, run_id, ctx, plan, task, teacher, device, resume, logged, worker
             )
-        except SystemExit:
-            # Tune stops a function trainable by raising SystemExit(0) in its report: with a
-            # scheduler, that is the scheduler stopping it (the run ends FINISHED, tagged,
-            # without final metrics); without one it is the study being interrupted (Ctrl-C),
-            # and the run must stay unfinished so that `resume` continues it.
-            reporter.flush()
-            if spec.scheduler is not None:
-                client.set_tag(run_id, tr.TAG_STOPPED_EARLY, "true")
-                status = "FINISHED"
-            else:
-                status = "KILLED"
-            raise
-        except TrainingDiverged as err:
-            reporter.flush()  # the epochs before it: the curve shows the blow-up
-            client.set_tag(run_id, tr.TAG_ERROR, str(err))
-            client.set_terminated(run_id, status="FAILED")  # before Tune hears it ended
-            tune.report(diverged_result(spec, run_id, plan.config_id, err.epoch, str(err)))
+        if result is None:  # diverged: the run FAILED with its reason, Tune told
             return
-        reporter.flush()
-        lat = study_latency(result.model, task, spec, device)
+        # Timed outside the Worker (a measurement waits for every Worker on the machine).
+        sig, lat, measured = study_figure(ctx.parent_run_id, result.model, task, spec, device)
         final = final_metrics(result, lat)
-        class_table, class_figures = per_class_figures(result.model, task, device)
+        with Worker():  # per-class evaluation is compute: not while a latency is timed
+            class_table, class_figures = per_class_figures(result.model, task, device)
         final.update(class_figures)
         # An attempt killed after logging its final metrics logged them already: not twice.
         done = client.get_run(run_id).data.metrics
         now = int(time.time() * 1000)
+        tags = {
+            **lat.as_tags(),
+            tr.TAG_LATENCY_SIGNATURE: sig,
+            tr.TAG_LATENCY_SOURCE: "measured" if measured else "cached",
+        }
         client.log_batch(
             run_id,
             metrics=[
@@ -374,12 +415,16 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
                 for k, v in final.items()
                 if k not in done
             ],
-            tags=[RunTag(k, str(v)) for k, v in lat.as_tags().items()],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
         client.log_table(run_id, data=class_table, artifact_file=TABLE_ARTIFACT)
-        _log_student(client, run_id, spec, plan, result, task)
+        with Worker():
+            _log_student(client, run_id, spec, plan, result, task)
         status = "FINISHED"
         report = {"epoch": result.epochs_run, **final, "config_id": plan.config_id}
         tune.report({**report, "mlflow_run_id": run_id})
+    except _StoppedBy as stop:
+        status = stop.status
+        raise
     finally:
         client.set_terminated(run_id, status=status)

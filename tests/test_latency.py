@@ -165,6 +165,8 @@ def test_warmup_stops_when_stable(monkeypatch: pytest.MonkeyPatch) -> None:
         "latency_ms_std": res.std_ms,
         "latency_ms_min": res.min_ms,
         "latency_ms_per_sample_p50": res.per_sample_p50_ms,
+        "latency_ms_p50_ci_low": 10.0,  # order statistics 10 and 21 of 30 (median_ci)
+        "latency_ms_p50_ci_high": 21.0,
     }
     assert set(res.as_metrics(prefix="lat")) == {
         "lat_p50",
@@ -173,6 +175,8 @@ def test_warmup_stops_when_stable(monkeypatch: pytest.MonkeyPatch) -> None:
         "lat_std",
         "lat_min",
         "lat_per_sample_p50",
+        "lat_p50_ci_low",
+        "lat_p50_ci_high",
     }
 
 
@@ -248,3 +252,79 @@ def test_lazy_module_rejected() -> None:
 def test_device_name_cpu() -> None:
     name = device_name("cpu")
     assert isinstance(name, str) and name.strip()
+
+
+@pytest.mark.parametrize("n", [6, 7, 10, 30, 31, 100, 301])
+def test_median_ci_is_the_narrowest_symmetric_order_statistic_interval(n: int) -> None:
+    # Independent: scipy's binomial. [x_(l), x_(n-l+1)] covers the median with probability
+    # P(l <= B <= n - l) for B ~ Binomial(n, 1/2); l is the largest with coverage >= 95%.
+    from scipy.stats import binom
+
+    times = [float(i) for i in range(1, n + 1)]
+    low, high = latency.median_ci(list(reversed(times)))  # order of the calls does not matter
+    rank = int(low)
+    assert high == n - rank + 1
+    coverage = binom.cdf(n - rank, n, 0.5) - binom.cdf(rank - 1, n, 0.5)
+    assert coverage >= 0.95
+    narrower = binom.cdf(n - rank - 1, n, 0.5) - binom.cdf(rank, n, 0.5)
+    assert narrower < 0.95
+
+
+def test_median_ci_of_too_few_calls_is_the_range() -> None:
+    assert latency.median_ci([3.0, 1.0, 2.0]) == (1.0, 3.0)
+    with pytest.raises(UserInputError):
+        latency.median_ci([])
+
+
+def test_until_stable_stops_after_one_round_when_tight(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock([10.0] * 5 + [10.0 + 0.01 * (i % 3) for i in range(300)])
+    monkeypatch.setattr(latency, "_clock", clock)
+    model = Scripted(clock)
+    res = latency.measure_until_stable(model, (torch.zeros(1),), warmup=5, repeats=30)
+    assert res.stable and res.repeats == 30 and model.calls == 35
+    assert res.p50_ci_low_ms >= 0.97 * res.p50_ms and res.p50_ci_high_ms <= 1.03 * res.p50_ms
+
+
+def test_until_stable_adds_rounds_then_marks_unstable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Calls alternate 5 and 15 ms: the median's CI spans both values however many calls.
+    clock = FakeClock([10.0] * 5 + [5.0, 15.0] * 100)
+    monkeypatch.setattr(latency, "_clock", clock)
+    model = Scripted(clock)
+    res = latency.measure_until_stable(
+        model, (torch.zeros(1),), warmup=5, repeats=30, max_repeats=90, max_seconds=1e6
+    )
+    assert not res.stable
+    assert res.repeats == 90 and len(res.times_ms) == 90 and model.calls == 5 + 90
+    assert res.warmup_used == 5  # warm-up only before the first round
+    assert (res.p50_ci_low_ms, res.p50_ci_high_ms) == (5.0, 15.0)
+
+
+def test_until_stable_converges_when_more_calls_narrow_the_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 30 calls spread 9..11 ms are too wide; later calls all 10 ms pull the CI onto 10.
+    first = [9.0 + 2.0 * i / 29 for i in range(30)]
+    clock = FakeClock([10.0] * 5 + first + [10.0] * 270)
+    monkeypatch.setattr(latency, "_clock", clock)
+    res = latency.measure_until_stable(
+        Scripted(clock), (torch.zeros(1),), warmup=5, repeats=30, max_seconds=1e6
+    )
+    assert res.stable and 30 < res.repeats < 300 and res.repeats % 30 == 0
+
+
+def test_until_stable_stops_at_the_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock([10.0] * 5 + [5.0, 15.0] * 150)
+    monkeypatch.setattr(latency, "_clock", clock)
+    res = latency.measure_until_stable(
+        Scripted(clock), (torch.zeros(1),), warmup=5, repeats=30, max_seconds=0.5
+    )
+    # 30 calls of 10 ms on average are 0.3 s; the second round passes 0.5 s, no third.
+    assert res.repeats == 60 and not res.stable
+
+
+def test_logged_figure_reads_back() -> None:
+    res = measure_latency(Counting(), (torch.zeros(4, 3),), warmup=1, repeats=8)
+    back = LatencyResult.from_logged(res.as_metrics(), res.as_tags())
+    assert back.p50_ms == res.p50_ms and back.p90_ms == res.p90_ms
+    assert (back.p50_ci_low_ms, back.p50_ci_high_ms) == (res.p50_ci_low_ms, res.p50_ci_high_ms)
+    assert (back.repeats, back.threads, back.stable, back.quiet) == (8, res.threads, True, True)

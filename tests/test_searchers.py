@@ -170,5 +170,21 @@ def test_asha_stops_trials_before_max_t_and_they_end_finished_and_tagged(
             assert epochs == max_t  # max_t honoured: not the student's 8 epochs
             assert math.isfinite(run.data.metrics[tr.METRIC_TEST])
     assert stopped, "ASHA stopped no trial"
+    # The study ended (stopped trials are an outcome, not an interruption): FINISHED, read-only.
+    assert outcome.stopped_early == len(stopped) and outcome.complete
+    assert client.get_run(outcome.parent_run_id).info.status == "FINISHED"
     counted = set(finished_trials(load_runs("asha", tracking_uri=uri))["run_id"])
     assert counted.isdisjoint(stopped) and len(counted) == 8 - len(stopped)
+
+    # A Ctrl-C stops trials the way ASHA does, so they are tagged too; Tune's saved status
+    # tells them apart. Stand-in for an interrupted trial: one whose trial id Tune does not
+    # list as TERMINATED. It goes back to KILLED, untagged (resume continues it); the others stay.
+    interrupted, *others = stopped
+    client.set_tag(interrupted, tr.TAG_TRIAL_ID, "interrupted0")
+    ctx = runner.read_context("asha", tmp_path)[0]
+    runner.settle_stopped(outcome.path, client, ctx)
+    back = client.get_run(interrupted)
+    assert back.info.status == "KILLED" and TAG_STOPPED_EARLY not in back.data.tags
+    for run_id in others:
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags[TAG_STOPPED_EARLY] == "true"

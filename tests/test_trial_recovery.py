@@ -145,6 +145,10 @@ def test_sigint_after_a_finished_trial_then_resume(tmp_path: Path) -> None:
         # The final metrics were logged once, at the step after the last epoch.
         history = client.get_metric_history(run.info.run_id, tr.METRIC_TEST)
         assert [m.step for m in history] == [epochs]
+    # One student architecture: one latency figure, measured once across the interruption (the
+    # resumed study's cache starts from the figure the first study logged).
+    assert len({r.data.metrics[tr.METRIC_LATENCY_P50] for r in runs}) == 1
+    assert [r.data.tags[tr.TAG_LATENCY_SOURCE] for r in runs].count("measured") == 1
 
 
 def _descends_from_us(pid: int) -> bool:
