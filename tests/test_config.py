@@ -768,6 +768,7 @@ def test_shipped_num_trials_are_unchanged():
     sizes = {p.stem: load_study_spec(p).num_trials for p in SHIPPED}
     assert sizes == {
         "cora_architectures": 9,
+        "cora_edge_attention": 30,  # none, kd and 2 x 2 x 2 edge_attention, 3 seeds
         "cora_pareto": 48,
         "modelnet40_kernels": 12,
         "modelnet40_methods": 15,
