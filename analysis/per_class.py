@@ -93,7 +93,20 @@ def class_change(
                 "method_score": float(mine_c["value"].mean()),
             })  # fmt: skip
     table = pd.DataFrame(rows, columns=CHANGE_COLUMNS)
-    return table.sort_values(["dataset", "method", "rank"], kind="stable").reset_index(drop=True)
+    order = (
+        table["method"].map({m: i for i, m in enumerate(METHOD_LABELS)}).fillna(len(METHOD_LABELS))
+    )
+    table = table.assign(_order=order).sort_values(
+        ["dataset", "_order", "method", "rank"], kind="stable"
+    )
+    return table.drop(columns="_order").reset_index(drop=True)
+
+
+def balanced_training(change: pd.DataFrame) -> int | None:
+    """The training count every class shares (Planetoid's 20 per class), or ``None``: with
+    balanced training data, "head" and "tail" have no meaning."""
+    counts = pd.to_numeric(change["train_count"], errors="coerce").dropna().unique()
+    return int(counts[0]) if len(counts) == 1 else None
 
 
 def head_tail_summary(change: pd.DataFrame, parts: int = 3) -> pd.DataFrame:
@@ -159,7 +172,7 @@ def plot_class_change(
         high = (g["ci95_high"] - g["diff"]).to_numpy(dtype="float64")
         n = int(pd.to_numeric(g["n"], errors="coerce").min()) if len(g) else 0
         paired = bool(g["paired"].fillna(False).astype(bool).all())
-        what = f"n={n} seeds" if paired else "unpaired: no seed in common, no interval"
+        what = f"n={n} seed{'s' if n != 1 else ''}" if paired else "unpaired: no seed in common"
         ax.errorbar(
             x + offset,
             g["diff"].to_numpy(dtype="float64"),
@@ -178,7 +191,12 @@ def plot_class_change(
         for name, count in zip(classes["class_name"], classes["train_count"], strict=True)
     ]
     ax.set_xticklabels(labels[::step], fontsize=7 if many else 8, rotation=90 if many else 0)
-    ax.set_xlabel("class (training examples), most frequent first")
+    balanced = balanced_training(change) is not None
+    ax.set_xlabel(
+        "class (training examples; every class has as many)"
+        if balanced
+        else "class (training examples), most frequent first"
+    )
     ax.set_ylabel(f"change in {split} {metric} vs student alone (pp)")
     ax.legend(fontsize=8, title="95% t-interval over paired seeds", title_fontsize=8)
     ax.grid(axis="y", alpha=0.3)

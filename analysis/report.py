@@ -42,7 +42,13 @@ from tqdm import tqdm
 from analysis import ablation
 from analysis.ablation import METHOD_LABELS
 from analysis.pareto import DEFAULT_OBJECTIVES, pareto_front
-from analysis.per_class import class_change, format_change, head_tail_summary, plot_class_change
+from analysis.per_class import (
+    balanced_training,
+    class_change,
+    format_change,
+    head_tail_summary,
+    plot_class_change,
+)
 from analysis.plots import (
     plot_hyperparameter,
     plot_losses_by_run,
@@ -324,6 +330,13 @@ def _add_per_class(rep: _Report, done: pd.DataFrame, uri: str) -> None:
     rep.table("per_class_head_tail", summary, shown=shown)
     for ds in change["dataset"].dropna().unique():
         part = change.loc[change["dataset"] == ds]
+        same = balanced_training(part)
+        if same is not None:
+            rep.lines += [
+                "",
+                f"{ds}: every class has {same} training examples, so the order is the class id "
+                "and head, middle and tail say nothing about frequency here.",
+            ]
         rep.figure(
             f"per_class_{_slug(ds)}",
             functools.partial(_draw_class_change, part),

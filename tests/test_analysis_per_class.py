@@ -11,7 +11,13 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from analysis.per_class import class_change, format_change, head_tail_summary, plot_class_change
+from analysis.per_class import (
+    balanced_training,
+    class_change,
+    format_change,
+    head_tail_summary,
+    plot_class_change,
+)
 from analysis.report import write_report
 from analysis.runs import load_class_tables, load_runs
 from tests.mlflow_fixtures import fill_study
@@ -89,6 +95,8 @@ def test_change_is_paired_by_seed_and_ordered_head_to_tail(store: str) -> None:
     assert summary.loc["kd", "head"] == pytest.approx(kd.loc["common", "diff"])
     assert summary.loc["kd", "tail"] == pytest.approx(kd.loc["rare", "diff"])
     assert summary.loc["kd", "worst_class"] == "rare"
+    assert balanced_training(change) is None
+    assert balanced_training(change.assign(train_count=20)) == 20  # Cora: no head, no tail
     shown = format_change(change)
     assert list(shown["class"]) == ["common", "middle", "rare"]
     assert shown.loc[2, "KD (pp)"].startswith("-10.0 [") and shown.loc[2, "KD (pp)"].endswith(
