@@ -130,18 +130,28 @@ def check_layer_maps(spec: StudySpec, teacher_out: ModelOutput, student_out: Mod
     for method, path, value in layer_maps(spec):
         s_n, what = model_layers(method, student_out)
         t_n, _ = model_layers(method, teacher_out)
-        if spec.method_defaults[method].get("teacher_source") == "gradient":
-            t_n = 1  # the teacher's gradient-based importance: one distribution, one "layer"
-        if s_n == 0 or t_n == 0:
-            continue  # a model without attention is refused by check_attention
-        pairs = LAST_PAIRS if value == "last" else () if isinstance(value, str) else value
-        for i, (s, t) in enumerate(pairs):
-            if not (-s_n <= s < s_n and -t_n <= t < t_n):
-                raise UserInputError(
-                    f"{spec.source}: {path}[{i}]: expected [student layer, teacher layer] "
-                    f"within the student's {s_n} and the teacher's {t_n} {what} layers, "
-                    f"got {[s, t]}"
-                )
+        for source in _teacher_sources(spec, method):
+            # The teacher's gradient-based importance: one distribution, one "layer".
+            t_src = 1 if source == "gradient" else t_n
+            if s_n == 0 or t_src == 0:
+                continue  # a model without attention is refused by check_attention
+            pairs = LAST_PAIRS if value == "last" else () if isinstance(value, str) else value
+            for i, (s, t) in enumerate(pairs):
+                if not (-s_n <= s < s_n and -t_src <= t < t_src):
+                    raise UserInputError(
+                        f"{spec.source}: {path}[{i}]: expected [student layer, teacher layer] "
+                        f"within the student's {s_n} and the teacher's {t_src} {what} layers, "
+                        f"got {[s, t]}"
+                    )
+
+
+def _teacher_sources(spec: StudySpec, method: str) -> set[str]:
+    """Where ``method``'s teacher side comes from in some trial: its fixed ``teacher_source``
+    or every searched one (``attention`` for methods without the option)."""
+    searched = spec.dimension(f"{method}.teacher_source")
+    if searched is not None:
+        return {str(v) for v in searched.args}
+    return {str(spec.method_defaults[method].get("teacher_source", "attention"))}
 
 
 def check_attention(spec: StudySpec, teacher_out: ModelOutput, student_out: ModelOutput) -> None:
@@ -156,10 +166,8 @@ def check_attention(spec: StudySpec, teacher_out: ModelOutput, student_out: Mode
                 f"the student {spec.student.model.label} exposes none (expected a gat student or "
                 "a factory model with GATConv layers)"
             )
-        source = spec.method_defaults[method].get("teacher_source", "attention")
         searched = spec.dimension(f"{method}.teacher_source")
-        sources = set(searched.args) if searched is not None else {source}
-        if "attention" in sources and teacher_out.attention is None:
+        if "attention" in _teacher_sources(spec, method) and teacher_out.attention is None:
             key = f"search.{method}.teacher_source" if searched else f"method_defaults.{method}"
             raise UserInputError(
                 f"{spec.source}: {key}: the teacher {spec.teacher.model.label} exposes no "

@@ -158,3 +158,30 @@ def replace_epochs(plan):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     return replace(plan.student_train, epochs=2)
+
+
+def test_edge_attention_maps_count_attention_layers_or_one_gradient_layer(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    ea = {"layer_map": [[0, 1]]}  # the GAT teacher has 2 attention layers: fine
+    ok = _write(
+        tmp_path,
+        methods=["none", "edge_attention"],
+        search={},
+        method_defaults={"edge_attention": ea},
+    )
+    assert main(["validate", str(ok)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    gradient = {**ea, "teacher_source": "gradient"}  # one importance distribution: no layer 1
+    bad = _write(
+        tmp_path,
+        methods=["none", "edge_attention"],
+        search={},
+        method_defaults={"edge_attention": gradient},
+    )
+    _refused(
+        capsys,
+        bad,
+        "method_defaults.edge_attention.layer_map[0]",
+        "the teacher's 1 attention layers, got [0, 1]",
+    )
