@@ -23,7 +23,7 @@ from typing import Any
 
 import ray
 import yaml
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -337,12 +337,15 @@ def _log_teacher_run(
             **metrics,
             tr.METRIC_LATENCY_P50: lat.p50_ms,
             tr.METRIC_LATENCY_P90: lat.p90_ms,
+            tr.METRIC_LATENCY_CI_LOW: lat.p50_ci_low_ms,
+            tr.METRIC_LATENCY_CI_HIGH: lat.p50_ci_high_ms,
             tr.METRIC_PARAMS: float(count_parameters(model)),
         }
         now = int(time.time() * 1000)
         client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, v) for k, v in lat.as_tags().items()],
             params=[
                 Param(f"teacher.{k}", tr.encode_param(v)) for k, v in sorted(model.spec.items())
             ],
