@@ -69,6 +69,18 @@ PERCENT_METRICS = (
     "test_micro_f1",
     "test_auroc",
     "test_mean_class_accuracy",
+    "test_macro_f1",
+    "test_worst_class_recall",
+    "val_macro_f1",
+    "val_worst_class_recall",
+    "val_auroc",
+)
+#: Split figures a formatted table shows beside the scores, when its runs logged them.
+SPLIT_COLUMNS = (
+    ("test_auroc", "test AUROC (%)"),
+    ("test_mean_class_accuracy", "test mAcc (%)"),
+    ("test_macro_f1", "test macro-F1 (%)"),
+    ("test_worst_class_recall", "test worst-class recall (%)"),
 )
 #: The final metric a trial logs for the number of test examples its test score counts
 #: (shapes, nodes or graphs); the binomial CI of :func:`test_set_table` needs it.
@@ -703,6 +715,12 @@ def format_table(table: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
             out[label] = [
                 format_mean_std(m, s, k, digits=digits)
                 for m, s, k in zip(stat(f"{metric}_mean"), stat(f"{metric}_std"), n, strict=True)
+            ]
+    for metric, label in SPLIT_COLUMNS:
+        if f"{metric}_mean" in cols and pd.to_numeric(table[f"{metric}_mean"]).notna().any():
+            out[label] = [
+                format_mean_std(m, s, None, digits=digits)
+                for m, s in zip(stat(f"{metric}_mean"), stat(f"{metric}_std"), strict=True)
             ]
     if "num_params_mean" in cols:
         out["params"] = table["num_params_mean"].map(_format_params)

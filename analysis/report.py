@@ -15,8 +15,11 @@ Layout of ``out_dir`` (stable; the command line ``distill-study report STUDY --o
     tables/kd_temperature.csv  KD temperature         (when searched)
     tables/vs_student_alone.csv|.tex  each method minus the student alone, paired by seed (95% CI)
     tables/test_set.csv        test examples and each method's binomial (Wilson) 95% CI
+    tables/per_class_head_tail.csv, tables/per_class_<dataset>.csv  per-class change in test
+                               recall against the student alone (when trials logged tables)
     figures/pareto_<dataset>.png|.svg, figures/lsp_lambda_<dataset>.png|.svg,
-    figures/kd_temperature_<dataset>.png|.svg, figures/training_curves_<dataset>.png|.svg
+    figures/kd_temperature_<dataset>.png|.svg, figures/training_curves_<dataset>.png|.svg,
+    figures/per_class_<dataset>.png|.svg
 
 The report is built in a hidden temporary folder beside ``out_dir`` and renamed into place at the
 end, so a failure leaves nothing behind and an existing report is only replaced when asked.
@@ -39,6 +42,13 @@ from tqdm import tqdm
 from analysis import ablation
 from analysis.ablation import METHOD_LABELS
 from analysis.pareto import DEFAULT_OBJECTIVES, pareto_front
+from analysis.per_class import (
+    balanced_training,
+    class_change,
+    format_change,
+    head_tail_summary,
+    plot_class_change,
+)
 from analysis.plots import (
     plot_hyperparameter,
     plot_losses_by_run,
@@ -49,6 +59,7 @@ from analysis.runs import (
     display_uri,
     failed_trials,
     finished_trials,
+    load_class_tables,
     load_history,
     load_runs,
     load_teachers,
@@ -156,6 +167,7 @@ def _plan(study: str, uri: str, runs: pd.DataFrame, teachers: pd.DataFrame, bar:
     bar.update()
     _add_ablation_tables(rep, done, teachers)
     _add_vs_student(rep, done)
+    _add_per_class(rep, done, uri)
     _add_test_set_size(rep, done)
     bar.update()
     _add_hyperparameter_sweeps(rep, done)
@@ -278,6 +290,65 @@ def _add_vs_student(rep: _Report, done: pd.DataFrame) -> None:
         "is no evidence either way; with n=1 there is no interval.",
     )
     rep.table("vs_student_alone", table, latex=True, shown=ablation.format_paired(table))
+
+
+def _add_per_class(rep: _Report, done: pd.DataFrame, uri: str) -> None:
+    """Per class, each method's change in test recall against the student alone (the runs of
+    the configurations :func:`analysis.ablation.paired_vs_none` compares), head to tail."""
+    pairs = ablation.paired_vs_none(done)
+    if pairs.empty:
+        return
+    configs = set(pairs["config_id"].dropna()) | set(pairs["baseline_config_id"].dropna())
+    ids = done.loc[done["config_id"].isin(configs) | done["run_id"].isin(configs), "run_id"]
+    tables = load_class_tables(list(ids), tracking_uri=uri)
+    change = class_change(done, tables)
+    if change.empty:
+        return
+    rep.section(
+        "Per class: does distillation hurt the tail?",
+        "Each method's best configuration against the student alone (the pairs of the table "
+        "above), class by class: the change in test recall in percentage points, seed by seed, "
+        "then the mean with its 95% t-interval (n = seeds both ran; 'unpaired': no seed in "
+        "common, a difference of means without interval). Classes run from the most to the "
+        "least frequent in training; head, middle and tail are thirds of them. Per-class "
+        "recall on a small test set moves in large steps (one example of a 20-example class "
+        "is 5 points), so read the intervals, not the points.",
+    )
+    summary = head_tail_summary(change)
+    shown = summary.assign(method=summary["method"].map(lambda m: METHOD_LABELS.get(m, m)))
+    for col in ("head", "middle", "tail", "worst"):
+        shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:+.1f}")
+    shown = shown.rename(
+        columns={
+            "head": "head (pp)",
+            "middle": "middle (pp)",
+            "tail": "tail (pp)",
+            "worst_class": "worst class",
+            "worst": "its change (pp)",
+        }
+    )
+    rep.table("per_class_head_tail", summary, shown=shown)
+    for ds in change["dataset"].dropna().unique():
+        part = change.loc[change["dataset"] == ds]
+        same = balanced_training(part)
+        if same is not None:
+            rep.lines += [
+                "",
+                f"{ds}: every class has {same} training examples, so the order is the class id "
+                "and head, middle and tail say nothing about frequency here.",
+            ]
+        rep.figure(
+            f"per_class_{_slug(ds)}",
+            functools.partial(_draw_class_change, part),
+            f"Per-class change in test recall against the student alone, {ds}",
+        )
+        rep.table(f"per_class_{_slug(ds)}", part, shown=format_change(part))
+
+
+def _draw_class_change(change: pd.DataFrame, fig: Figure) -> None:
+    classes = int(change["rank"].nunique())
+    fig.set_size_inches(min(max(6.4, 0.45 * classes + 2.0), 24.0), 4.8)
+    plot_class_change(change, fig.add_subplot())
 
 
 def _add_test_set_size(rep: _Report, done: pd.DataFrame) -> None:

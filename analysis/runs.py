@@ -26,6 +26,7 @@ import pandas as pd
 
 from study.errors import UserInputError
 from study.tracking import (
+    CLASS_TABLE_ARTIFACT,
     EPOCH_METRICS,
     FINAL_METRICS,
     METRIC_TEST,
@@ -354,6 +355,47 @@ def load_history(
     """
     uri = resolve_tracking_uri(tracking_uri)
     return _history(_client(uri), list(run_ids), list(keys))
+
+
+def load_class_tables(run_ids: Sequence[str], *, tracking_uri: str | None = None) -> pd.DataFrame:
+    """The per-class tables some trial runs logged (``study.per_class.TABLE_ARTIFACT``).
+
+    Returns:
+        One row per (run, split, class): ``run_id`` and the table's columns (``split``,
+        ``class``, ``class_name``, ``train_count``, ``support``, ``precision``, ``recall``,
+        ``f1``). Runs that logged no table are absent; a table logged twice by a retried trial
+        (MLflow appends) keeps its last rows.
+    """
+    import json
+    import os
+    import tempfile
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = _client(uri)
+    frames = []
+    quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # no progress bar per downloaded table
+    before = os.environ.get(quiet)
+    os.environ[quiet] = "false"
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in run_ids:
+            names = {f.path for f in client.list_artifacts(run_id)}
+            if CLASS_TABLE_ARTIFACT not in names:
+                continue
+            path = client.download_artifacts(run_id, CLASS_TABLE_ARTIFACT, tmp)
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            frame = pd.DataFrame(data["data"], columns=data["columns"])
+            frame = frame.drop_duplicates(["split", "class"], keep="last")
+            frames.append(frame.assign(run_id=run_id))
+    if before is None:
+        os.environ.pop(quiet, None)
+    else:
+        os.environ[quiet] = before
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "split", "class", "class_name", "train_count",
+                                     "support", "precision", "recall", "f1"])  # fmt: skip
+    out = pd.concat(frames, ignore_index=True)
+    return out[["run_id", *[c for c in out.columns if c != "run_id"]]]
 
 
 def load_teachers(study: str, *, tracking_uri: str | None = None) -> pd.DataFrame:

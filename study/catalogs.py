@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from study.catalog import Catalog, Entry
+from study.layer_map import parse_layer_map
 
 #: Kinds of task; a dataset is one and a model architecture solves one.
 NODE = "node"
@@ -22,6 +23,10 @@ TASK_WORDS = {NODE: "node-classification", POINTCLOUD: "point-cloud"}
 
 #: Headline scores a node task can be judged by (``dataset.metric``).
 NODE_METRICS = ("accuracy", "macro_f1", "micro_f1", "auroc")
+#: Headline scores a point-cloud task can be judged by (``dataset.metric``).
+POINTCLOUD_METRICS = ("accuracy", "mean_class_accuracy", "auroc")
+#: By task kind.
+TASK_METRICS = {NODE: NODE_METRICS, POINTCLOUD: POINTCLOUD_METRICS}
 
 
 class Params(BaseModel):
@@ -41,9 +46,13 @@ def _whole(x: float) -> float:
 
 #: The validator of a float that must be a whole number (config offers it int/logint ranges).
 WHOLE = AfterValidator(_whole)
-LayerMap = tuple[tuple[int, int], ...]
+#: A ``layer_map`` (see :mod:`study.layer_map`): ``last``, ``uniform`` or explicit
+#: ``[student, teacher]`` pairs; in a search choice, pairs may come as their JSON text.
+LayerMap = Annotated[
+    Literal["last", "uniform"] | tuple[tuple[int, int], ...], BeforeValidator(parse_layer_map)
+]
 #: The last hidden layer of the student and of the teacher.
-DEFAULT_LAYER_MAP: LayerMap = ((-1, -1),)
+DEFAULT_LAYER_MAP: tuple[tuple[int, int], ...] = ((-1, -1),)
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 Count = Annotated[int, Field(ge=1)]
@@ -129,6 +138,19 @@ class LSPParams(Params):
     layer_map: LayerMap = DEFAULT_LAYER_MAP
 
 
+class EdgeAttentionParams(Params):
+    """edge_attention's parameters (see :mod:`study.distill.edge_attention`). ``layer_map``
+    pairs attention layers (one per GATConv); ``uniform`` pairs every student layer with one
+    of the teacher's, so every attention the student computes is taught."""
+
+    lambda_: NonNegative = Field(1.0, alias="lambda")
+    direction: Direction = "student_teacher"
+    heads: Literal["mean", "uniform"] = "mean"
+    teacher_source: Literal["attention", "gradient"] = "attention"
+    floor: Annotated[float, Field(gt=0, lt=1)] = 1e-4
+    layer_map: LayerMap = "uniform"
+
+
 METHODS = Catalog(
     "method",
     "graph_distill_study.methods",
@@ -166,6 +188,14 @@ METHODS = Catalog(
             "study.distill.methods:LocalStructurePreserving",
             LSPParams,
             {"label": "LSP", "reads_hidden": True},
+        ),
+        Entry(
+            "edge_attention",
+            "match each node's attention over its incoming edges to the teacher's (or to the "
+            "teacher's gradient-based edge importance): per-target KL",
+            "study.distill.methods:EdgeAttention",
+            EdgeAttentionParams,
+            {"label": "edge attention", "reads_attention": True, "opt_in": True},
         ),
     ],
 )
@@ -216,6 +246,7 @@ MODELS = Catalog(
             GATParams,
             {
                 "kind": NODE,
+                "attention": True,
                 "presets": {
                     "ppi_teacher": "study.models.gat:gat_ppi_teacher",
                     "ppi_student": "study.models.gat:gat_ppi_student",
@@ -378,6 +409,24 @@ def reads_hidden(method: str) -> bool:
     """Whether a method matches the models' hidden features (``info["reads_hidden"]``): a user
     model must then name its ``hidden`` submodules."""
     return bool(METHODS.get(method).info.get("reads_hidden", False))
+
+
+def default_methods() -> tuple[str, ...]:
+    """The methods of a study that lists none: every method but the opt-in ones
+    (``info["opt_in"]``: edge_attention, which needs students with attention)."""
+    return tuple(e.name for e in METHODS if not e.info.get("opt_in", False))
+
+
+def reads_attention(method: str) -> bool:
+    """Whether a method matches attention over edges (``info["reads_attention"]``): its student
+    must expose attention (:func:`has_attention_layers`), its teacher too unless the method
+    computes the teacher's gradient-based importance."""
+    return bool(METHODS.get(method).info.get("reads_attention", False))
+
+
+def has_attention_layers(arch: str) -> bool:
+    """Whether a built-in architecture exposes attention over edges (``info["attention"]``)."""
+    return bool(MODELS.get(arch).info.get("attention", False))
 
 
 def takes_kernel(method: Entry) -> bool:

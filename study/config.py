@@ -20,7 +20,8 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
       path: graph.pt            #   left to the loader | a saved graph (relative to this file)
       factory: "module:fn"      #   | a function returning the task (path, factory: node tasks)
       options: {}               # [{}] the loader's keyword options
-      metric: accuracy          # [the dataset's] accuracy macro_f1 micro_f1 auroc (node tasks)
+      metric: accuracy          # [the dataset's] accuracy macro_f1 micro_f1 auroc (nodes);
+                                #   accuracy mean_class_accuracy auroc (point clouds)
     teacher:                    # required: built-in keys or factory keys
       arch: gat                 # a MODELS entry (gat gcn sage mlp: node tasks; dgcnn: clouds)
       preset: null              # a preset of the arch (ppi_teacher, ...): then only dropout
@@ -33,10 +34,10 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
       train: {epochs: 200, lr: 0.005, weight_decay: 5.0e-4, optimizer: adam, momentum: 0.9,
               batch_size: 32, eval_every: 1, seed: 0}    # TrainConfig's defaults
     student: {...}              # required; the teacher's keys but checkpoint and train.seed
-    methods: [none, kd, fitnet, at, lsp]   # [every METHODS entry]; a search dimension
+    methods: [none, kd, fitnet, at, lsp]   # [every METHODS entry but the opt-in edge_attention]
     method_defaults:            # per method, over the entry's defaults (LSP: and the kernels')
       lsp: {lambda: 100.0, kernel: rbf, sigma: 1.0, direction: student_teacher,
-            lsp_until_epoch: null, layer_map: [[-1, -1]]}   # layer_map: fixed only
+            lsp_until_epoch: null, layer_map: last}   # last | uniform | [[s, t], ...]
     search:                     # [{}] one dimension a line: {choice: [...]}, {uniform: [lo, hi]},
       lsp.lambda: {loguniform: [1.0, 1000.0]}  # {loguniform: ..}, {int: ..}, {logint: ..}
       student.width: {choice: [8, 16]}         # student.options.NAME: factory students only
@@ -57,7 +58,9 @@ method, which must be in ``methods``, and a kernel's parameter (``lsp.sigma``: r
 ``lsp.c``: poly) only with that kernel; ``student.<key>`` applies to every trial, a size key
 only to the architectures that take it (``heads``: gat, ``k``: dgcnn). Either condition is on the
 searched ``lsp.kernel``/``student.arch``, or an error against the fixed one. Float parameters
-take every kind, integers ``int``/``logint``/``choice``, names and booleans ``choice``. ``grid``
+take every kind, integers ``int``/``logint``/``choice``, names and booleans ``choice``, a
+``layer_map`` ``choice`` only (``last``, ``uniform`` or lists of pairs, held as their JSON text
+so that Optuna sees plain values: :mod:`study.layer_map`). ``grid``
 needs choices only and is enumerated per method (:func:`grid_configs`), ``num_samples`` [1]
 repeating it; otherwise ``num_samples`` [10] counts configurations, each run once per seed.
 ``num_samples`` is at most :data:`MAX_NUM_SAMPLES` (100,000) and a study at most
@@ -105,6 +108,7 @@ from study import catalogs as cat
 from study import studyfile, tracking
 from study.catalog import FACTORY_RE
 from study.errors import UserInputError, choose
+from study.layer_map import layer_map_text
 from study.train_config import DistillConfig, TrainConfig
 
 DIMENSION_KINDS: tuple[str, ...] = ("choice", "uniform", "loguniform", "int", "logint")
@@ -744,11 +748,17 @@ def _search_params() -> dict[str, Any]:
         out.update({f"student.{k}": e.params for k in e.param_names() if f"student.{k}" not in out})
     for m in cat.METHODS:
         out.update({f"{m.name}.{k}": s for k, (s, _) in _method_params(m.name).items()})
-    return {k: s for k, s in out.items() if s is None or _scalar(s, k.partition(".")[2])}
+    return {k: s for k, s in out.items() if s is None or _searchable(s, k.partition(".")[2])}
+
+
+def _searchable(schema: Any, key: str) -> bool:
+    """Whether a search dimension may sample the parameter: one value (:func:`_scalar`), or a
+    ``layer_map`` (a ``choice`` of names and explicit pairs, see :mod:`study.layer_map`)."""
+    return key == "layer_map" or _scalar(schema, key)
 
 
 def _scalar(schema: Any, key: str) -> bool:
-    """Whether a parameter holds one value (searchable), not a list (``layer_map``, ``mlp``)."""
+    """Whether a parameter holds one value, not a list (``layer_map``, ``mlp``)."""
     ann = _unwrap(_fields(schema)[key][1].annotation)[0]
     return ann in (int, float, str, bool) or get_origin(ann) is Literal
 
@@ -778,7 +788,7 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
         )
     base = Path(source).parent.resolve()
     dataset = _parse_dataset(chk, top.dataset, base)
-    methods = cat.METHODS.names() if top.methods is None else top.methods
+    methods = cat.default_methods() if top.methods is None else top.methods
     for i, method in enumerate(methods):
         chk.name(method, f"methods[{i}]", "method", cat.METHODS.names())
     methods = _unique(chk, methods, "methods", "method")
@@ -804,6 +814,7 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
             f"only the nsga2 searcher has a population, the algorithm is {searcher.algorithm}",
         )
     search = _parse_search(chk, top.search, methods, defaults, student[0], dataset, searcher)
+    _check_attention(chk, methods, defaults, search, teacher[0], student[0])
     _check_trials(chk, searcher, methods, search, len(top.seeds))
     objectives = _parse_objectives(chk, top.objectives)
     resources = chk.validate(ResourceSpec, chk.mapping(top.resources, "resources"), "resources")
@@ -832,6 +843,50 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
         source=source,
         fault_tolerance=chk.validate(FaultToleranceSpec, ft, "fault_tolerance"),
     )
+
+
+def _check_attention(
+    chk: _Check,
+    methods: tuple[str, ...],
+    defaults: dict[str, dict[str, Any]],
+    search: tuple[Dimension, ...],
+    teacher: ModelSpec,
+    student: ModelSpec,
+) -> None:
+    """A method that matches attention over edges (edge_attention) needs built-in students
+    that have attention, and a teacher that has it unless the method is told to use the
+    teacher's gradient-based importance. Factory models are checked by the pre-flight forward."""
+    for method in (m for m in methods if cat.reads_attention(m)):
+        with_attention = "/".join(e.name for e in cat.MODELS if cat.has_attention_layers(e.name))
+        searched = next((d for d in search if d.name == "student.arch"), None)
+        archs = (
+            [("student.arch", student.arch)]
+            if searched is None
+            else [(f"search.student.arch.choice[{i}]", a) for i, a in enumerate(searched.args)]
+        )
+        for path, arch in archs:
+            if arch is not None and not cat.has_attention_layers(arch):
+                chk.fail(
+                    path,
+                    f"method {method} matches the student's attention over edges, but {arch} "
+                    f"has none; expected an architecture with attention ({with_attention}) or "
+                    f"drop {method} from methods",
+                )
+        if teacher.arch is None or cat.has_attention_layers(teacher.arch):
+            continue
+        source = next((d for d in search if d.name == f"{method}.teacher_source"), None)
+        if source is not None and "attention" in source.args:
+            chk.fail(
+                f"search.{method}.teacher_source",
+                f"teacher {teacher.arch} has no attention; expected only gradient",
+            )
+        if source is None and defaults[method].get("teacher_source") == "attention":
+            chk.fail(
+                f"method_defaults.{method}.teacher_source",
+                f"teacher {teacher.arch} has no attention to match; expected gradient "
+                "(the teacher's gradient-based edge importance) or a teacher with attention "
+                f"({with_attention})",
+            )
 
 
 def _check_trials(
@@ -893,10 +948,11 @@ def _parse_dataset(chk: _Check, raw: dict[str, Any], base: Path) -> DatasetSpec:
             chk.fail(f"dataset.options.{next(iter(options))}", "a saved graph takes no options")
         path = chk.file(d.path, base, "dataset.path")
     if d.metric is not None:
-        chk.name(d.metric, "dataset.metric", "metric", cat.NODE_METRICS)
-        if kind != cat.NODE:
+        valid = cat.TASK_METRICS[kind]
+        if d.metric in cat.NODE_METRICS + cat.POINTCLOUD_METRICS and d.metric not in valid:
             what = f"dataset {d.name!r} is a {cat.TASK_WORDS[kind]} task"
-            chk.fail("dataset.metric", f"applies only to node tasks, but {what}")
+            chk.fail("dataset.metric", f"{what}; expected one of {', '.join(valid)}")
+        chk.name(d.metric, "dataset.metric", "metric", valid)
     return DatasetSpec(d.name, options, path, d.factory, d.metric, str(base))
 
 
@@ -1029,11 +1085,12 @@ def _parse_dimension(chk: _Check, name: str, raw: Any, check: Any, kinds: Any) -
         if not isinstance(args, list) or not args:
             chk.expected(f"{path}.choice", "a non-empty list", args)
         out: list[Any] = []
+        pairs = name.endswith(".layer_map")  # a choice of maps: names or lists of pairs
         for i, value in enumerate(args):
             where = f"{path}.choice[{i}]"
-            if isinstance(value, (list, Mapping)):
+            if isinstance(value, Mapping) or (isinstance(value, list) and not pairs):
                 chk.expected(where, "a single value", value)
-            out.append(check(value, where))
+            out.append(layer_map_text(check(value, where)) if pairs else check(value, where))
             if any(_same(out[-1], v) for v in out[:-1]):
                 chk.fail(where, f"value {_show(value)} is listed twice")
         return Dimension(name, kind, tuple(out))

@@ -19,11 +19,14 @@ from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.utils import subgraph
 
+from study.catalogs import MODELS, reads_attention
 from study.config import ModelSpec, StudySpec
 from study.context import load_study_task
 from study.data.base import NodeTask, PointCloudTask, Task, io_channels
 from study.errors import UserInputError, one_line
+from study.layer_map import LAST_PAIRS, parse_layer_map
 from study.models import build_model
+from study.models.attention import set_attention_recording
 from study.models.base import ModelOutput
 from study.teachers import load_teacher_weights
 
@@ -99,19 +102,77 @@ def check_forward(model: nn.Module, probe: Data | torch.Tensor, task: Task) -> M
     return out
 
 
-def check_layer_maps(spec: StudySpec, teacher_layers: int, student_layers: int) -> None:
-    """Every fixed ``layer_map`` pair indexes an existing hidden layer of both models."""
+def layer_maps(spec: StudySpec) -> list[tuple[str, str, Any]]:
+    """``(method, key path, layer map)`` of every ``layer_map`` the study can use: each method's
+    fixed one and each choice of a searched one."""
+    found = []
     for method, values in spec.method_defaults.items():
-        for i, pair in enumerate(values.get("layer_map") or ()):
-            s, t = pair
-            if not (
-                -student_layers <= s < student_layers and -teacher_layers <= t < teacher_layers
-            ):
-                raise UserInputError(
-                    f"{spec.source}: method_defaults.{method}.layer_map[{i}]: expected "
-                    f"[student layer, teacher layer] within the student's {student_layers} and "
-                    f"the teacher's {teacher_layers} hidden layers, got {list(pair)}"
-                )
+        if "layer_map" in values:
+            found.append((method, f"method_defaults.{method}.layer_map", values["layer_map"]))
+    for dim in spec.search:
+        if dim.method is not None and dim.key == "layer_map":
+            for i, text in enumerate(dim.args):
+                found.append((dim.method, f"search.{dim.name}.choice[{i}]", parse_layer_map(text)))
+    return found
+
+
+def model_layers(method: str, out: ModelOutput) -> tuple[int, str]:
+    """How many layers ``method``'s map indexes in a model's output, and what they are called:
+    attention layers for a method that reads attention, hidden layers otherwise."""
+    if reads_attention(method):
+        return (0 if out.attention is None else len(out.attention())), "attention"
+    return len(out.hidden), "hidden"
+
+
+def check_layer_maps(spec: StudySpec, teacher_out: ModelOutput, student_out: ModelOutput) -> None:
+    """Every ``layer_map`` (fixed or searched) pairs existing layers of both models: one line
+    naming the key otherwise (a map past the depths would fail only inside a trial)."""
+    for method, path, value in layer_maps(spec):
+        s_n, what = model_layers(method, student_out)
+        t_n, _ = model_layers(method, teacher_out)
+        for source in _teacher_sources(spec, method):
+            # The teacher's gradient-based importance: one distribution, one "layer".
+            t_src = 1 if source == "gradient" else t_n
+            if s_n == 0 or t_src == 0:
+                continue  # a model without attention is refused by check_attention
+            pairs = LAST_PAIRS if value == "last" else () if isinstance(value, str) else value
+            for i, (s, t) in enumerate(pairs):
+                if not (-s_n <= s < s_n and -t_src <= t < t_src):
+                    raise UserInputError(
+                        f"{spec.source}: {path}[{i}]: expected [student layer, teacher layer] "
+                        f"within the student's {s_n} and the teacher's {t_src} {what} layers, "
+                        f"got {[s, t]}"
+                    )
+
+
+def _teacher_sources(spec: StudySpec, method: str) -> set[str]:
+    """Where ``method``'s teacher side comes from in some trial: its fixed ``teacher_source``
+    or every searched one (``attention`` for methods without the option)."""
+    searched = spec.dimension(f"{method}.teacher_source")
+    if searched is not None:
+        return {str(v) for v in searched.args}
+    return {str(spec.method_defaults[method].get("teacher_source", "attention"))}
+
+
+def check_attention(spec: StudySpec, teacher_out: ModelOutput, student_out: ModelOutput) -> None:
+    """A method that reads attention needs a student that exposes it, and a teacher that does
+    unless the method computes the teacher's gradient-based importance instead."""
+    for method in spec.methods:
+        if not reads_attention(method):
+            continue
+        if student_out.attention is None:
+            raise UserInputError(
+                f"{spec.source}: student: method {method} matches attention over edges, but "
+                f"the student {spec.student.model.label} exposes none (expected a gat student or "
+                "a factory model with GATConv layers)"
+            )
+        searched = spec.dimension(f"{method}.teacher_source")
+        if "attention" in _teacher_sources(spec, method) and teacher_out.attention is None:
+            key = f"search.{method}.teacher_source" if searched else f"method_defaults.{method}"
+            raise UserInputError(
+                f"{spec.source}: {key}: the teacher {spec.teacher.model.label} exposes no "
+                "attention; expected teacher_source: gradient (gradient-based edge importance)"
+            )
 
 
 def check_split_classes(spec: StudySpec, task: Task) -> None:
@@ -166,11 +227,34 @@ def check_models(spec: StudySpec, task: Task) -> None:
         )
     else:
         teacher = in_file(spec, "teacher", _build, teacher_spec, task)
+    attention = any(reads_attention(m) for m in spec.methods)
+    set_attention_recording(teacher, attention)
     teacher_out = in_file(spec, "teacher", check_forward, teacher, probe, task)
-    for options in student_variants(spec):
-        student = in_file(spec, "student", _build, spec.student.model, task, options)
+    for model, options in builtin_variants(spec) or [
+        (spec.student.model, o) for o in student_variants(spec)
+    ]:
+        student = in_file(spec, "student", _build, model, task, options)
+        set_attention_recording(student, attention)
         student_out = in_file(spec, "student", check_forward, student, probe, task)
-        check_layer_maps(spec, len(teacher_out.hidden), len(student_out.hidden))
+        check_attention(spec, teacher_out, student_out)
+        check_layer_maps(spec, teacher_out, student_out)
+
+
+def builtin_variants(spec: StudySpec) -> list[tuple[ModelSpec, dict[str, Any] | None]]:
+    """A built-in student at each searched architecture and depth (both ends of a range), the
+    keys that change its layers; ``[]`` for a factory student."""
+    if spec.student.model.factory is not None:
+        return []
+    arch_dim, depth_dim = spec.dimension("student.arch"), spec.dimension("student.depth")
+    archs = list(arch_dim.args) if arch_dim is not None else [str(spec.student.model.arch)]
+    depths: list[Any] = list(depth_dim.args) if depth_dim is not None else [None]
+    out: list[tuple[ModelSpec, dict[str, Any] | None]] = []
+    for arch in archs:
+        for depth in depths:
+            takes = depth is not None and "depth" in MODELS.get(arch).param_names()
+            overrides = {"depth": depth} if takes and spec.student.model.preset is None else {}
+            out.append((spec.student.model_for(arch, overrides), None))
+    return out
 
 
 def _keyed_checkpoint(path: str, model: ModelSpec, task: Task) -> nn.Module:

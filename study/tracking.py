@@ -87,8 +87,8 @@ FINAL_METRICS = (
     METRIC_TRAIN_SECONDS,
 )
 # Final metrics some trials log beside those: the split metrics behind test_score (AUROC for
-# binary and multi-label tasks, mean class accuracy for point clouds) and the bounds of the
-# latency p50's 95% confidence interval.
+# every classification task, mean class accuracy for point clouds, per-class summaries) and
+# the bounds of the latency p50's 95% confidence interval.
 METRIC_LATENCY_CI_LOW = "latency_ms_p50_ci_low"
 METRIC_LATENCY_CI_HIGH = "latency_ms_p50_ci_high"
 EXTRA_METRICS = (
@@ -100,6 +100,12 @@ EXTRA_METRICS = (
     METRIC_LATENCY_CI_HIGH,
     METRIC_LATENCY_ONNX_P50,
     METRIC_LATENCY_ONNX_P90,
+    # study.per_class: per split, macro-F1 and the worst class's recall; AUROC of validation.
+    "test_macro_f1",
+    "test_worst_class_recall",
+    "val_macro_f1",
+    "val_worst_class_recall",
+    "val_auroc",
 )
 # The runtimes `select --runtime` chooses on: runtime -> the trial metric of its p50 latency.
 RUNTIME_LATENCY_P50 = {"torch": METRIC_LATENCY_P50, "onnx": METRIC_LATENCY_ONNX_P50}
@@ -124,6 +130,8 @@ TAG_DATA_FINGERPRINT = "gds.data_fingerprint"
 EPOCH_METRICS = ("train_loss", "distill_loss", "epoch_val_score")
 
 TEACHER_CHECKPOINT_ARTIFACT = "teacher/teacher.pt"
+# Each trial's per-class table (study.per_class: recall, precision, F1 per class and split).
+CLASS_TABLE_ARTIFACT = "per_class.json"
 # Each trial's trained student, as written by study.export (weights, config, TorchScript), and
 # an MLflow pyfunc model in the same folder (study.pyfunc_model: MLmodel, input example).
 STUDENT_ARTIFACT_DIR = "student"

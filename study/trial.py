@@ -36,6 +36,7 @@ from study.latency_service import study_figure
 from study.models import build_model
 from study.names import trial_run_name
 from study.onnx_runtime import onnx_study_latency
+from study.per_class import TABLE_ARTIFACT, per_class_figures
 from study.pyfunc_model import add_task_pyfunc
 from study.quiet import Worker
 from study.search import trial_params
@@ -401,6 +402,9 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
         sig, lat, measured = study_figure(ctx.parent_run_id, result.model, task, spec, device)
         onnx_metrics, onnx_tags = onnx_study_latency(result.model, task, spec)
         final = {**final_metrics(result, lat), **onnx_metrics}
+        with Worker():  # per-class evaluation is compute: not while a latency is timed
+            class_table, class_figures = per_class_figures(result.model, task, device)
+        final.update(class_figures)
         # An attempt killed after logging its final metrics logged them already: not twice.
         done = client.get_run(run_id).data.metrics
         now = int(time.time() * 1000)
@@ -418,6 +422,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
             ],
             tags=[RunTag(k, str(v)) for k, v in {**tags, **onnx_tags}.items()],
         )
+        client.log_table(run_id, data=class_table, artifact_file=TABLE_ARTIFACT)
         with Worker():
             _log_student(client, run_id, spec, plan, result, task)
         status = "FINISHED"

@@ -17,7 +17,8 @@ by ``fill_study(..., encode=str)`` as runs logged before it did), ``metrics`` (f
 ``history`` (key -> list of per-epoch values, step = index), ``status`` (``FINISHED`` default,
 ``FAILED``, ``KILLED`` or ``RUNNING``), ``config_id`` (default: a hash of dataset, method and
 params, i.e. everything but the seed), ``device`` (default ``"cpu"``), ``student_arch``,
-``teacher`` (index into ``teachers``, default: the teacher of the trial's dataset), ``run_name``.
+``teacher`` (index into ``teachers``, default: the teacher of the trial's dataset), ``run_name``,
+``class_table`` (the per-class table, ``{column: values}`` as ``study.per_class`` gives it).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from study.tracking import (
+    CLASS_TABLE_ARTIFACT,
     ROLE_STUDY,
     ROLE_TEACHER,
     ROLE_TRIAL,
@@ -175,6 +177,10 @@ def fill_study(
         logged = {"method": method, "seed": seed, **params}
         metrics, history = t.get("metrics", {}), t.get("history", {})
         _log(client, run.info.run_id, logged, metrics, history, encode)
+        if "class_table" in t:  # as study.trial logs it: {column: values}
+            client.log_table(
+                run.info.run_id, data=t["class_table"], artifact_file=CLASS_TABLE_ARTIFACT
+            )
         status = t.get("status", "FINISHED")
         if status != "RUNNING":
             client.set_terminated(run.info.run_id, status)

@@ -40,7 +40,9 @@ def test_every_builtin_factory_imports_and_is_callable() -> None:
 
 
 def test_a_miss_lists_the_valid_names() -> None:
-    with pytest.raises(UserInputError, match=r"unknown method 'lspp' \(valid: at, fitnet, kd"):
+    with pytest.raises(
+        UserInputError, match=r"unknown method 'lspp' \(valid: at, edge_attention, fitnet, kd"
+    ):
         METHODS.get("lspp")
 
 

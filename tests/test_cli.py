@@ -85,7 +85,7 @@ def test_teacher_on_cora_writes_a_checkpoint_and_json(cora_teacher) -> None:
     assert n == metrics["num_params"]  # GAT has no buffers: every entry is a parameter
 
 
-@pytest.mark.parametrize("method", ["none", "kd", "fitnet", "at", "lsp"])
+@pytest.mark.parametrize("method", ["none", "kd", "fitnet", "at", "lsp", "edge_attention"])
 def test_distill_on_cora_every_method(
     cora_teacher, gds_data_root: Path, capsys: pytest.CaptureFixture, method: str
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from study.catalogs import METHODS
+from study.catalogs import METHODS, default_methods
 from study.config import (
     FaultToleranceSpec,
     config_id,
@@ -319,7 +319,7 @@ BAD = [
         "unknown method",
         _set("methods", ["none", "kdd"]),
         "methods[1]",
-        "unknown method 'kdd' (valid: at, fitnet, kd, lsp, none)",
+        "unknown method 'kdd' (valid: at, edge_attention, fitnet, kd, lsp, none)",
     ),
     (
         "unknown kernel in a choice",
@@ -517,10 +517,11 @@ BAD = [
         "unknown metric 'f1' (valid: accuracy, auroc, macro_f1, micro_f1)",
     ),
     (
-        "metric on modelnet40",
-        _set("dataset", {"name": "modelnet40", "metric": "accuracy"}),
+        "node metric on modelnet40",
+        _set("dataset", {"name": "modelnet40", "metric": "macro_f1"}),
         "dataset.metric",
-        "applies only to node tasks, but dataset 'modelnet40' is a point-cloud task",
+        "dataset 'modelnet40' is a point-cloud task; expected one of accuracy, "
+        "mean_class_accuracy, auroc",
     ),
     (
         "dataset root option",
@@ -698,7 +699,8 @@ def test_duplicate_yaml_key_names_its_line(tmp_path: Path):
 def test_defaults_and_yaml12_floats(tmp_path: Path):
     spec = load_study_spec(_write(tmp_path, MINIMAL))
     assert spec.student.train.weight_decay == 5e-4  # YAML 1.1 would read the string '5e-4'
-    assert spec.methods == METHODS.names() and spec.seeds == (0,)
+    assert spec.methods == default_methods() and spec.seeds == (0,)
+    assert "edge_attention" not in spec.methods  # opt-in: it needs students with attention
     assert spec.method_defaults["lsp"]["lambda"] == 100.0
     assert spec.method_defaults["lsp"]["kernel"] == "rbf"
     assert spec.searcher.algorithm == "tpe" and spec.num_trials == spec.searcher.num_samples
@@ -766,6 +768,7 @@ def test_shipped_num_trials_are_unchanged():
     sizes = {p.stem: load_study_spec(p).num_trials for p in SHIPPED}
     assert sizes == {
         "cora_architectures": 9,
+        "cora_edge_attention": 30,  # none, kd and 2 x 2 x 2 edge_attention, 3 seeds
         "cora_pareto": 48,
         "modelnet40_kernels": 12,
         "modelnet40_methods": 15,

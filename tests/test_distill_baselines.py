@@ -192,7 +192,7 @@ def test_attention_map_unit_norm_and_zero_safe() -> None:
 
 
 def test_catalog_names() -> None:
-    assert METHODS.names() == ("none", "kd", "fitnet", "at", "lsp")
+    assert METHODS.names() == ("none", "kd", "fitnet", "at", "lsp", "edge_attention")
     assert all(entry.description for entry in METHODS)
     assert METHODS.get("lsp").name == "lsp"
     assert KERNELS.get("rbf").name == "rbf"

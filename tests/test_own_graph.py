@@ -153,6 +153,11 @@ BAD_CASES = {
         "method_defaults.lsp.layer_map[0]",
         "within the student's 1 and the teacher's 1 hidden layers, got [3, 0]",
     ),
+    "edge_attention with a student without attention layers": (
+        {"methods": ["none", "edge_attention"]},
+        "student",
+        "exposes none (expected a gat student or a factory model with GATConv layers)",
+    ),
     "student output width": (
         {"student": {"factory": "gds_own_a:wrong_width_student", "hidden": ["conv1"]}},
         "student.factory",

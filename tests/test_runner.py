@@ -73,6 +73,11 @@ def test_study_leaves_the_mlflow_layout(
         assert ("lsp.lambda" in params) == (params["method"] == "lsp")
         for key in tr.FINAL_METRICS:
             assert key in metrics, key
+        # Per-class summaries on both splits, AUROC on both, and the per-class table.
+        for split in ("val", "test"):
+            for key in ("macro_f1", "worst_class_recall", "auroc"):
+                assert 0.0 <= metrics[f"{split}_{key}"] <= 1.0, (split, key)
+        assert tr.CLASS_TABLE_ARTIFACT in {a.path for a in client.list_artifacts(run.info.run_id)}
         assert 0.0 <= metrics[tr.METRIC_TEST] <= 1.0
         assert metrics[tr.METRIC_LATENCY_P50] <= metrics[tr.METRIC_LATENCY_P90]
         history = client.get_metric_history(run.info.run_id, "epoch_val_score")

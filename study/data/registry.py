@@ -58,7 +58,7 @@ def load_dataset(
 ) -> NodeTask | PointCloudTask:
     """The dataset a study names: a catalog entry, a user's graph file or a user's function
     (exactly one of ``name``, ``path``, ``factory``); ``metric`` overrides the headline score
-    of a node task (see :mod:`study.metrics`)."""
+    (node tasks: :mod:`study.metrics`; point clouds: accuracy, mean_class_accuracy, auroc)."""
     from study.data import user
 
     options = dict(options or {})
@@ -69,6 +69,6 @@ def load_dataset(
     if name is None:
         raise UserInputError("dataset: give one of name, path or factory")
     task = load_task(name, root=root, **options)
-    if metric is not None and isinstance(task, NodeTask):
+    if metric is not None:  # node or point-cloud headline, checked by the study's config
         task.metric = metric
     return task

@@ -20,17 +20,28 @@ from study.catalogs import (
     KERNELS,
     METHODS,
     ATParams,
+    EdgeAttentionParams,
     FitNetParams,
     KDParams,
     LSPParams,
     takes_kernel,
 )
 from study.distill.at import at_loss
+from study.distill.edge_attention import (
+    align_attention,
+    edge_attention_loss,
+    from_graph_layout,
+    gradient_edge_importance,
+    importance_log_attention,
+    to_graph_layout,
+)
 from study.distill.fitnet import FitNetAdapter, fitnet_loss
 from study.distill.kd import kd_loss
 from study.distill.lsp import local_structure, lsp_loss, union_edges
 from study.distill.params import validate_params
 from study.errors import UserInputError
+from study.layer_map import LAST, UNIFORM, resolve_layer_map
+from study.models.attention import has_attention, set_attention_recording
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
@@ -39,6 +50,8 @@ if TYPE_CHECKING:
     from study.train_config import DistillConfig
 
 LayerMap = tuple[tuple[int, int], ...]
+#: A map as a method's parameters hold it: ``"last"``, ``"uniform"`` or explicit pairs.
+LayerMapValue = str | LayerMap
 
 
 class DistillMethod:
@@ -66,6 +79,10 @@ class DistillMethod:
     def active(self, epoch: int) -> bool:
         """Whether the term is added in ``epoch`` (0-based)."""
         return True
+
+    def prepare(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Called once before training with both models: a method that reads more of them
+        than hidden features (attention) turns it on here."""
 
     def precompute(self, teacher: ModelOutput, graph: Data) -> list[Tensor]:
         """What :meth:`term` reads of the teacher on a fixed graph, computed once (under
@@ -141,22 +158,46 @@ class KnowledgeDistillation(DistillMethod):
         )
 
 
-class _LayerPairs(DistillMethod):
-    """A method comparing hidden layers pair by pair (``layer_map``), weighted by ``lambda``;
-    its term is the sum over the pairs."""
+def resolve_pairs(layer_map: LayerMapValue, student_layers: int, teacher_layers: int) -> LayerMap:
+    """:func:`study.layer_map.resolve_layer_map` with its error as a :class:`UserInputError`."""
+    try:
+        return resolve_layer_map(layer_map, student_layers, teacher_layers)
+    except ValueError as err:
+        raise UserInputError(f"layer_map: {err}", key="layer_map") from None
 
-    def __init__(self, lambda_: float, layer_map: LayerMap) -> None:
+
+def teacher_layers_read(layer_map: LayerMapValue, teacher_layers: int) -> list[int]:
+    """The teacher layers (non-negative) a map can pair, known without the student's depth:
+    every layer for ``uniform``, else those the map names."""
+    if layer_map == UNIFORM:
+        return list(range(teacher_layers))
+    if layer_map == LAST:
+        return [teacher_layers - 1]
+    assert not isinstance(layer_map, str)
+    return [int(t) % teacher_layers for _, t in layer_map]
+
+
+class _LayerPairs(DistillMethod):
+    """A method comparing hidden layers pair by pair (``layer_map``: ``last``, ``uniform`` or
+    explicit pairs, see :mod:`study.layer_map`), weighted by ``lambda``; its term is the sum
+    over the pairs."""
+
+    def __init__(self, lambda_: float, layer_map: LayerMapValue) -> None:
         self.lambda_ = lambda_
         self.layer_map = layer_map
 
     def weights(self) -> tuple[float, float]:
         return 1.0, self.lambda_
 
+    def pairs(self, student_layers: int, teacher_layers: int) -> LayerMap:
+        """``layer_map`` resolved for models of these depths (non-negative indices)."""
+        return resolve_pairs(self.layer_map, student_layers, teacher_layers)
+
     def _pairs(
         self, student: ModelOutput, teacher: ModelOutput
     ) -> Iterator[tuple[int, Tensor, Tensor]]:
         """``(pair index, z_s [N, F_s], z_t [N, F_t])`` for every pair of ``layer_map``."""
-        for pair, (s, t) in enumerate(self.layer_map):
+        for pair, (s, t) in enumerate(self.pairs(len(student.hidden), len(teacher.hidden))):
             yield pair, student.hidden[s], teacher.hidden[t]
 
 
@@ -171,9 +212,8 @@ class FitNet(_LayerPairs):
     def make_adapters(
         self, student_widths: Sequence[int], teacher_widths: Sequence[int]
     ) -> nn.ModuleList:
-        return nn.ModuleList(
-            FitNetAdapter(student_widths[s], teacher_widths[t]) for s, t in self.layer_map
-        )
+        pairs = self.pairs(len(student_widths), len(teacher_widths))
+        return nn.ModuleList(FitNetAdapter(student_widths[s], teacher_widths[t]) for s, t in pairs)
 
     def term(
         self,
@@ -231,7 +271,9 @@ class LocalStructurePreserving(_LayerPairs):
         return self.lsp_until_epoch is None or epoch < self.lsp_until_epoch
 
     def precompute(self, teacher: ModelOutput, graph: Data) -> list[Tensor]:
-        """The teacher's ``[E]`` log local structure per layer pair."""
+        """The teacher's ``[E]`` log local structure of every layer the map may pair
+        (:func:`teacher_layers_read`: one per pair of an explicit map, every layer for
+        ``uniform``, whose pairs depend on the student's depth)."""
         return [
             local_structure(
                 teacher.hidden[t],
@@ -240,7 +282,7 @@ class LocalStructurePreserving(_LayerPairs):
                 num_nodes=graph.num_nodes,
                 **self.kernel_params,
             )
-            for _, t in self.layer_map
+            for t in teacher_layers_read(self.layer_map, len(teacher.hidden))
         ]
 
     def term(
@@ -253,8 +295,10 @@ class LocalStructurePreserving(_LayerPairs):
         **_: Any,
     ) -> Tensor:
         terms = []
+        pairs = self.pairs(len(student.hidden), len(teacher.hidden))
+        read = teacher_layers_read(self.layer_map, len(teacher.hidden))
         for pair, z_s, z_t in self._pairs(student, teacher):
-            s_idx, t_idx = self.layer_map[pair]
+            s_idx, t_idx = pairs[pair]
             kwargs: dict[str, Any] = dict(
                 kernel=self.kernel,
                 direction=self.direction,
@@ -270,8 +314,99 @@ class LocalStructurePreserving(_LayerPairs):
                 continue
             if edge_index is None:
                 raise ValueError("lsp on a fixed graph needs its edge_index")
-            log_t = precomputed[pair] if precomputed else None
+            log_t = precomputed[read.index(t_idx)] if precomputed else None
             terms.append(lsp_loss(z_s, z_t, edge_index, teacher_log_ls=log_t, **kwargs))
+        return torch.stack(terms).sum()
+
+
+class EdgeAttention(DistillMethod):
+    """Edge-attention distillation (:mod:`study.distill.edge_attention`): per-target KL between
+    the student's attention over incoming edges and the teacher's attention (or its
+    gradient-based edge importance), summed over the ``layer_map`` pairs of attention layers.
+
+    The teacher's side is precomputed once per graph, laid out on the graph's edges and
+    self-loops (two tensors per teacher layer read), so that batches of graphs concatenate.
+    """
+
+    def __init__(self, params: EdgeAttentionParams) -> None:
+        self.lambda_ = params.lambda_
+        self.direction = params.direction
+        self.heads = params.heads
+        self.gradient = params.teacher_source == "gradient"
+        self.floor = params.floor
+        self.layer_map: LayerMapValue = params.layer_map
+        self._teacher: nn.Module | None = None
+        self._teacher_layers = 1  # attention layers of the teacher (1: gradient importance)
+
+    def weights(self) -> tuple[float, float]:
+        return 1.0, self.lambda_
+
+    def prepare(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        # Studies refuse these at validation; this says the same to direct library callers.
+        if not has_attention(student):
+            raise UserInputError(
+                f"edge_attention: the student ({type(student).__name__}) has no attention layers "
+                "(expected a gat student or a model built of GATConv/GATv2Conv layers)"
+            )
+        if teacher is not None and not self.gradient and not has_attention(teacher):
+            raise UserInputError(
+                f"edge_attention: the teacher ({type(teacher).__name__}) has no attention layers; "
+                "expected teacher_source: gradient"
+            )
+        # The student's attention is read only by this term: its evaluation and latency keep
+        # nothing; the frozen teacher runs in eval mode.
+        set_attention_recording(student, True, training_only=True)
+        if teacher is not None and not self.gradient:
+            set_attention_recording(teacher, True)
+        self._teacher = teacher
+
+    def precompute(self, teacher: ModelOutput, graph: Data) -> list[Tensor]:
+        """Per teacher layer read: its log-attention on the graph's ``[E, H]`` edges and
+        ``[N, H]`` self-loops (NaN where it has none)."""
+        n = int(graph.num_nodes)
+        if self.gradient:
+            if self._teacher is None:
+                raise ValueError("edge_attention: gradient importance needs the teacher (prepare)")
+            g = gradient_edge_importance(self._teacher, graph.x, graph.edge_index)
+            log_t = importance_log_attention(g, graph.edge_index, n, floor=self.floor)
+            return [log_t, log_t.new_full((n, 1), float("nan"))]
+        if teacher.attention is None:
+            raise ValueError(
+                "edge_attention: the teacher exposes no attention (use teacher_source: gradient)"
+            )
+        layers = teacher.attention()
+        self._teacher_layers = len(layers)
+        out: list[Tensor] = []
+        for t in teacher_layers_read(self.layer_map, len(layers)):
+            out += to_graph_layout(graph.edge_index, n, *layers[t])
+        return out
+
+    def term(
+        self,
+        student: ModelOutput,
+        teacher: ModelOutput,
+        *,
+        edge_index: Tensor | None,
+        precomputed: list[Tensor],
+        **_: Any,
+    ) -> Tensor:
+        if edge_index is None or not precomputed:
+            raise ValueError("edge_attention needs a fixed graph (node tasks)")
+        if student.attention is None:
+            raise ValueError("edge_attention: the student exposes no attention")
+        layers = student.attention()
+        n = precomputed[1].shape[0]  # rows of the self-loop part: the batch's nodes
+        read = [0] if self.gradient else teacher_layers_read(self.layer_map, self._teacher_layers)
+        terms = []
+        for s, t in resolve_pairs(self.layer_map, len(layers), self._teacher_layers):
+            k = read.index(t)
+            edges_t, log_t = from_graph_layout(edge_index, n, *precomputed[2 * k : 2 * k + 2])
+            edges, log_s, log_t = align_attention(*layers[s], edges_t, log_t, n, floor=self.floor)
+            terms.append(
+                edge_attention_loss(
+                    log_s, log_t, edges, direction=self.direction, heads=self.heads, num_nodes=n
+                )
+            )
         return torch.stack(terms).sum()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -21,8 +22,15 @@ class ModelOutput:
         edge_indices: for dynamic-graph models (DGCNN), the ``[2, E_l]`` kNN graph each layer
             aggregated over, in the same flat indexing as ``hidden`` (source row 0, target row 1);
             ``None`` for models on a fixed input graph.
+        attention: for models with graph-attention layers whose attention recording is on
+            (:mod:`study.models.attention`), a function returning one ``(edge_index [2, E_l],
+            log_alpha [E_l, H_l])`` per attention layer, in forward order: the edges the layer
+            attended over (its own self-loops included) and its per-head log-attention, a
+            distribution over each target's incoming edges. Computed when called, not in the
+            forward; ``None`` otherwise.
     """
 
     logits: Tensor | None
     hidden: list[Tensor]
     edge_indices: list[Tensor] | None = field(default=None)
+    attention: Callable[[], list[tuple[Tensor, Tensor]]] | None = field(default=None)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATConv
 
 from study.errors import UserInputError
+from study.models.attention import AttentionRecorder
 from study.models.base import ModelOutput
 
 
@@ -44,6 +45,9 @@ class GAT(nn.Module):
     holds, for every layer before the last, its output after ELU (``[N, hidden[l] * heads[l]]``);
     with a single layer, ``hidden == [logits]`` so a layer map always finds something to match.
     The default layer map pairs the last entries: the teacher's and student's last hidden layers.
+    With attention recording on (:func:`study.models.attention.set_attention_recording`, what
+    ``edge_attention`` does), ``attention`` gives every layer's log-attention, one per
+    ``GATConv``; off (the default) the forward keeps nothing more.
     """
 
     def __init__(
@@ -80,6 +84,8 @@ class GAT(nn.Module):
                 )
             )
             width_in = per_head * num_heads
+        #: Reads the layers' attention when a method asks (``ModelOutput.attention``).
+        self.attention_recorder = AttentionRecorder(self)
         self.spec: dict = {
             "arch": "gat",
             "in_channels": int(in_channels),
@@ -103,6 +109,7 @@ class GAT(nn.Module):
         """
         hidden: list[Tensor] = []
         last = len(self.convs) - 1
+        self.attention_recorder.start()
         for layer, conv in enumerate(self.convs):
             x = F.dropout(x, p=self.dropout, training=self.training)
             x = conv(x, edge_index)
@@ -111,7 +118,8 @@ class GAT(nn.Module):
                 hidden.append(x)
         if not self.concat_last:
             x = x.view(x.shape[0], self.heads[-1], -1).mean(dim=1)
-        return ModelOutput(logits=x, hidden=hidden or [x])
+        attention = self.attention_recorder.take()
+        return ModelOutput(logits=x, hidden=hidden or [x], attention=attention)
 
 
 def _check_widths(

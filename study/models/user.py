@@ -10,6 +10,12 @@ where its signature takes them, and returns a ``torch.nn.Module`` whose ``forwar
 edge_index)`` returns ``[N, C]`` logits. :class:`HookedModel` wraps it so that it returns a
 :class:`~study.models.base.ModelOutput` like the built-in models, with ``hidden`` the outputs of
 the named submodules (``model.named_modules()`` names) in the order given.
+
+Attention (for ``edge_attention``): a user model exposes it when it is built of PyG ``GATConv``
+or ``GATv2Conv`` layers; a hook reads each one's attention over its incoming edges, in the
+order the layers run (:mod:`study.models.attention`), so the class needs no change and no key
+names them. A model without such layers has no attention: ``edge_attention`` then refuses it as
+a student, and needs ``teacher_source: gradient`` for it as a teacher.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch import Tensor, nn
 
 from study.catalog import check_options, import_factory
 from study.errors import UserInputError, one_line, state_dict_mismatch
+from study.models.attention import AttentionRecorder
 from study.models.base import ModelOutput
 
 #: What ``spec["arch"]`` says for a user model, so that checkpoints and exports tell it apart.
@@ -57,6 +64,8 @@ class HookedModel(nn.Module):
             )
         self._captured: dict[str, Tensor] = {}
         self._recording = False
+        #: Reads the attention of the user's GATConv/GATv2Conv layers when a method asks.
+        self.attention_recorder = AttentionRecorder(module)
         for name in self.hidden_names:
             named[name].register_forward_hook(_Capture(self, name))
 
@@ -64,6 +73,7 @@ class HookedModel(nn.Module):
         """``x [N, F_in]``, ``edge_index [2, E]`` -> logits ``[N, C]`` and the hooked features."""
         self._captured.clear()
         self._recording = True
+        self.attention_recorder.start()
         try:
             logits = self.module(x, edge_index)
         finally:
@@ -86,7 +96,8 @@ class HookedModel(nn.Module):
                 )
             hidden.append(out)
         self._captured.clear()  # no reference to activations outlives the forward
-        return ModelOutput(logits=logits, hidden=hidden or [logits])
+        attention = self.attention_recorder.take()
+        return ModelOutput(logits=logits, hidden=hidden or [logits], attention=attention)
 
     def load_user_state_dict(self, state: Mapping[str, Any], source: str) -> None:
         """Load the user's own ``state_dict`` (keys as ``module.state_dict()`` has them)."""
