@@ -5,7 +5,8 @@ study keeps one figure per *signature* (:func:`signature`: the model's ``spec``,
 shapes, the device name, the CPU threads and the timing settings): the first trial whose student
 has a signature measures it, in a :func:`study.quiet.measurement_window` (every trial on the
 machine paused at an epoch's end), repeated until the p50's 95% confidence interval lies within
-``latency.tolerance`` (:func:`study.latency.measure_until_stable`), or marked unstable; every
+``latency.tolerance`` (:func:`study.latency.measure_until_stable`), or marked unstable, and
+timed under ONNX Runtime in the same window (:class:`Figure`); every
 later trial with that signature reads the same figure from the study's :class:`LatencyCache`
 actor. So the objective a searcher sees, the figure the report draws and the one ``select``
 compares with a budget are one number. A resumed study seeds its cache from the figures its
@@ -18,8 +19,8 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import ray
 import torch
@@ -38,6 +39,32 @@ CLAIM_TIMEOUT = 900.0
 _WAIT_SECONDS = 0.2
 
 HIT, MEASURE, WAIT = "hit", "measure", "wait"
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """What a study measures once per signature: the PyTorch latency, and the other runtimes'
+    and serving figures measured in the same quiet window (``extra_metrics``/``extra_tags``,
+    logged as they are: ONNX Runtime)."""
+
+    latency: LatencyResult
+    extra_metrics: dict[str, float] = field(default_factory=dict)
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """The figures as trial metrics (the PyTorch p50/p90 and CI, then the extras)."""
+        lat = self.latency
+        return {
+            tr.METRIC_LATENCY_P50: lat.p50_ms,
+            tr.METRIC_LATENCY_P90: lat.p90_ms,
+            tr.METRIC_LATENCY_CI_LOW: lat.p50_ci_low_ms,
+            tr.METRIC_LATENCY_CI_HIGH: lat.p50_ci_high_ms,
+            **self.extra_metrics,
+        }
+
+    def tags(self) -> dict[str, str]:
+        return {**self.latency.as_tags(), **self.extra_tags}
 
 
 class FigureCache:
@@ -45,13 +72,13 @@ class FigureCache:
     Runs as the Ray actor :data:`LatencyCache`."""
 
     def __init__(
-        self, seeded: dict[str, LatencyResult], clock: Callable[[], float] = time.monotonic
+        self, seeded: dict[str, Figure], clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.clock = clock
         self.figures = dict(seeded)
         self.claims: dict[str, float] = {}
 
-    def claim(self, sig: str) -> tuple[str, LatencyResult | None]:
+    def claim(self, sig: str) -> tuple[str, Figure | None]:
         """``(HIT, figure)``; ``(MEASURE, None)``: the caller measures and :meth:`put`s it;
         ``(WAIT, None)``: another trial is measuring it, ask again."""
         if sig in self.figures:
@@ -62,7 +89,7 @@ class FigureCache:
         self.claims[sig] = now
         return MEASURE, None
 
-    def put(self, sig: str, figure: LatencyResult) -> LatencyResult:
+    def put(self, sig: str, figure: Figure) -> Figure:
         """Store a measured figure (the first one wins) and return the stored one."""
         self.claims.pop(sig, None)
         return self.figures.setdefault(sig, figure)
@@ -71,7 +98,7 @@ class FigureCache:
         """Give a claim back (its measurement failed): the next trial measures."""
         self.claims.pop(sig, None)
 
-    def snapshot(self) -> dict[str, LatencyResult]:
+    def snapshot(self) -> dict[str, Figure]:
         return dict(self.figures)
 
 
@@ -83,7 +110,7 @@ def cache_name(parent_run_id: str) -> str:
     return f"gds-latency-{parent_run_id}"
 
 
-def start_cache(parent_run_id: str, seeded: dict[str, LatencyResult]) -> Any:
+def start_cache(parent_run_id: str, seeded: dict[str, Figure]) -> Any:
     """Create the study's cache actor (in the driver, after Ray started); returns its handle,
     which must be kept alive for the study's duration."""
     return LatencyCache.options(name=cache_name(parent_run_id), get_if_exists=True).remote(seeded)
@@ -105,6 +132,7 @@ def signature(model: nn.Module, task: Task, spec: StudySpec, device: str) -> str
             "warmup": spec.latency.warmup,
             "tolerance": spec.latency.tolerance,
             "quiet": spec.latency.quiet,
+            "onnx": spec.latency.onnx,
         },
     }
     text = json.dumps(key, sort_keys=True, default=str)
@@ -114,16 +142,40 @@ def signature(model: nn.Module, task: Task, spec: StudySpec, device: str) -> str
 def quiet_latency(model: nn.Module, task: Task, spec: StudySpec, device: str) -> LatencyResult:
     """:func:`study.context.study_latency` in a quiet window (when ``latency.quiet``); the
     result's ``quiet`` says whether the window was quiet."""
-    if not spec.latency.quiet:
-        return replace(study_latency(model, task, spec, device), quiet=False)
-    with measurement_window() as window:
+    lat, quiet = _in_window(spec, lambda: study_latency(model, task, spec, device))
+    return replace(lat, quiet=quiet)
+
+
+def measure_figure(model: nn.Module, task: Task, spec: StudySpec, device: str) -> Figure:
+    """A student's :class:`Figure`: PyTorch on ``device``, and ONNX Runtime on CPU unless
+    ``latency.onnx`` is off, in one quiet window (when ``latency.quiet``)."""
+
+    def measure() -> Figure:
         lat = study_latency(model, task, spec, device)
-    return replace(lat, quiet=window.quiet)
+        if not spec.latency.onnx:
+            return Figure(lat, {}, {tr.TAG_ONNX: "off (latency.onnx: false)"})
+        from study.onnx_runtime import onnx_figures  # onnxruntime only when asked
+
+        s = spec.latency
+        metrics, tags = onnx_figures(model, latency_input(task), s.repeats, s.warmup, s.threads)
+        return Figure(lat, metrics, tags)
+
+    figure, quiet = _in_window(spec, measure)
+    return replace(figure, latency=replace(figure.latency, quiet=quiet))
+
+
+def _in_window(spec: StudySpec, measure: Callable[[], _T]) -> tuple[_T, bool]:
+    """``measure()`` in a quiet window when ``latency.quiet``; and whether it was quiet."""
+    if not spec.latency.quiet:
+        return measure(), False
+    with measurement_window() as window:
+        out = measure()
+    return out, window.quiet
 
 
 def study_figure(
     parent_run_id: str, model: nn.Module, task: Task, spec: StudySpec, device: str
-) -> tuple[str, LatencyResult, bool]:
+) -> tuple[str, Figure, bool]:
     """The study's figure for ``model``: ``(signature, figure, measured_here)``.
 
     Reads the study's cache actor; without one (a trial run outside a study) it measures.
@@ -132,9 +184,9 @@ def study_figure(
     try:
         cache = ray.get_actor(cache_name(parent_run_id))
     except ValueError:  # no study cache: measure, uncached
-        return sig, quiet_latency(model, task, spec, device), True
+        return sig, measure_figure(model, task, spec, device), True
     while True:
-        answer: tuple[str, LatencyResult | None] = ray.get(cache.claim.remote(sig))  # type: ignore[assignment]
+        answer: tuple[str, Figure | None] = ray.get(cache.claim.remote(sig))  # type: ignore[assignment]
         state, figure = answer
         if state == HIT:
             assert figure is not None
@@ -143,7 +195,7 @@ def study_figure(
             break
         time.sleep(_WAIT_SECONDS)
     try:
-        measured = quiet_latency(model, task, spec, device)
+        measured = measure_figure(model, task, spec, device)
     except BaseException:
         cache.release.remote(sig)
         raise
@@ -152,7 +204,7 @@ def study_figure(
 
 def logged_figures(
     client: MlflowClient, experiment_id: str, parent_run_id: str
-) -> dict[str, LatencyResult]:
+) -> dict[str, Figure]:
     """The figures a study's finished trials logged, by signature (to seed a resumed study)."""
     runs = client.search_runs(
         [experiment_id],
@@ -162,9 +214,13 @@ def logged_figures(
         ),
         max_results=50_000,
     )
-    out: dict[str, LatencyResult] = {}
+    out: dict[str, Figure] = {}
     for run in runs:
         sig = run.data.tags.get(tr.TAG_LATENCY_SIGNATURE)
-        if sig and tr.METRIC_LATENCY_P50 in run.data.metrics:
-            out.setdefault(sig, LatencyResult.from_logged(run.data.metrics, run.data.tags))
+        metrics, tags = run.data.metrics, run.data.tags
+        if sig and tr.METRIC_LATENCY_P50 in metrics:
+            extra = {k: metrics[k] for k in tr.EXTRA_LATENCY_METRICS if k in metrics}
+            extra_tags = {k: tags[k] for k in tr.EXTRA_LATENCY_TAGS if k in tags}
+            lat = LatencyResult.from_logged(metrics, tags)
+            out.setdefault(sig, Figure(lat, extra, extra_tags))
     return out

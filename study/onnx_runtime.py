@@ -143,39 +143,18 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def onnx_study_latency(
-    model: nn.Module, task: object, spec: object
+def onnx_figures(
+    model: nn.Module, inputs: Sequence[Tensor], repeats: int, warmup: int, threads: int
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """A trial's ONNX Runtime figures: ``(metrics, tags)`` to log beside the PyTorch ones.
-
-    The model is exported as a :class:`study.quiet.Worker` (work, like training: a measurement
-    elsewhere waits for it), then timed on CPU on the study's latency input
-    (:func:`study.context.latency_input`) with the study's ``repeats``/``warmup``/``threads``,
-    in a quiet window when ``latency.quiet`` (:func:`study.quiet.measurement_window`). Call it
-    outside a ``Worker`` block. Unlike the PyTorch figure it is measured by every trial (not
-    cached per architecture) with one round of repeats. When the model does not export, or the
-    study sets ``latency.onnx: false``, there are no metrics and the tag
-    :data:`study.tracking.TAG_ONNX` says why.
-    """
+    """A student's ONNX Runtime figures on ``inputs``: ``(metrics, tags)`` to log beside the
+    PyTorch ones (the caller provides the quiet: study.latency_service). When the model does
+    not export there are no metrics and the tag :data:`study.tracking.TAG_ONNX` says why."""
     from study import tracking as tr
-    from study.context import latency_input
-    from study.quiet import Worker, measurement_window
 
-    settings = spec.latency  # type: ignore[attr-defined]
-    if not getattr(settings, "onnx", True):
-        return {}, {tr.TAG_ONNX: "off (latency.onnx: false)"}
     try:
-        with Worker():
-            onnx_model = export_onnx(model, latency_input(task), threads=settings.threads)  # type: ignore[arg-type]
+        onnx_model = export_onnx(model, inputs, threads=threads)
     except OnnxUnavailable as err:
         return {}, {tr.TAG_ONNX: f"unavailable: {err}"[:500]}
-    args = (onnx_model, settings.repeats, settings.warmup, settings.threads)
-    quiet = False
-    if getattr(settings, "quiet", False):
-        with measurement_window() as window:
-            lat = time_onnx(*args)
-        quiet = window.quiet
-    else:
-        lat = time_onnx(*args)
+    lat = time_onnx(onnx_model, repeats, warmup, threads)
     metrics = {tr.METRIC_LATENCY_ONNX_P50: lat.p50_ms, tr.METRIC_LATENCY_ONNX_P90: lat.p90_ms}
-    return metrics, {tr.TAG_ONNX: "measured" + (" (quiet)" if quiet else " (not quiet)")}
+    return metrics, {tr.TAG_ONNX: "measured"}

@@ -72,12 +72,15 @@ METRIC_LATENCY_P50 = "latency_ms_p50"
 METRIC_LATENCY_P90 = "latency_ms_p90"
 METRIC_PARAMS = "num_params"
 METRIC_TRAIN_SECONDS = "train_seconds"
-# The same input timed under ONNX Runtime on CPU (study.onnx_runtime; in the trial, not yet
-# through study.latency_service), and the
-# trial tag that says "measured" or why there is no such figure.
+# The same input timed under ONNX Runtime on CPU (study.onnx_runtime, once per architecture
+# through study.latency_service), and the trial tag that says "measured" or why there is none.
 METRIC_LATENCY_ONNX_P50 = "latency_onnx_ms_p50"
 METRIC_LATENCY_ONNX_P90 = "latency_onnx_ms_p90"
 TAG_ONNX = "gds.onnx"
+# What a study measures once per architecture beside the PyTorch figure, logged by each trial
+# (study.latency_service.Figure): a resumed study reads them back.
+EXTRA_LATENCY_METRICS = (METRIC_LATENCY_ONNX_P50, METRIC_LATENCY_ONNX_P90)
+EXTRA_LATENCY_TAGS = (TAG_ONNX,)
 FINAL_METRICS = (
     METRIC_VAL,
     METRIC_TEST,

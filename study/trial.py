@@ -31,11 +31,10 @@ from study.config import StudySpec, TrialPlan, resolve_trial
 from study.context import StudyContext, latency_input, load_study_task, trial_device
 from study.data.base import Task, io_channels
 from study.export import export_student
-from study.latency import LatencyResult, count_parameters
-from study.latency_service import study_figure
+from study.latency import count_parameters
+from study.latency_service import Figure, study_figure
 from study.models import build_model
 from study.names import trial_run_name
-from study.onnx_runtime import onnx_study_latency
 from study.per_class import TABLE_ARTIFACT, per_class_figures
 from study.pyfunc_model import add_task_pyfunc
 from study.quiet import Worker
@@ -253,15 +252,13 @@ class EpochReporter:
             tune.report(report)
 
 
-def final_metrics(result: TrainResult, lat: LatencyResult) -> dict[str, float]:
-    """What a finished trial logs once: scores, latency, size, training time, split metrics."""
+def final_metrics(result: TrainResult, figure: Figure) -> dict[str, float]:
+    """What a finished trial logs once: scores, the study's latency figures for its
+    architecture, size, training time, split metrics."""
     return {
         tr.METRIC_VAL: result.val_score,
         tr.METRIC_TEST: result.test_score,
-        tr.METRIC_LATENCY_P50: lat.p50_ms,
-        tr.METRIC_LATENCY_P90: lat.p90_ms,
-        tr.METRIC_LATENCY_CI_LOW: lat.p50_ci_low_ms,
-        tr.METRIC_LATENCY_CI_HIGH: lat.p50_ci_high_ms,
+        **figure.metrics(),
         tr.METRIC_PARAMS: float(count_parameters(result.model)),
         tr.METRIC_TRAIN_SECONDS: result.train_seconds,
         **{f"test_{k}": v for k, v in result.test_metrics.items() if k != "score"},
@@ -400,8 +397,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
             return
         # Timed outside the Worker (a measurement waits for every Worker on the machine).
         sig, lat, measured = study_figure(ctx.parent_run_id, result.model, task, spec, device)
-        onnx_metrics, onnx_tags = onnx_study_latency(result.model, task, spec)
-        final = {**final_metrics(result, lat), **onnx_metrics}
+        final = final_metrics(result, lat)
         with Worker():  # per-class evaluation is compute: not while a latency is timed
             class_table, class_figures = per_class_figures(result.model, task, device)
         final.update(class_figures)
@@ -409,7 +405,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
         done = client.get_run(run_id).data.metrics
         now = int(time.time() * 1000)
         tags = {
-            **lat.as_tags(),
+            **lat.tags(),
             tr.TAG_LATENCY_SIGNATURE: sig,
             tr.TAG_LATENCY_SOURCE: "measured" if measured else "cached",
         }
@@ -420,7 +416,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
                 for k, v in final.items()
                 if k not in done
             ],
-            tags=[RunTag(k, str(v)) for k, v in {**tags, **onnx_tags}.items()],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
         )
         client.log_table(run_id, data=class_table, artifact_file=TABLE_ARTIFACT)
         with Worker():

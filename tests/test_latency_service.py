@@ -99,5 +99,6 @@ def test_resumed_study_is_seeded_with_its_logged_figures(tmp_path: Path) -> None
         client.set_tag(done, key, value)
     seeded = logged_figures(client, ids["experiment_id"], ids["parent_run_id"])
     assert set(seeded) == {"sig-a"}
-    assert seeded["sig-a"].p50_ms == 7.5
-    assert seeded["sig-a"].p50_ci_high_ms == fig.p50_ci_high_ms
+    assert seeded["sig-a"].latency.p50_ms == 7.5
+    assert seeded["sig-a"].latency.p50_ci_high_ms == fig.p50_ci_high_ms
+    assert seeded["sig-a"].metrics()[tr.METRIC_LATENCY_P50] == 7.5

@@ -92,6 +92,9 @@ def test_study_leaves_the_mlflow_layout(
     # and read from the study's cache by the other three; its p50's CI logged beside it.
     assert len({r.data.tags[tr.TAG_LATENCY_SIGNATURE] for r in trials}) == 1
     assert len({r.data.metrics[tr.METRIC_LATENCY_P50] for r in trials}) == 1
+    # ONNX Runtime's figure comes in the same bundle: measured once too.
+    assert {r.data.tags[tr.TAG_ONNX] for r in trials} == {"measured"}
+    assert len({r.data.metrics[tr.METRIC_LATENCY_ONNX_P50] for r in trials}) == 1
     sources = sorted(r.data.tags[tr.TAG_LATENCY_SOURCE] for r in trials)
     assert sources == ["cached", "cached", "cached", "measured"]
     for run in trials:
