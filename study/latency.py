@@ -36,6 +36,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -262,9 +263,10 @@ def median_ci(
     if n == 0:
         raise UserInputError("median_ci: no times")
     # The largest l with P(B <= l - 1) <= (1 - confidence) / 2, 1-based; u = n - l + 1 by
-    # symmetry. Exact binomial sums (integers) for any n.
-    tail, below, low = (1.0 - confidence) / 2 * 2**n, 0, 0
-    while low < n and below + math.comb(n, low) <= tail:
+    # symmetry. Exact integers throughout (2**n overflows a float past n = 1023).
+    alpha = Fraction(1.0 - confidence).limit_denominator(10**6) / 2
+    below, low, total = 0, 0, 2**n
+    while low < n and (below + math.comb(n, low)) * alpha.denominator <= alpha.numerator * total:
         below += math.comb(n, low)
         low += 1
     if low < 1:

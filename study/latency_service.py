@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import ray
 import torch
@@ -148,17 +148,22 @@ def quiet_latency(model: nn.Module, task: Task, spec: StudySpec, device: str) ->
 
 def measure_figure(model: nn.Module, task: Task, spec: StudySpec, device: str) -> Figure:
     """A student's :class:`Figure`: PyTorch on ``device``, and ONNX Runtime on CPU unless
-    ``latency.onnx`` is off, in one quiet window (when ``latency.quiet``)."""
+    ``latency.onnx`` is off, timed in one quiet window (when ``latency.quiet``); the ONNX export
+    is work, done before the window."""
+    s = spec.latency
+    onnx_model, onnx_tags = None, {tr.TAG_ONNX: "off (latency.onnx: false)"}
+    if s.onnx:
+        from study.onnx_runtime import prepare_onnx  # onnxruntime only when asked
+
+        onnx_model, onnx_tags = prepare_onnx(model, latency_input(task), s.threads)
 
     def measure() -> Figure:
         lat = study_latency(model, task, spec, device)
-        if not spec.latency.onnx:
-            return Figure(lat, {}, {tr.TAG_ONNX: "off (latency.onnx: false)"})
-        from study.onnx_runtime import onnx_figures  # onnxruntime only when asked
+        if onnx_model is None:
+            return Figure(lat, {}, onnx_tags)
+        from study.onnx_runtime import onnx_metrics
 
-        s = spec.latency
-        metrics, tags = onnx_figures(model, latency_input(task), s.repeats, s.warmup, s.threads)
-        return Figure(lat, metrics, tags)
+        return Figure(lat, onnx_metrics(onnx_model, s.repeats, s.warmup, s.threads), onnx_tags)
 
     figure, quiet = _in_window(spec, measure)
     return replace(figure, latency=replace(figure.latency, quiet=quiet))
@@ -186,8 +191,7 @@ def study_figure(
     except ValueError:  # no study cache: measure, uncached
         return sig, measure_figure(model, task, spec, device), True
     while True:
-        answer: tuple[str, Figure | None] = ray.get(cache.claim.remote(sig))  # type: ignore[assignment]
-        state, figure = answer
+        state, figure = cast(tuple[str, Figure | None], ray.get(cache.claim.remote(sig)))
         if state == HIT:
             assert figure is not None
             return sig, figure, False
@@ -205,12 +209,13 @@ def study_figure(
 def logged_figures(
     client: MlflowClient, experiment_id: str, parent_run_id: str
 ) -> dict[str, Figure]:
-    """The figures a study's finished trials logged, by signature (to seed a resumed study)."""
+    """The figures a study's trials logged, by signature (to seed a resumed study): finished
+    ones, and interrupted ones that got as far as logging their figure."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=(
             f"tags.`{tr.TAG_PARENT}` = '{parent_run_id}' and tags.`{tr.TAG_ROLE}` = "
-            f"'{tr.ROLE_TRIAL}' and attributes.status = 'FINISHED'"
+            f"'{tr.ROLE_TRIAL}'"
         ),
         max_results=50_000,
     )

@@ -143,18 +143,24 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def onnx_figures(
-    model: nn.Module, inputs: Sequence[Tensor], repeats: int, warmup: int, threads: int
-) -> tuple[dict[str, float], dict[str, str]]:
-    """A student's ONNX Runtime figures on ``inputs``: ``(metrics, tags)`` to log beside the
-    PyTorch ones (the caller provides the quiet: study.latency_service). When the model does
-    not export there are no metrics and the tag :data:`study.tracking.TAG_ONNX` says why."""
+def prepare_onnx(
+    model: nn.Module, inputs: Sequence[Tensor], threads: int
+) -> tuple[OnnxModel | None, dict[str, str]]:
+    """Export ``model`` for ONNX Runtime (work: outside a quiet window); the tag
+    :data:`study.tracking.TAG_ONNX` says "measured" or why there will be no figure."""
     from study import tracking as tr
 
     try:
-        onnx_model = export_onnx(model, inputs, threads=threads)
+        return export_onnx(model, inputs, threads=threads), {tr.TAG_ONNX: "measured"}
     except OnnxUnavailable as err:
-        return {}, {tr.TAG_ONNX: f"unavailable: {err}"[:500]}
+        return None, {tr.TAG_ONNX: f"unavailable: {err}"[:500]}
+
+
+def onnx_metrics(
+    onnx_model: OnnxModel, repeats: int, warmup: int, threads: int
+) -> dict[str, float]:
+    """Time an exported model (inside the caller's quiet window): its p50/p90 metrics."""
+    from study import tracking as tr
+
     lat = time_onnx(onnx_model, repeats, warmup, threads)
-    metrics = {tr.METRIC_LATENCY_ONNX_P50: lat.p50_ms, tr.METRIC_LATENCY_ONNX_P90: lat.p90_ms}
-    return metrics, {tr.TAG_ONNX: "measured"}
+    return {tr.METRIC_LATENCY_ONNX_P50: lat.p50_ms, tr.METRIC_LATENCY_ONNX_P90: lat.p90_ms}

@@ -160,11 +160,13 @@ def measure(client: Any, name: str, version: Any, task: Any, spec: Any, runtime:
 
     number = str(version.version)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            model = export.load(_download(client, name, number, Path(tmp)))
-            score = float(evaluate(model, task, "val", with_auroc=False)["score"])
-        except Exception as err:  # noqa: BLE001 - a model that cannot run here is an outcome
-            return Contender(number, math.nan, math.nan, _first_line(err))
+        # A registry, network or file error is no verdict on the model: it propagates (and
+        # nothing moves). Only a model that loads but cannot run on this data is an outcome.
+        model = export.load(_download(client, name, number, Path(tmp)))
+    try:
+        score = float(evaluate(model, task, "val", with_auroc=False)["score"])
+    except (RuntimeError, ValueError, IndexError) as err:  # shapes, channels, classes
+        return Contender(number, math.nan, math.nan, _first_line(err))
     if runtime == "onnx":
         from study.context import latency_input
         from study.onnx_runtime import OnnxUnavailable, onnx_latency

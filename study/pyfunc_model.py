@@ -266,15 +266,17 @@ def add_pyfunc(
     return out
 
 
-def task_example(task: Any, model_spec: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def task_example(task: Any, model: nn.Module) -> dict[str, np.ndarray]:
     """The input example of a model trained on ``task``: a few test nodes and their k-hop
-    neighbourhood (k = the model's ``depth``; 0 for an MLP), or one test cloud."""
+    neighbourhood (k = the model's message-passing layers; 0 for an MLP), or one test cloud."""
+    from torch_geometric.nn import MessagePassing
+
     from study.data.base import PointCloudTask
 
     if isinstance(task, PointCloudTask):
         return point_example(task.test.points)
     graph = task.test[0]
-    hops = 0 if model_spec.get("arch") == "mlp" else int(model_spec.get("depth", 2))
+    hops = sum(isinstance(m, MessagePassing) for m in model.modules())
     candidates = graph.mask.nonzero().flatten()
     if candidates.numel() == 0:
         candidates = torch.arange(graph.x.size(0))
@@ -284,10 +286,9 @@ def task_example(task: Any, model_spec: Mapping[str, Any]) -> dict[str, np.ndarr
 def add_task_pyfunc(folder: str | os.PathLike, task: Any, model: nn.Module) -> Path:
     """:func:`add_pyfunc` for ``model`` (built by ``build_model``, so it has ``.spec``) with the
     example, outputs and probabilities of ``task``."""
-    spec = getattr(model, "spec", None)
     return add_pyfunc(
         folder,
-        task_example(task, spec if isinstance(spec, Mapping) else {}),
+        task_example(task, model),
         num_outputs=task.num_classes,
         multilabel=bool(getattr(task, "multilabel", False)),
     )

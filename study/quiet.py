@@ -41,6 +41,13 @@ def lock_dir() -> Path:
         os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / f"gds-quiet-{os.getuid()}"
     )
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        # Someone else's folder in a shared /tmp could hold the locks and stall every trial.
+        raise PermissionError(
+            f"{path}: the quiet-window lock folder must be this user's and private (mode 700); "
+            f"remove it or set {LOCK_DIR_ENV} to another folder"
+        )
     return path
 
 

@@ -38,6 +38,7 @@ from study.latency import count_parameters
 from study.latency_service import logged_figures, quiet_latency, start_cache
 from study.models import build_model
 from study.preflight import load_and_check
+from study.quiet import Worker
 from study.search import JsonOptunaSearch, make_search, read_json
 from study.studyfile import read_study_file
 from study.teachers import load_teacher_weights, save_checkpoint
@@ -375,7 +376,14 @@ def _train_teacher_task(
     model = build_model(
         spec.teacher.model.arch, **spec.teacher.model.build_kwargs(), **io_channels(task)
     )
-    result = train_teacher(model, task, with_device(spec.teacher.train, device), progress=True)
+    with Worker() as worker:  # training: a latency timed on this machine waits for an epoch end
+        result = train_teacher(
+            model,
+            task,
+            with_device(spec.teacher.train, device),
+            progress=True,
+            on_epoch=lambda *_: worker.pause_point(),
+        )
     metrics = {
         tr.METRIC_VAL: result.val_score,
         tr.METRIC_TEST: result.test_score,

@@ -254,7 +254,7 @@ def test_device_name_cpu() -> None:
     assert isinstance(name, str) and name.strip()
 
 
-@pytest.mark.parametrize("n", [6, 7, 10, 30, 31, 100, 301])
+@pytest.mark.parametrize("n", [6, 7, 10, 30, 31, 100, 301, 1500])
 def test_median_ci_is_the_narrowest_symmetric_order_statistic_interval(n: int) -> None:
     # Independent: scipy's binomial. [x_(l), x_(n-l+1)] covers the median with probability
     # P(l <= B <= n - l) for B ~ Binomial(n, 1/2); l is the largest with coverage >= 95%.
