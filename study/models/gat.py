@@ -102,16 +102,39 @@ class GAT(nn.Module):
             ``ModelOutput`` with ``logits [N, out_channels]`` and the hidden features.
         """
         hidden: list[Tensor] = []
-        last = len(self.convs) - 1
-        for layer, conv in enumerate(self.convs):
-            x = F.dropout(x, p=self.dropout, training=self.training)
-            x = conv(x, edge_index)
-            if layer < last:
-                x = F.elu(x)
+        for layer in range(self.num_layers):
+            x = self.layer(layer, x, edge_index)
+            if layer < self.num_layers - 1:
                 hidden.append(x)
-        if not self.concat_last:
-            x = x.view(x.shape[0], self.heads[-1], -1).mean(dim=1)
+        x = self.readout(x)
         return ModelOutput(logits=x, hidden=hidden or [x])
+
+    #: Layer-wise inference (:mod:`study.inference`) gives each chunk its nodes' neighbours.
+    reads_graph = True
+
+    @property
+    def num_layers(self) -> int:
+        """Number of ``GATConv`` layers."""
+        return len(self.convs)
+
+    def prepare(self, edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor | None]:
+        """Attention normalises over each target's incoming edges, which a chunk of targets has
+        whole: nothing to precompute."""
+        return edge_index, None
+
+    def layer(
+        self, index: int, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None
+    ) -> Tensor:
+        """Layer ``index``: dropout, ``GATConv`` (heads concatenated), ELU unless it is the last."""
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = self.convs[index](x, edge_index)
+        return F.elu(x) if index < self.num_layers - 1 else x
+
+    def readout(self, x: Tensor) -> Tensor:
+        """``[N, out_channels]`` logits from the last layer's ``[N, heads * per_head]``."""
+        if self.concat_last:
+            return x
+        return x.view(x.shape[0], self.heads[-1], -1).mean(dim=1)
 
 
 def _check_widths(
