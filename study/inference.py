@@ -16,7 +16,7 @@ but its whole-graph activations at once.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -110,7 +110,9 @@ def layerwise_forward(
                 logits=None if out.logits is None else out.logits.cpu(),
                 hidden=[h.cpu() for h in out.hidden],
             )
-        return _layerwise(model, x, edge_index, chunk_nodes, torch.device(device))
+        return _layerwise(
+            cast(LayerwiseModel, model), x, edge_index, chunk_nodes, torch.device(device)
+        )
     finally:
         model.train(was_training)
 
