@@ -212,6 +212,7 @@ def start_ray(address: str | None = None, py_modules: list[str] | None = None) -
     address = address or os.environ.get("RAY_ADDRESS")
     env = {k: v for k, v in os.environ.items() if k.startswith("GDS_") or k == tr.TRACKING_URI_ENV}
     env = {**allocator.env_for_workers(), **env}  # glibc reads these when a worker starts
+    env = {**_zero_copy_tensors(), **env}
     runtime_env: dict[str, Any] = {"env_vars": env} if env else {}
     if py_modules:
         runtime_env["py_modules"] = list(py_modules)
@@ -233,6 +234,28 @@ def start_ray(address: str | None = None, py_modules: list[str] | None = None) -
             f"[gds] warning: this Ray kept node IP {node_ip}, not {LOCAL_RAY_IP}: its servers "
             "may listen on every interface (README: Ray's network listeners)"
         )
+
+
+#: Ray's switch (2.4x and later) for torch tensors read from the object store without a copy.
+ZERO_COPY_TENSORS_ENV = "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"
+
+
+def _zero_copy_tensors() -> dict[str, str]:
+    """Switch on Ray's zero-copy torch tensors here and return the variable workers need.
+
+    The study's dataset goes to trials through the object store (``tune.with_parameters``).
+    By default Ray pickles tensors, so every trial worker unpickles its own copy of the graph;
+    with the switch a worker's tensors are views of the object store's shared memory: one copy
+    of the graph per machine, whatever the number of trials. Such tensors must not be written
+    in place (nothing here does: training reads features, labels and edges). The driver reads
+    the switch when Ray starts, from ``ray_constants`` (set at import, so set here directly);
+    workers read it from their environment.
+    """
+    from ray._private import ray_constants
+
+    if hasattr(ray_constants, ZERO_COPY_TENSORS_ENV):
+        setattr(ray_constants, ZERO_COPY_TENSORS_ENV, True)
+    return {ZERO_COPY_TENSORS_ENV: "1"}
 
 
 # MLflow 3's UI shows an experiment of this kind as model training (runs), not GenAI traces.

@@ -62,12 +62,15 @@ class SampledSubgraph:
         edge_index: ``[2, E_s]`` sampled edges ``j -> i`` in local ids (rows of ``n_id``).
         e_id: ``[E_s]`` each sampled edge's column in the full graph's ``edge_index``.
         num_seeds: how many seeds the batch has.
+        num_sampled_nodes: nodes first reached in each hop, the seeds' count first
+            (``sum == N_s``; PyG's name).
     """
 
     n_id: Tensor
     edge_index: Tensor
     e_id: Tensor
     num_seeds: int
+    num_sampled_nodes: tuple[int, ...] = ()
 
     def seed_edges(self) -> Tensor:
         """``[E_seed]`` positions in ``edge_index`` of the sampled edges whose target is a seed."""
@@ -183,7 +186,13 @@ class NeighborSampler:
         edge_index = torch.stack([local[src], local[target]])
         nodes = torch.cat(n_id)
         local[nodes] = -1
-        return SampledSubgraph(nodes, edge_index, self.csr.perm[entry], int(seeds.numel()))
+        return SampledSubgraph(
+            nodes,
+            edge_index,
+            self.csr.perm[entry],
+            int(seeds.numel()),
+            tuple(int(part.numel()) for part in n_id),
+        )
 
     def _sample_pyg(self, seeds: Tensor) -> SampledSubgraph:  # pragma: no cover - needs pyg-lib
         from torch_geometric.sampler import NodeSamplerInput
@@ -191,7 +200,8 @@ class NeighborSampler:
         out = self._pyg.sample_from_nodes(NodeSamplerInput(input_id=None, node=seeds))
         edge_index = torch.stack([out.row, out.col])  # as NeighborLoader's filter_data builds it
         edge = out.edge if out.edge is not None else torch.empty(0, dtype=torch.long)
-        return SampledSubgraph(out.node, edge_index, edge, int(seeds.numel()))
+        hops = tuple(int(n) for n in out.num_sampled_nodes or ())
+        return SampledSubgraph(out.node, edge_index, edge, int(seeds.numel()), hops)
 
 
 def pyg_available() -> bool:

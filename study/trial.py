@@ -41,6 +41,7 @@ from study.latency import LatencyResult, count_parameters
 from study.models import build_model
 from study.names import trial_run_name
 from study.search import trial_params
+from study.teacher_outputs import trial_teacher_outputs
 from study.teachers import load_teacher, teacher_cache_path
 from study.train import (
     TrainingDiverged,
@@ -336,9 +337,25 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
         train_cfg = with_device(plan.student_train, device)
         if spec.scheduler is not None:  # scheduler.max_t caps the epochs
             train_cfg = replace(train_cfg, epochs=spec.scheduler.epochs(train_cfg.epochs))
+        # Sampled mini-batches: the teacher's outputs, computed once per machine, memory-mapped.
+        outs = trial_teacher_outputs(
+            teacher,
+            task,
+            train_cfg,
+            plan.distill,
+            f"{ctx.teacher_hash}-{ctx.teacher_run_id}",
+            device,
+        )
         try:
             result = distill_student(
-                student, teacher, task, train_cfg, plan.distill, on_epoch=reporter, resume=resume
+                student,
+                teacher,
+                task,
+                train_cfg,
+                plan.distill,
+                on_epoch=reporter,
+                resume=resume,
+                teacher_outputs=outs,
             )
         except SystemExit:
             # Tune stops a function trainable by raising SystemExit(0) in its report: with a
