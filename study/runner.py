@@ -251,10 +251,17 @@ def _zero_copy_tensors() -> dict[str, str]:
     the switch when Ray starts, from ``ray_constants`` (set at import, so set here directly);
     workers read it from their environment.
     """
+    import warnings
+
     from ray._private import ray_constants
 
     if hasattr(ray_constants, ZERO_COPY_TENSORS_ENV):
         setattr(ray_constants, ZERO_COPY_TENSORS_ENV, True)
+    with contextlib.suppress(ImportError):
+        from ray._private.tensor_serialization_utils import ZeroCopyTensorsWarning
+
+        # Said of every tensor put: the dataset's tensors are the read-only kind it asks for.
+        warnings.filterwarnings("ignore", category=ZeroCopyTensorsWarning)
     return {ZERO_COPY_TENSORS_ENV: "1"}
 
 
