@@ -45,6 +45,7 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
     searcher: {algorithm: tpe, num_samples: 10, max_concurrent: null, seed: 0}  # nsga2 random grid
                                 # nsga2: population_size [max(2, num_samples // 4)]
     objectives: [{metric: val_score, mode: max}]  # val_score latency_ms_p50/p90 num_params
+                                # serve_b1_ms_p50/p90 serve_b256_ms_p50/p90 (node tasks)
     scheduler: null             # or {type: asha, grace_period: 10, reduction_factor: 3, max_t: ..}
     resources: {cpu: 1, gpu: 0} # per trial; a fractional gpu shares one
     latency: {repeats: 30, warmup: 5, threads: 1}
@@ -104,6 +105,7 @@ OBJECTIVE_MODES: dict[str, str] = {
     tracking.METRIC_LATENCY_P50: "min",
     tracking.METRIC_LATENCY_P90: "min",
     tracking.METRIC_PARAMS: "min",
+    **{metric: "min" for metric in tracking.SERVE_METRICS},
 }
 #: The most configurations a searcher proposes (``searcher.num_samples``).
 MAX_NUM_SAMPLES = 100_000

@@ -39,6 +39,7 @@ from study.latency import count_parameters
 from study.models import build_model
 from study.preflight import load_and_check
 from study.search import JsonOptunaSearch, make_search, read_json
+from study.serving_latency import study_serving_metrics
 from study.studyfile import read_study_file
 from study.teachers import load_teacher_weights, save_checkpoint
 from study.train import evaluate, seed_everything, train_teacher, with_device
@@ -355,6 +356,7 @@ def _log_teacher_run(
             tr.METRIC_LATENCY_P50: lat.p50_ms,
             tr.METRIC_LATENCY_P90: lat.p90_ms,
             tr.METRIC_PARAMS: float(count_parameters(model)),
+            **study_serving_metrics(model, task, spec, device),  # the teacher's, for the plots
         }
         now = int(time.time() * 1000)
         client.log_batch(

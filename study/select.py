@@ -40,7 +40,7 @@ import pandas as pd
 
 from study import fileio
 from study import tracking as tr
-from study.errors import UserInputError
+from study.errors import UserInputError, choose
 
 __all__ = [
     "ROLE_SELECTION",
@@ -57,6 +57,10 @@ __all__ = [
 ROLE_SELECTION = "selection"
 MODEL_ARTIFACT_DIR = "model"
 _P50 = f"{tr.METRIC_LATENCY_P50}_mean"
+#: The latency metrics the budget may apply to (``--latency-metric``): whole-graph latency,
+#: or serving latency for B target nodes with the neighbourhood fetch (node tasks).
+LATENCY_METRICS = (tr.METRIC_LATENCY_P50, tr.METRIC_LATENCY_P90, *tr.SERVE_METRICS)
+_LATENCY = tr.METRIC_LATENCY_P50
 _TEST = f"{tr.METRIC_TEST}_mean"
 _VAL = f"{tr.METRIC_VAL}_mean"
 _PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -70,12 +74,15 @@ class NoConfigWithinBudget(Exception):  # noqa: N818 - it is an outcome, not a f
         fastest: the summary row of the fastest configuration.
     """
 
-    def __init__(self, max_latency_ms: float, fastest: pd.Series) -> None:
+    def __init__(
+        self, max_latency_ms: float, fastest: pd.Series, latency_metric: str = _LATENCY
+    ) -> None:
         self.max_latency_ms = max_latency_ms
         self.fastest = fastest
         super().__init__(
-            f"no configuration has a mean latency p50 within {max_latency_ms:g} ms; the fastest "
-            f"is {fastest['config_id']} ({_describe(fastest)}) at {fastest[_P50]:.3f} ms, "
+            f"no configuration has a mean {latency_metric} within {max_latency_ms:g} ms; the "
+            f"fastest is {fastest['config_id']} ({_describe(fastest)}) at "
+            f"{fastest[f'{latency_metric}_mean']:.3f} ms, "
             f"validation score {_score_text(fastest.get(_VAL, math.nan))}, test score "
             f"{_score_text(fastest.get(_TEST, math.nan))}"
         )
@@ -129,7 +136,9 @@ def check_budget(max_latency_ms: float) -> float:
     return value
 
 
-def choose_config(summary: pd.DataFrame, max_latency_ms: float) -> pd.Series:
+def choose_config(
+    summary: pd.DataFrame, max_latency_ms: float, latency_metric: str = _LATENCY
+) -> pd.Series:
     """The configuration with the best mean validation score among those within the latency
     budget. The test score is never looked at: it is reported beside the choice.
 
@@ -137,6 +146,8 @@ def choose_config(summary: pd.DataFrame, max_latency_ms: float) -> pd.Series:
         summary: one row per configuration, as :func:`analysis.ablation.config_summary` gives:
             ``config_id``, ``val_score_mean``, ``latency_ms_p50_mean`` (more columns are kept).
         max_latency_ms: the budget on the mean p50 latency (inclusive).
+        latency_metric: the latency the budget applies to (:data:`LATENCY_METRICS`), its
+            ``<metric>_mean`` column.
 
     Returns:
         The chosen row. Ties on the score go to the lower mean latency, then the smaller
@@ -148,22 +159,24 @@ def choose_config(summary: pd.DataFrame, max_latency_ms: float) -> pd.Series:
         NoConfigWithinBudget: no row within the budget (it carries the fastest row).
     """
     budget = check_budget(max_latency_ms)
-    for col in ("config_id", _VAL, _P50):
+    choose("--latency-metric", latency_metric, LATENCY_METRICS)
+    lat_col = f"{latency_metric}_mean"
+    for col in ("config_id", _VAL, lat_col):
         if col not in summary.columns:
             raise UserInputError(
                 f"summary has no column {col!r} (columns: {', '.join(map(str, summary.columns))})"
             )
-    lat = pd.to_numeric(summary[_P50], errors="coerce")
+    lat = pd.to_numeric(summary[lat_col], errors="coerce")
     score = pd.to_numeric(summary[_VAL], errors="coerce")
     data = summary.assign(_lat=lat, _score=score).loc[lat.notna() & score.notna()]
     if data.empty:
-        raise UserInputError("no configuration has both a validation score and a latency p50")
+        raise UserInputError(f"no configuration has both a validation score and a {latency_metric}")
     within = data.loc[data["_lat"] <= budget]
     if within.empty:
         fastest = data.sort_values(
             ["_lat", "_score", "config_id"], ascending=[True, False, True], kind="stable"
         ).iloc[0]
-        raise NoConfigWithinBudget(budget, fastest.drop(["_lat", "_score"]))
+        raise NoConfigWithinBudget(budget, fastest.drop(["_lat", "_score"]), latency_metric)
     best = within.sort_values(
         ["_score", "_lat", "config_id"], ascending=[False, True, True], kind="stable"
     ).iloc[0]
@@ -287,6 +300,7 @@ def select_and_export(
     *,
     tracking_uri: str | None = None,
     model_name: str | None = None,
+    latency_metric: str = _LATENCY,
 ) -> SelectionResult:
     """Choose the best configuration of ``study`` within the latency budget, export its student
     to ``out_dir`` and register it as a new model version (see the module docstring).
@@ -297,6 +311,8 @@ def select_and_export(
         out_dir: the export folder to create; it may exist only if empty.
         tracking_uri: MLflow tracking URI (default: :func:`study.tracking.resolve_tracking_uri`).
         model_name: registered model name (default ``<study>-student``).
+        latency_metric: the latency the budget applies to (:data:`LATENCY_METRICS`; default
+            ``latency_ms_p50``, ``serve_b1_ms_p50`` for one-node serving with its fetch).
 
     Returns:
         The :class:`SelectionResult`.
@@ -309,16 +325,18 @@ def select_and_export(
     from study.export import check_target
 
     budget = check_budget(max_latency_ms)
+    choose("--latency-metric", latency_metric, LATENCY_METRICS)
     name = _check_model_name(model_name if model_name is not None else default_model_name(study))
     out = Path(os.path.abspath(out_dir))
     check_target(out, "--out")
     uri = tr.resolve_tracking_uri(tracking_uri)
-    choice = _choose(study, budget, uri)
+    choice = _choose(study, budget, uri, latency_metric)
     client = tr.open_store(uri)  # load_runs has checked that the store exists
     teacher_score = _teacher_test_score(client, choice.teacher_run_id)
     hyper = _hyperparameters(client, choice.source_run_id)
     config = _copy_student(client, choice.source_run_id, out)
     sel_id, version = _register(client, study, choice, budget, name, out)
+    client.log_param(sel_id, "latency_metric", latency_metric)
     return _result(study, choice, hyper, teacher_score, out, sel_id, name, version, config)
 
 
@@ -345,7 +363,7 @@ class _Choice:
         return str(self.row.get("student_arch"))
 
 
-def _choose(study: str, budget: float, uri: str) -> _Choice:
+def _choose(study: str, budget: float, uri: str, latency_metric: str = _LATENCY) -> _Choice:
     """Read the study's runs, choose the configuration (:func:`choose_config`) and its seed run
     (:func:`pick_seed_run`)."""
     from analysis.ablation import config_summary
@@ -358,8 +376,9 @@ def _choose(study: str, budget: float, uri: str) -> _Choice:
             f"study {study!r} has no finished trials ({len(runs)} trial runs in the store)"
         )
     summary = config_summary(runs)
-    row = choose_config(summary, budget)
-    within = int((pd.to_numeric(summary[_P50], errors="coerce") <= budget).sum())
+    row = choose_config(summary, budget, latency_metric)
+    lat = pd.to_numeric(summary[f"{latency_metric}_mean"], errors="coerce")
+    within = int((lat <= budget).sum())
     seed_run = pick_seed_run(done, row["config_id"])
     return _Choice(
         row=row,

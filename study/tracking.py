@@ -79,13 +79,27 @@ FINAL_METRICS = (
 # Final metrics some trials log beside those: the split metrics behind test_score (AUROC for
 # binary and multi-label tasks, mean class accuracy for point clouds) and the in-trial latency
 # that study.calibration replaces.
-EXTRA_METRICS = (
+EXTRA_METRICS: tuple[str, ...] = (
     "test_accuracy",
     "test_micro_f1",
     "test_auroc",
     "test_mean_class_accuracy",
     "latency_ms_p50_in_trial",
 )
+#: Serving latency of node-task models (study.serving_latency): the time to answer B target
+#: nodes, the k-hop neighbourhood fetch included, per B and statistic.
+SERVE_BATCH_SIZES = (1, 256)
+
+
+def serve_metric(batch: int, stat: str = "p50") -> str:
+    """The metric key of serving latency for ``batch`` targets: ``serve_b1_ms_p50`` etc."""
+    return f"serve_b{batch}_ms_{stat}"
+
+
+METRIC_SERVE_B1_P50 = serve_metric(1)
+METRIC_SERVE_B256_P50 = serve_metric(256)
+SERVE_METRICS = tuple(serve_metric(b, s) for b in SERVE_BATCH_SIZES for s in ("p50", "p90"))
+EXTRA_METRICS = (*EXTRA_METRICS, *SERVE_METRICS)
 # Per-epoch metric keys (logged with step=epoch).
 EPOCH_METRICS = ("train_loss", "distill_loss", "epoch_val_score")
 

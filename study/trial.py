@@ -41,6 +41,7 @@ from study.latency import LatencyResult, count_parameters
 from study.models import build_model
 from study.names import trial_run_name
 from study.search import trial_params
+from study.serving_latency import study_serving_metrics
 from study.teacher_outputs import trial_teacher_outputs
 from study.teachers import load_teacher, teacher_cache_path
 from study.train import (
@@ -378,6 +379,7 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
         reporter.flush()
         lat = study_latency(result.model, task, spec, device)
         final = final_metrics(result, lat)
+        final.update(study_serving_metrics(result.model, task, spec, device))  # B=1, B=256
         # An attempt killed after logging its final metrics logged them already: not twice.
         done = client.get_run(run_id).data.metrics
         now = int(time.time() * 1000)
