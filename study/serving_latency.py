@@ -39,7 +39,8 @@ def fetch_hops(model: nn.Module) -> int | None:
     an MLP), or ``None`` when it does not say (a user's model, whose layers are not known)."""
     if not supports_layerwise(model):
         return None
-    return int(model.num_layers) if model.reads_graph else 0
+    layered = cast(LayerwiseModel, model)
+    return layered.num_layers if layered.reads_graph else 0
 
 
 class ServingIndex:
