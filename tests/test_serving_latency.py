@@ -3,11 +3,14 @@ names, and selection on them. Times are measured, never asserted."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
 from torch_geometric.data import Data
 
+from analysis.report import write_report
 from study import tracking as tr
 from study.config import OBJECTIVE_MODES
 from study.data.base import NodeTask
@@ -20,6 +23,7 @@ from study.serving_latency import (
     serving_latency,
     serving_metrics,
 )
+from tests.mlflow_fixtures import fill_study
 
 
 def task(n: int = 300) -> NodeTask:
@@ -76,3 +80,27 @@ def test_select_budgets_the_chosen_latency_column() -> None:
         choose_config(summary, 0.01, tr.METRIC_SERVE_B1_P50)
     with pytest.raises(UserInputError, match="latency-metric"):
         choose_config(summary, 2.0, "val_score")
+
+
+def test_report_shows_accuracy_against_serving_latency(tmp_path: Path) -> None:
+    """GLNN's point on a plot: by whole-graph latency the GNN student is as fast as the MLP;
+    by serving latency (one node with its fetch) only the MLP is fast, so it joins the front."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def trial(arch: str, val: float, serve: float) -> dict:
+        metrics = {"val_score": val, "test_score": val, "latency_ms_p50": 1.0,
+                   "latency_ms_p90": 1.2, "num_params": 100.0, "serve_b1_ms_p50": serve,
+                   "serve_b256_ms_p50": 10 * serve}  # fmt: skip
+        params = {"student.arch": arch}
+        return {"method": "kd", "dataset": "big", "student_arch": arch, "params": params,
+                "metrics": metrics}  # fmt: skip
+
+    fill_study(uri, "serve", [trial("gat", 0.9, 5.0), trial("mlp", 0.8, 0.05)])
+    out = tmp_path / "rep"
+    write_report("serve", out, tracking_uri=uri)
+    readme = (out / "README.md").read_text()
+    assert "Accuracy against serving latency: big" in readme
+    assert "2 of 2 configurations are on this front" in readme
+    assert (out / "figures" / "serving_big.png").stat().st_size > 1000
+    front = pd.read_csv(out / "pareto.csv")  # the whole-graph front: the MLP is dominated there
+    assert front["student_arch"].tolist() == ["gat"]
