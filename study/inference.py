@@ -47,7 +47,12 @@ class LayerwiseModel(Protocol):
     def prepare(self, edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor | None]: ...
 
     def layer(
-        self, index: int, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None
+        self,
+        index: int,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None = None,
+        num_targets: int | None = None,
     ) -> Tensor: ...
 
     def readout(self, x: Tensor) -> Tensor: ...
@@ -138,7 +143,8 @@ def _layerwise(
                 extra, local, entries = chunk_subgraph(csr, start, stop)
                 inputs = torch.cat([h[start:stop], h[extra]]).to(dev)
                 w = None if weight is None else weight[entries].to(dev)
-                part = model.layer(index, inputs, local.to(dev), w)[: stop - start]
+                # Bipartite: only the chunk's own outputs are computed, not its sources'.
+                part = model.layer(index, inputs, local.to(dev), w, stop - start)
             if out is None:  # allocated once its width is known: no list of chunks to concat
                 out = torch.empty((n, part.shape[1]), dtype=part.dtype)
             out[start:stop] = part.cpu()

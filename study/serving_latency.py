@@ -85,9 +85,15 @@ class ServingIndex:
             sub = self.sampler.sample(targets, self._gen)
             h, edges = self.x[sub.n_id].to(dev), sub.edge_index.to(dev)
             weight = None if self.weight is None else self.weight[sub.e_id].to(dev)
-            for index in range(model.num_layers):
-                h = model.layer(index, h, edges, weight)
-            return model.readout(h[: targets.numel()])
+            layers = model.num_layers
+            for index in range(layers):
+                # Layer l is needed only at nodes within layers - 1 - l hops of a target (the
+                # first rows: the sampler numbers nodes hop by hop), over the edges into them.
+                keep = sum(sub.num_sampled_nodes[: layers - index])
+                into = edges[1] < keep
+                w = None if weight is None else weight[into]
+                h = model.layer(index, h, edges[:, into], w, keep)
+            return model.readout(h)
 
         return call
 

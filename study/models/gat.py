@@ -123,11 +123,23 @@ class GAT(nn.Module):
         return edge_index, None
 
     def layer(
-        self, index: int, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None
+        self,
+        index: int,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None = None,
+        num_targets: int | None = None,
     ) -> Tensor:
-        """Layer ``index``: dropout, ``GATConv`` (heads concatenated), ELU unless it is the last."""
+        """Layer ``index``: dropout, ``GATConv`` (heads concatenated), ELU unless it is the last.
+
+        ``num_targets``: see :meth:`study.models.stack.ConvStack.layer` (bipartite; the first
+        ``num_targets`` rows of ``x`` are the targets, so self-loops stay right)."""
         x = F.dropout(x, p=self.dropout, training=self.training)
-        x = self.convs[index](x, edge_index)
+        conv = self.convs[index]
+        if num_targets is None:
+            x = conv(x, edge_index)
+        else:
+            x = conv((x, x[:num_targets]), edge_index, size=(x.shape[0], num_targets))
         return F.elu(x) if index < self.num_layers - 1 else x
 
     def readout(self, x: Tensor) -> Tensor:

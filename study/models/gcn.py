@@ -28,11 +28,18 @@ class GCN(ConvStack):
         return edge_index, weight
 
     def _conv(
-        self, conv: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None
+        self,
+        conv: nn.Module,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None,
+        num_targets: int | None,
     ) -> Tensor:
         if edge_weight is None:
-            return conv(x, edge_index)
+            out = conv(x, edge_index)
+            return out if num_targets is None else out[:num_targets]
         # GCNConv.forward with the normalisation already done (it would normalise again).
         assert isinstance(conv, GCNConv)
-        out = conv.propagate(edge_index, x=conv.lin(x), edge_weight=edge_weight)
+        size = None if num_targets is None else (x.shape[0], num_targets)
+        out = conv.propagate(edge_index, x=conv.lin(x), edge_weight=edge_weight, size=size)
         return out if conv.bias is None else out + conv.bias

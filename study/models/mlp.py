@@ -33,6 +33,11 @@ class MLP(ConvStack):
         return super().forward(x, x.new_empty((2, 0), dtype=torch.long))
 
     def _conv(
-        self, conv: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None
+        self,
+        conv: nn.Module,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None,
+        num_targets: int | None,
     ) -> Tensor:
-        return conv(x)
+        return conv(x if num_targets is None else x[:num_targets])

@@ -100,13 +100,21 @@ class ConvStack(nn.Module):
         return edge_index, None
 
     def layer(
-        self, index: int, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None
+        self,
+        index: int,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None = None,
+        num_targets: int | None = None,
     ) -> Tensor:
         """Layer ``index`` on ``x [N, F]``: dropout, the layer, ReLU unless it is the last.
 
-        ``edge_weight`` comes from :meth:`prepare` (``None``: the layer's own behaviour)."""
+        ``edge_weight`` comes from :meth:`prepare` (``None``: the layer's own behaviour).
+        ``num_targets``: only the first that many nodes' outputs are wanted (every edge points
+        at one of them); the layer then runs bipartite, ``[num_targets, F_out]``, so that the
+        other nodes' per-node work is not done (layer-wise inference, serving)."""
         x = F.dropout(x, p=self.dropout, training=self.training)
-        x = self._conv(self.convs[index], x, edge_index, edge_weight)
+        x = self._conv(self.convs[index], x, edge_index, edge_weight, num_targets)
         return F.relu(x) if index < self.num_layers - 1 else x
 
     def readout(self, x: Tensor) -> Tensor:
@@ -114,6 +122,13 @@ class ConvStack(nn.Module):
         return x
 
     def _conv(
-        self, conv: nn.Module, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None
+        self,
+        conv: nn.Module,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None,
+        num_targets: int | None,
     ) -> Tensor:
-        return conv(x, edge_index)
+        if num_targets is None:
+            return conv(x, edge_index)
+        return conv((x, x[:num_targets]), edge_index, size=(x.shape[0], num_targets))
