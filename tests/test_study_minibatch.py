@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 
 from study import tracking as tr
@@ -80,6 +81,17 @@ def test_graph_too_large_for_full_batch_is_refused_with_the_keys_to_set(tmp_path
         check_fits_full_batch(spec, task, available=edges * 100)
 
 
+@ray.remote(num_cpus=0)
+def _mapping_of(tensor: torch.Tensor) -> str:
+    """The line of the worker's memory map that holds ``tensor``'s data."""
+    ptr = tensor.untyped_storage().data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+        if lo <= ptr < hi:
+            return line
+    return "not mapped"
+
+
 @pytest.mark.ray
 def test_minibatch_study_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GDS_CACHE_DIR", str(tmp_path / "cache"))  # workers get GDS_* too
@@ -95,8 +107,11 @@ def test_minibatch_study_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.Monk
     )
     try:
         outcome = run_study(path, tracking_uri=uri, storage=tmp_path / "studies")
+        # The study's Ray hands tensors to workers without a copy: they read the object store.
+        mapping = ray.get(_mapping_of.remote(torch.zeros(1 << 18)))
     finally:
         ray.shutdown()
+    assert "plasma" in mapping, mapping
     assert outcome.complete and len(outcome.trials) == 2, outcome.trials
     client = MlflowClient(uri)
     for row in outcome.trials:
