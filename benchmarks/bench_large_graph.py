@@ -210,12 +210,17 @@ def main() -> None:
                 if mode == "full" and not fits:
                     rows.append({"nodes": nodes, "role": role, "mode": mode, "skipped": True})
                     continue
-                argv = _without_out(sys.argv[1:])
-                cmd = [sys.executable, sys.argv[0], *argv, "--one", f"{nodes}:{mode}:{role}"]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"{nodes}:{mode}:{role} failed:\n{proc.stderr[-3000:]}")
-                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                one = f"{nodes}:{mode}:{role}"
+                if args.quick:  # seconds matter more than a fresh process per tiny graph
+                    row = {**run_one(args, one), "process": "one process, runs in turn"}
+                else:
+                    argv = [*_without_out(sys.argv[1:]), "--one", one]
+                    proc = subprocess.run(
+                        [sys.executable, sys.argv[0], *argv], capture_output=True, text=True
+                    )
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"{one} failed:\n{proc.stderr[-3000:]}")
+                    row = {**json.loads(proc.stdout.strip().splitlines()[-1]), "process": "fresh"}
                 rows.append(row)
                 print(f"  {nodes:>9,} {role:<12} {mode:<9} epoch {row['epoch_s']:.1f} s, "
                       f"peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)  # fmt: skip
@@ -228,7 +233,7 @@ def main() -> None:
     targets: dict[str, Any] = {}
     for role, rs in mini.items():
         if len(rs) >= 2:
-            growth = rs[-1]["beyond_graph_mib"] / max(rs[0]["beyond_graph_mib"], 1e-9)
+            growth = rs[-1]["beyond_graph_mib"] / max(rs[0]["beyond_graph_mib"], 1.0)  # MiB floor
             targets[f"{role}_beyond_graph_growth"] = {
                 **common.target(growth, GROWTH_LIMIT),
                 "from_nodes": rs[0]["nodes"],
