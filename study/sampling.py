@@ -46,7 +46,7 @@ class CSR:
         """Group ``edge_index [2, E]`` (source row 0, target row 1) by target; O(E) memory."""
         target = edge_index[1]
         # A stable sort keeps each target's edges in their input order (deterministic ids).
-        perm = torch.sort(target, stable=True).indices
+        perm = torch.argsort(target, stable=True)  # no sorted copy of the targets kept
         counts = torch.bincount(target, minlength=num_nodes)
         rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
         torch.cumsum(counts, 0, out=rowptr[1:])
