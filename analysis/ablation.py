@@ -30,7 +30,14 @@ from analysis.paper import KERNEL_ROWS, METHOD_ROWS, OUR_SOURCE, PAPER_SOURCE, p
 from analysis.runs import FINISHED, TRIAL_COLUMNS, failed_trials, finished_trials
 from study.catalogs import METHODS, method_label
 from study.errors import choose
-from study.tracking import EXTRA_METRICS, FINAL_METRICS, METRIC_TEST, METRIC_VAL
+from study.tracking import (
+    EXTRA_METRICS,
+    FINAL_METRICS,
+    METRIC_SERVE_B1_P50,
+    METRIC_SERVE_B256_P50,
+    METRIC_TEST,
+    METRIC_VAL,
+)
 
 __all__ = [
     "summarize",
@@ -726,6 +733,8 @@ def format_table(table: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
         out["params"] = table["num_params_mean"].map(_format_params)
     for metric, label in (
         ("latency_ms_p50", "latency p50 (ms)"),
+        (METRIC_SERVE_B1_P50, "serve 1 node p50 (ms)"),
+        (METRIC_SERVE_B256_P50, "serve 256 nodes p50 (ms)"),
         ("train_seconds", "train time (s)"),
     ):
         if f"{metric}_mean" in cols:

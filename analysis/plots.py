@@ -46,6 +46,8 @@ READABLE = {
     "train_loss": "training loss (method's own objective)",
     "distill_loss": "distillation term (defined per method)",
     "latency_ms_p50": "latency p50 (ms)",
+    "serve_b1_ms_p50": "serving 1 node, k-hop fetch included: p50 (ms)",
+    "serve_b256_ms_p50": "serving 256 nodes, k-hop fetch included: p50 (ms)",
     "num_params": "parameters",
     "lsp.lambda": "LSP weight λ (lsp.lambda)",
     "lsp.kernel": "LSP kernel",
@@ -185,7 +187,7 @@ def plot_pareto(
     ax.set_title("mean over seeds; error bars ±1 std (none when n=1)", fontsize="small")
     if handles:
         ax.legend(handles, labels, fontsize="small", loc="best")
-    ax.set_xlabel("latency p50 (ms)")
+    ax.set_xlabel(readable(latency))
     ax.set_ylabel(score_axis_label(_datasets(summary), score))
     ax.grid(True, alpha=0.3)
     return ax

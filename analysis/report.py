@@ -66,7 +66,14 @@ from analysis.runs import (
 )
 from study.errors import UserInputError
 from study.fileio import move_into_place, staging_folder
-from study.tracking import METRIC_TEST, METRIC_VAL, resolve_tracking_uri
+from study.tracking import (
+    METRIC_LATENCY_P50,
+    METRIC_SERVE_B1_P50,
+    METRIC_SERVE_B256_P50,
+    METRIC_TEST,
+    METRIC_VAL,
+    resolve_tracking_uri,
+)
 
 __all__ = ["write_report"]
 
@@ -164,6 +171,7 @@ def _plan(study: str, uri: str, runs: pd.DataFrame, teachers: pd.DataFrame, bar:
     _add_failures(rep, runs)
     bar.update()
     _add_pareto_fronts(rep, summary, datasets)
+    _add_serving_fronts(rep, summary, datasets)
     bar.update()
     _add_ablation_tables(rep, done, teachers)
     _add_vs_student(rep, done)
@@ -261,6 +269,49 @@ def _add_pareto_fronts(rep: _Report, summary: pd.DataFrame, datasets: list[objec
             f"pareto_{_slug(ds)}", functools.partial(_draw_pareto, s_ds, f_ds), f"Pareto front {ds}"
         )
         rep.lines += ["", ablation.to_markdown(shown).rstrip("\n")]
+
+
+def _add_serving_fronts(rep: _Report, summary: pd.DataFrame, datasets: list[object]) -> None:
+    """Node tasks: accuracy against serving latency (one target node, its k-hop fetch
+    included), with the 256-node figure in the table. Where the whole-graph figure hides it,
+    this shows GLNN's point: an MLP student fetches no neighbours."""
+    lat = f"{METRIC_SERVE_B1_P50}_mean"
+    if lat not in summary.columns or summary[lat].isna().all():
+        return
+    for ds in datasets:
+        s_ds = summary.loc[(summary["dataset"] == ds) & summary[lat].notna()]
+        if s_ds.empty:
+            continue
+        front = pareto_front(s_ds, {f"{METRIC_VAL}_mean": "max", lat: "min"})
+        metrics = [METRIC_TEST, METRIC_VAL, METRIC_LATENCY_P50]
+        metrics += [METRIC_SERVE_B1_P50, METRIC_SERVE_B256_P50]
+        cols = ["method", "student_arch", "config_id", "n"]
+        cols += [f"{m}_{stat}" for m in metrics for stat in ("mean", "std")]
+        shown = ablation.arrange_table(
+            ablation.to_percent(
+                s_ds[[c for c in cols if c in s_ds.columns]],
+                ablation.score_scale(s_ds[f"{METRIC_TEST}_mean"]),
+            ),
+            ["student_arch", "method"],
+        )
+        rep.section(
+            f"Accuracy against serving latency: {ds}",
+            "The time to answer target nodes as a served model would: fetch the k-hop "
+            "neighbourhood the model reads (none for an MLP), run it, return the predictions; "
+            f"p50 over the study's repeats for one node ({METRIC_SERVE_B1_P50}) and for 256 "
+            f"({METRIC_SERVE_B256_P50}), beside the whole-graph {METRIC_LATENCY_P50}. "
+            f"{len(front)} of {len(s_ds)} configurations are on this front.",
+        )
+        rep.figure(
+            f"serving_{_slug(ds)}",
+            functools.partial(_draw_serving, s_ds, front),
+            f"Serving latency front {ds}",
+        )
+        rep.lines += ["", ablation.to_markdown(shown).rstrip("\n")]
+
+
+def _draw_serving(summary: pd.DataFrame, front: pd.DataFrame, fig: Figure) -> None:
+    plot_pareto(summary, front, fig.add_subplot(), score=METRIC_VAL, latency=METRIC_SERVE_B1_P50)
 
 
 def _marker_note(summary: pd.DataFrame) -> str:

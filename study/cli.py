@@ -248,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="budget on the configuration's mean latency p50 (ms)",
     )
     sel.add_argument(
+        "--latency-metric",
+        default=None,
+        help="the latency the budget applies to, instead of --runtime's p50: latency_ms_p90, "
+        "latency_onnx_ms_p50/_p90, or serving latency with the neighbourhood fetch, "
+        "serve_b1_ms_p50 / serve_b256_ms_p50 (and _p90)",
+    )
+    sel.add_argument(
         "--tracking-uri",
         default=None,
         help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)",
@@ -688,6 +695,7 @@ def cmd_select(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             model_name=args.model_name,
             runtime=args.runtime,
+            latency_metric=args.latency_metric,
         )
     except NoConfigWithinBudget as exc:
         print(f"distill-study select: {exc}", file=sys.stderr)

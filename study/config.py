@@ -32,7 +32,8 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
       hidden: [conv1]           #   hidden features (non-empty when methods has fitnet/at/lsp)
       checkpoint: null          # a trained teacher (relative to this file) instead of training
       train: {epochs: 200, lr: 0.005, weight_decay: 5.0e-4, optimizer: adam, momentum: 0.9,
-              batch_size: 32, eval_every: 1, seed: 0}    # TrainConfig's defaults
+              batch_size: 32, eval_every: 1, seed: 0,    # TrainConfig's defaults
+              num_neighbors: null}      # [15, 10]: mini-batches of batch_size seed nodes
     student: {...}              # required; the teacher's keys but checkpoint and train.seed
     methods: [none, kd, fitnet, at, lsp]   # [every METHODS entry but the opt-in edge_attention]
     method_defaults:            # per method, over the entry's defaults (LSP: and the kernels')
@@ -45,6 +46,7 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
     searcher: {algorithm: tpe, num_samples: 10, max_concurrent: null, seed: 0}  # nsga2 random grid
                                 # nsga2: population_size [max(2, num_samples // 4)]
     objectives: [{metric: val_score, mode: max}]  # val_score latency_ms_p50/p90 num_params
+                                # serve_b1_ms_p50/p90 serve_b256_ms_p50/p90 (node tasks)
     scheduler: null             # or {type: asha, grace_period: 10, reduction_factor: 3, max_t: ..}
     resources: {cpu: 1, gpu: 0} # per trial; a fractional gpu shares one
     latency: {repeats: 30, warmup: 5, threads: 1,      # rounds of 30 timed calls until the
@@ -118,6 +120,7 @@ OBJECTIVE_MODES: dict[str, str] = {
     tracking.METRIC_LATENCY_P50: "min",
     tracking.METRIC_LATENCY_P90: "min",
     tracking.METRIC_PARAMS: "min",
+    **{metric: "min" for metric in tracking.SERVE_METRICS},
 }
 #: The most configurations a searcher proposes (``searcher.num_samples``).
 MAX_NUM_SAMPLES = 100_000
@@ -457,6 +460,8 @@ class _Train(cat.Params):
     batch_size: cat.Count = TrainConfig.batch_size
     eval_every: cat.Count = TrainConfig.eval_every
     seed: _NonNegInt = TrainConfig.seed
+    # Mini-batch mode (node tasks): one positive fan-out per layer of the model.
+    num_neighbors: Annotated[list[cat.Count], Field(min_length=1)] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -743,6 +748,7 @@ def _search_params() -> dict[str, Any]:
         "student.arch": None,
         "student.lr": _Train,
         "student.weight_decay": _Train,
+        "student.batch_size": _Train,
     }
     for e in cat.MODELS:
         out.update({f"student.{k}": e.params for k in e.param_names() if f"student.{k}" not in out})
@@ -768,7 +774,7 @@ def _scalar(schema: Any, key: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 _CONDITIONING = ("student.arch", "lsp.kernel")
-_TRAIN_DIMS = ("lr", "weight_decay")
+_TRAIN_DIMS = ("lr", "weight_decay", "batch_size")
 
 
 def parse_study_spec(data: Any, source: str) -> StudySpec:
@@ -975,7 +981,10 @@ def _parse_train(chk: _Check, raw: Any, path: str, *, allow_seed: bool) -> Train
         chk.fail(f"{path}.seed", "the student's seed comes from `seeds` (one run per seed)")
     if "device" in d:
         chk.fail(f"{path}.device", "the runner sets the device from `resources` (gpu > 0: cuda)")
-    return TrainConfig(**chk.validate(_Train, d, path).model_dump(exclude_unset=True))
+    values = chk.validate(_Train, d, path).model_dump(exclude_unset=True)
+    if values.get("num_neighbors") is not None:
+        values["num_neighbors"] = tuple(values["num_neighbors"])
+    return TrainConfig(**values)
 
 
 def _check_arch_kind(chk: _Check, arch: str, path: str, dataset: DatasetSpec) -> None:
@@ -1360,6 +1369,8 @@ def resolve_trial(spec: StudySpec, params: Mapping[str, Any]) -> TrialPlan:
     flat.update(
         {"student.lr": student_train.lr, "student.weight_decay": student_train.weight_decay}
     )
+    if "batch_size" in train:  # only when searched: other studies keep their config ids
+        flat["student.batch_size"] = student_train.batch_size
     flat["seed"] = int(seed)
     distill = DistillConfig(method=method, params=values)
     return TrialPlan(method, int(seed), student, student_train, distill, flat, config_id(flat))
@@ -1420,6 +1431,8 @@ def teacher_hash(spec: StudySpec) -> str:
     teachers keep the hashes they had before user models and datasets existed."""
     train = {f.name: getattr(spec.teacher.train, f.name) for f in fields(TrainConfig)}
     del train["device"]
+    if train["num_neighbors"] is None:
+        del train["num_neighbors"]  # full batch: the hash teachers had before mini-batches
     m = spec.teacher.model
     # Version 1 hashed the sizes as fields of their own, null where an arch takes none: kept, so
     # built-in teachers cached before keep their hashes; a plugin's other sizes are added.

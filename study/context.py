@@ -80,7 +80,7 @@ def latency_input(task: Task, device: str = "cpu") -> tuple[Any, ...]:
 def study_latency(model: nn.Module, task: Task, spec: StudySpec, device: str) -> LatencyResult:
     """Time ``model`` on the task's one-graph (or one-cloud) input with the study's settings,
     in rounds until the p50 is known to ``latency.tolerance`` (no quiet window: see
-    :func:`study.latency_service.quiet_latency`)."""
+    :func:`study.latency_service.measure_figure`)."""
     lat = spec.latency
     return measure_until_stable(
         model,

@@ -33,6 +33,7 @@ from study.context import latency_input, study_latency
 from study.data.base import Task
 from study.latency import LatencyResult, device_name
 from study.quiet import measurement_window
+from study.serving_latency import study_serving_metrics
 
 #: Seconds after which a claim whose trial never delivered (it died) may be taken by another.
 CLAIM_TIMEOUT = 900.0
@@ -46,7 +47,7 @@ _T = TypeVar("_T")
 class Figure:
     """What a study measures once per signature: the PyTorch latency, and the other runtimes'
     and serving figures measured in the same quiet window (``extra_metrics``/``extra_tags``,
-    logged as they are: ONNX Runtime)."""
+    logged as they are: serving latency, ONNX Runtime)."""
 
     latency: LatencyResult
     extra_metrics: dict[str, float] = field(default_factory=dict)
@@ -139,15 +140,9 @@ def signature(model: nn.Module, task: Task, spec: StudySpec, device: str) -> str
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def quiet_latency(model: nn.Module, task: Task, spec: StudySpec, device: str) -> LatencyResult:
-    """:func:`study.context.study_latency` in a quiet window (when ``latency.quiet``); the
-    result's ``quiet`` says whether the window was quiet."""
-    lat, quiet = _in_window(spec, lambda: study_latency(model, task, spec, device))
-    return replace(lat, quiet=quiet)
-
-
 def measure_figure(model: nn.Module, task: Task, spec: StudySpec, device: str) -> Figure:
-    """A student's :class:`Figure`: PyTorch on ``device``, and ONNX Runtime on CPU unless
+    """A student's :class:`Figure`: PyTorch on ``device`` (the whole graph, and serving 1 and
+    256 nodes with their k-hop fetch: study.serving_latency), and ONNX Runtime on CPU unless
     ``latency.onnx`` is off, timed in one quiet window (when ``latency.quiet``); the ONNX export
     is work, done before the window."""
     s = spec.latency
@@ -159,11 +154,12 @@ def measure_figure(model: nn.Module, task: Task, spec: StudySpec, device: str) -
 
     def measure() -> Figure:
         lat = study_latency(model, task, spec, device)
-        if onnx_model is None:
-            return Figure(lat, {}, onnx_tags)
-        from study.onnx_runtime import onnx_metrics
+        extra = study_serving_metrics(model, task, spec, device)  # B=1, B=256 with the fetch
+        if onnx_model is not None:
+            from study.onnx_runtime import onnx_metrics
 
-        return Figure(lat, onnx_metrics(onnx_model, s.repeats, s.warmup, s.threads), onnx_tags)
+            extra.update(onnx_metrics(onnx_model, s.repeats, s.warmup, s.threads))
+        return Figure(lat, extra, onnx_tags)
 
     figure, quiet = _in_window(spec, measure)
     return replace(figure, latency=replace(figure.latency, quiet=quiet))

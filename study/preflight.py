@@ -11,6 +11,7 @@ Each problem is one line ``<study file>: <key.path>: <what was expected>``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,6 +30,7 @@ from study.models import build_model
 from study.models.attention import set_attention_recording
 from study.models.base import ModelOutput
 from study.teachers import load_teacher_weights
+from study.train_config import TrainConfig
 
 T = TypeVar("T")
 
@@ -56,6 +58,7 @@ def load_and_check(spec: StudySpec, data_root: str | None) -> Task:
     task = in_file(spec, None, load_study_task, spec, data_root)
     check_split_classes(spec, task)
     check_models(spec, task)
+    check_fits_full_batch(spec, task)
     return task
 
 
@@ -230,6 +233,7 @@ def check_models(spec: StudySpec, task: Task) -> None:
     attention = any(reads_attention(m) for m in spec.methods)
     set_attention_recording(teacher, attention)
     teacher_out = in_file(spec, "teacher", check_forward, teacher, probe, task)
+    check_fanouts(spec, "teacher", spec.teacher.train, teacher, task)
     for model, options in builtin_variants(spec) or [
         (spec.student.model, o) for o in student_variants(spec)
     ]:
@@ -238,6 +242,7 @@ def check_models(spec: StudySpec, task: Task) -> None:
         student_out = in_file(spec, "student", check_forward, student, probe, task)
         check_attention(spec, teacher_out, student_out)
         check_layer_maps(spec, teacher_out, student_out)
+        check_fanouts(spec, "student", spec.student.train, student, task)
 
 
 def builtin_variants(spec: StudySpec) -> list[tuple[ModelSpec, dict[str, Any] | None]]:
@@ -255,6 +260,76 @@ def builtin_variants(spec: StudySpec) -> list[tuple[ModelSpec, dict[str, Any] | 
             overrides = {"depth": depth} if takes and spec.student.model.preset is None else {}
             out.append((spec.student.model_for(arch, overrides), None))
     return out
+
+
+def check_fanouts(
+    spec: StudySpec, role: str, train: TrainConfig, model: nn.Module, task: Task
+) -> None:
+    """Mini-batch mode (``<role>.train.num_neighbors``): node tasks only, and one fan-out per
+    layer of the model (a model whose layers are not known, a user's own, is not checked)."""
+    if train.num_neighbors is None:
+        return
+    where = f"{spec.source}: {role}.train.num_neighbors"
+    if isinstance(task, PointCloudTask):
+        raise UserInputError(f"{where}: sampled mini-batches apply to node tasks only; remove it")
+    depth = getattr(model, "num_layers", None)
+    if depth is not None and len(train.num_neighbors) != depth:
+        raise UserInputError(
+            f"{where}: expected one fan-out per layer of the {role} ({depth} layers), got "
+            f"{list(train.num_neighbors)} ({len(train.num_neighbors)} entries)"
+        )
+
+
+#: Peak memory of one full-batch training step per directed edge of the graph, measured on
+#: random graphs (100 features, mean degree 10, peak linear in edges up to 6.4M edges; see
+#: ``STACK_FACTS.md`` "Full-batch training cost" and ``benchmarks/bench_large_graph.py``):
+#: a teacher's training step, and an LSP distillation step of a student.
+FULL_BATCH_TEACHER_BYTES_PER_EDGE = 1100
+FULL_BATCH_STUDENT_BYTES_PER_EDGE = 700
+
+
+def available_memory() -> int:
+    """Bytes this machine can still give (free plus reclaimable cache)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def full_batch_edges(task: NodeTask, train: TrainConfig) -> int:
+    """Edges one full-batch step holds: the training graph, or the largest ``batch_size``
+    training graphs together (PPI's steps batch graphs)."""
+    sizes = sorted((int(g.edge_index.shape[1]) for g in task.train), reverse=True)
+    return sum(sizes[: max(1, train.batch_size)]) if len(sizes) > 1 else sizes[0]
+
+
+def check_fits_full_batch(spec: StudySpec, task: Task, available: int | None = None) -> None:
+    """Refuse, before anything starts, a full-batch study whose training graph will not fit in
+    this machine's memory: the estimated peak (edges times the measured bytes per edge above,
+    times the trials that run at once) against ``available`` (default: what is free now)."""
+    if not isinstance(task, NodeTask):
+        return
+    free = available_memory() if available is None else available
+    concurrent = min(
+        spec.num_trials,
+        spec.searcher.max_concurrent or max(1, int((os.cpu_count() or 1) // spec.resources.cpu)),
+    )
+    roles = [("student", spec.student.train, FULL_BATCH_STUDENT_BYTES_PER_EDGE, concurrent)]
+    if spec.teacher.checkpoint is None:
+        roles.insert(0, ("teacher", spec.teacher.train, FULL_BATCH_TEACHER_BYTES_PER_EDGE, 1))
+    for role, train, per_edge, copies in roles:
+        if train.minibatch:
+            continue
+        edges = full_batch_edges(task, train)
+        need = edges * per_edge * copies
+        if need > free:
+            runs = f" x {copies} trials at once" if copies > 1 else ""
+            raise UserInputError(
+                f"{spec.source}: {role}.train: full-batch training on {edges:,} edges needs "
+                f"about {need / 2**30:.1f} GiB ({per_edge} bytes per edge{runs}), but "
+                f"{free / 2**30:.1f} GiB is available; train on sampled mini-batches: set "
+                f"{role}.train.num_neighbors (one fan-out per layer, e.g. [15, 10]) and "
+                f"{role}.train.batch_size (seed nodes per step, e.g. 1024)"
+            )
 
 
 def _keyed_checkpoint(path: str, model: ModelSpec, task: Task) -> nn.Module:

@@ -35,7 +35,7 @@ from study.context import StudyContext, load_study_task, trial_device
 from study.data.base import Task, data_fingerprint, io_channels
 from study.errors import UserInputError
 from study.latency import count_parameters
-from study.latency_service import logged_figures, quiet_latency, start_cache
+from study.latency_service import logged_figures, measure_figure, start_cache
 from study.models import build_model
 from study.preflight import load_and_check
 from study.quiet import Worker
@@ -226,6 +226,7 @@ def start_ray(address: str | None = None, py_modules: list[str] | None = None) -
     address = address or os.environ.get("RAY_ADDRESS")
     env = {k: v for k, v in os.environ.items() if k.startswith("GDS_") or k == tr.TRACKING_URI_ENV}
     env = {**allocator.env_for_workers(), **env}  # glibc reads these when a worker starts
+    env = {**_zero_copy_tensors(), **env}
     runtime_env: dict[str, Any] = {"env_vars": env} if env else {}
     if py_modules:
         runtime_env["py_modules"] = list(py_modules)
@@ -247,6 +248,35 @@ def start_ray(address: str | None = None, py_modules: list[str] | None = None) -
             f"[gds] warning: this Ray kept node IP {node_ip}, not {LOCAL_RAY_IP}: its servers "
             "may listen on every interface (README: Ray's network listeners)"
         )
+
+
+#: Ray's switch (2.4x and later) for torch tensors read from the object store without a copy.
+ZERO_COPY_TENSORS_ENV = "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS"
+
+
+def _zero_copy_tensors() -> dict[str, str]:
+    """Switch on Ray's zero-copy torch tensors here and return the variable workers need.
+
+    The study's dataset goes to trials through the object store (``tune.with_parameters``).
+    By default Ray pickles tensors, so every trial worker unpickles its own copy of the graph;
+    with the switch a worker's tensors are views of the object store's shared memory: one copy
+    of the graph per machine, whatever the number of trials. Such tensors must not be written
+    in place (nothing here does: training reads features, labels and edges). The driver reads
+    the switch when Ray starts, from ``ray_constants`` (set at import, so set here directly);
+    workers read it from their environment.
+    """
+    import warnings
+
+    from ray._private import ray_constants
+
+    if hasattr(ray_constants, ZERO_COPY_TENSORS_ENV):
+        setattr(ray_constants, ZERO_COPY_TENSORS_ENV, True)
+    with contextlib.suppress(ImportError):
+        from ray._private.tensor_serialization_utils import ZeroCopyTensorsWarning
+
+        # Said of every tensor put: the dataset's tensors are the read-only kind it asks for.
+        warnings.filterwarnings("ignore", category=ZeroCopyTensorsWarning)
+    return {ZERO_COPY_TENSORS_ENV: "1"}
 
 
 # MLflow 3's UI shows an experiment of this kind as model training (runs), not GenAI traces.
@@ -333,20 +363,13 @@ def _log_teacher_run(
     )
     run_id = run.info.run_id
     try:
-        lat = quiet_latency(model, task, spec, device)
-        metrics = {
-            **metrics,
-            tr.METRIC_LATENCY_P50: lat.p50_ms,
-            tr.METRIC_LATENCY_P90: lat.p90_ms,
-            tr.METRIC_LATENCY_CI_LOW: lat.p50_ci_low_ms,
-            tr.METRIC_LATENCY_CI_HIGH: lat.p50_ci_high_ms,
-            tr.METRIC_PARAMS: float(count_parameters(model)),
-        }
+        figure = measure_figure(model, task, spec, device)  # as the students' (for the plots)
+        metrics = {**metrics, **figure.metrics(), tr.METRIC_PARAMS: float(count_parameters(model))}
         now = int(time.time() * 1000)
         client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            tags=[RunTag(k, v) for k, v in lat.as_tags().items()],
+            tags=[RunTag(k, v) for k, v in figure.tags().items()],
             params=[
                 Param(f"teacher.{k}", tr.encode_param(v)) for k, v in sorted(model.spec.items())
             ],

@@ -46,7 +46,7 @@ import pandas as pd
 
 from study import fileio
 from study import tracking as tr
-from study.errors import UserInputError
+from study.errors import UserInputError, choose
 
 __all__ = [
     "ROLE_SELECTION",
@@ -64,6 +64,16 @@ ROLE_SELECTION = "selection"
 MODEL_ARTIFACT_DIR = "model"
 MLMODEL_FILE = "MLmodel"  # MLflow's model file, written by study.pyfunc_model
 _P50 = f"{tr.METRIC_LATENCY_P50}_mean"
+#: The latency metrics the budget may apply to (``--latency-metric``): whole-graph latency
+#: (PyTorch or ONNX Runtime), or serving latency for B target nodes with the neighbourhood
+#: fetch (node tasks).
+LATENCY_METRICS = (
+    tr.METRIC_LATENCY_P50,
+    tr.METRIC_LATENCY_P90,
+    tr.METRIC_LATENCY_ONNX_P50,
+    tr.METRIC_LATENCY_ONNX_P90,
+    *tr.SERVE_METRICS,
+)
 _TEST = f"{tr.METRIC_TEST}_mean"
 _VAL = f"{tr.METRIC_VAL}_mean"
 PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -304,6 +314,7 @@ def select_and_export(
     tracking_uri: str | None = None,
     model_name: str | None = None,
     runtime: str = "torch",
+    latency_metric: str | None = None,
 ) -> SelectionResult:
     """Choose the best configuration of ``study`` within the latency budget, export its student
     to ``out_dir`` and register it as a new model version (see the module docstring).
@@ -316,6 +327,8 @@ def select_and_export(
         model_name: registered model name (default ``<study>-student``).
         runtime: whose latency the budget holds: ``torch`` (``latency_ms_p50``) or ``onnx``
             (``latency_onnx_ms_p50``, ONNX Runtime on CPU).
+        latency_metric: instead, any latency of :data:`LATENCY_METRICS` (e.g.
+            ``serve_b1_ms_p50``: one node served with its k-hop fetch).
 
     Returns:
         The :class:`SelectionResult`. The new version gets the alias ``challenger``
@@ -330,6 +343,9 @@ def select_and_export(
 
     budget = check_budget(max_latency_ms)
     latency = latency_column(runtime)
+    if latency_metric is not None:
+        choose("--latency-metric", latency_metric, LATENCY_METRICS)
+        latency = f"{latency_metric}_mean"
     name = check_model_name(model_name if model_name is not None else default_model_name(study))
     out = Path(os.path.abspath(out_dir))
     check_target(out, "--out")
@@ -340,6 +356,7 @@ def select_and_export(
     hyper = _hyperparameters(client, choice.source_run_id)
     config = _copy_student(client, choice.source_run_id, out)
     sel_id, version = _register(client, study, choice, budget, name, out)
+    client.log_param(sel_id, "latency_metric", latency_metric)
     return _result(study, choice, hyper, teacher_score, out, sel_id, name, version, config)
 
 

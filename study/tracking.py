@@ -79,7 +79,7 @@ METRIC_LATENCY_ONNX_P90 = "latency_onnx_ms_p90"
 TAG_ONNX = "gds.onnx"
 # What a study measures once per architecture beside the PyTorch figure, logged by each trial
 # (study.latency_service.Figure): a resumed study reads them back.
-EXTRA_LATENCY_METRICS = (METRIC_LATENCY_ONNX_P50, METRIC_LATENCY_ONNX_P90)
+EXTRA_LATENCY_METRICS: tuple[str, ...] = (METRIC_LATENCY_ONNX_P50, METRIC_LATENCY_ONNX_P90)
 EXTRA_LATENCY_TAGS = (TAG_ONNX,)
 FINAL_METRICS = (
     METRIC_VAL,
@@ -94,7 +94,7 @@ FINAL_METRICS = (
 # the bounds of the latency p50's 95% confidence interval.
 METRIC_LATENCY_CI_LOW = "latency_ms_p50_ci_low"
 METRIC_LATENCY_CI_HIGH = "latency_ms_p50_ci_high"
-EXTRA_METRICS = (
+EXTRA_METRICS: tuple[str, ...] = (
     "test_accuracy",
     "test_micro_f1",
     "test_auroc",
@@ -129,6 +129,21 @@ ROLE_PIPELINE = "pipeline"
 TAG_PIPELINE_ROUND = "gds.pipeline_round"
 TAG_DATA_FINGERPRINT = "gds.data_fingerprint"
 
+#: Serving latency of node-task models (study.serving_latency): the time to answer B target
+#: nodes, the k-hop neighbourhood fetch included, per B and statistic.
+SERVE_BATCH_SIZES = (1, 256)
+
+
+def serve_metric(batch: int, stat: str = "p50") -> str:
+    """The metric key of serving latency for ``batch`` targets: ``serve_b1_ms_p50`` etc."""
+    return f"serve_b{batch}_ms_{stat}"
+
+
+METRIC_SERVE_B1_P50 = serve_metric(1)
+METRIC_SERVE_B256_P50 = serve_metric(256)
+SERVE_METRICS = tuple(serve_metric(b, s) for b in SERVE_BATCH_SIZES for s in ("p50", "p90"))
+EXTRA_METRICS = (*EXTRA_METRICS, *SERVE_METRICS)
+EXTRA_LATENCY_METRICS = (*EXTRA_LATENCY_METRICS, *SERVE_METRICS)
 # Per-epoch metric keys (logged with step=epoch).
 EPOCH_METRICS = ("train_loss", "distill_loss", "epoch_val_score")
 

@@ -6,6 +6,12 @@ teacher tensors, adapters) comes from its :class:`~study.distill.methods.Distill
 teacher's outputs on a fixed graph are computed once under ``no_grad`` and cached (as PyG's
 ``examples/glnn.py`` does); on augmented point clouds the input changes every batch, so there the
 frozen teacher runs per batch, still without gradients.
+
+Node tasks train full batch unless ``TrainConfig.num_neighbors`` is set: then every step takes
+``batch_size`` seed nodes and their sampled neighbourhood (:mod:`study.sampling`), the teacher's
+outputs on the whole training graph come from one layer-wise inference (or are given, computed
+once per study) and are only read by the steps, and evaluation runs layer-wise in chunks
+(:mod:`study.inference`), so no step or evaluation holds the whole graph's autograd graph.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ from tqdm.auto import tqdm
 from study.data.augment import augment_pointcloud
 from study.data.base import NodeTask, PointCloudSet, PointCloudTask, Task
 from study.distill.methods import DistillMethod, build_method
+from study.inference import INFERENCE_CHUNK_NODES, layerwise_forward
 from study.metrics import multiclass_auroc, node_scores
 from study.models.base import ModelOutput
+from study.sampling import NeighborSampler, SampledSubgraph
 from study.train_config import DistillConfig, TrainConfig
 
 
@@ -184,6 +192,7 @@ def evaluate(
     device: str = "cpu",
     *,
     with_auroc: bool = True,
+    chunk_nodes: int | None = None,
 ) -> dict[str, float]:
     """Score ``model`` on one split of ``task``.
 
@@ -192,7 +201,8 @@ def evaluate(
     (single-label) or micro-F1 (multi-label) and AUROC; for point clouds overall accuracy plus
     ``mean_class_accuracy`` and one-vs-rest macro AUROC, the headline one of them.
     All fractions in [0, 1]. ``with_auroc=False`` leaves AUROC out: the per-epoch validation
-    reads only the headline, and PPI's 121-label AUROC costs 0.4 s a call.
+    reads only the headline, and PPI's 121-label AUROC costs 0.4 s a call. ``chunk_nodes``
+    runs node models layer-wise in chunks of that many nodes (bounded memory, same scores).
     """
     was_training = model.training
     model.eval()
@@ -201,16 +211,28 @@ def evaluate(
         if isinstance(task, PointCloudTask):
             clouds = getattr(task, split)
             return _evaluate_clouds(model, clouds, task.num_classes, dev, with_auroc, task.metric)
-        return _evaluate_nodes(model, task, getattr(task, split), dev, with_auroc)
+        return _evaluate_nodes(model, task, getattr(task, split), dev, with_auroc, chunk_nodes)
     finally:
         model.train(was_training)
 
 
 def _evaluate_nodes(
-    model: nn.Module, task: NodeTask, graphs: list[Data], dev: torch.device, with_auroc: bool
+    model: nn.Module,
+    task: NodeTask,
+    graphs: list[Data],
+    dev: torch.device,
+    with_auroc: bool,
+    chunk_nodes: int | None = None,
 ) -> dict[str, float]:
     all_logits, targets = [], []
     for graph in graphs:
+        if chunk_nodes is not None:
+            out = layerwise_forward(
+                model, graph.x, graph.edge_index, chunk_nodes=chunk_nodes, device=dev
+            )
+            all_logits.append(_logits(out)[graph.mask])
+            targets.append(graph.y[graph.mask])
+            continue
         data = graph.to(dev)
         all_logits.append(_logits(forward(model, data))[data.mask].cpu())
         targets.append(data.y[data.mask].cpu())
@@ -286,6 +308,125 @@ class TeacherCache:
         return joined, pre
 
 
+# ---------------------------------------------------------------- sampled mini-batches
+
+
+def training_graph(task: NodeTask) -> Data:
+    """The graph mini-batches are sampled from: the one training graph, or the training graphs
+    as one disjoint union (PPI), with ``x [N, F]``, ``edge_index [2, E]``, ``y``, ``mask [N]``."""
+    if len(task.train) == 1:
+        return task.train[0]
+    union = Batch.from_data_list(task.train)
+    return Data(x=union.x, edge_index=union.edge_index, y=union.y, mask=union.mask)
+
+
+def teacher_outputs(
+    teacher: nn.Module,
+    task: NodeTask,
+    device: str = "cpu",
+    *,
+    chunk_nodes: int = INFERENCE_CHUNK_NODES,
+) -> ModelOutput:
+    """The frozen teacher's ``[N, C]`` logits and ``[N, F_l]`` hidden features on every node of
+    :func:`training_graph`, by layer-wise inference without autograd (CPU tensors): what every
+    sampled distillation step reads instead of running the teacher."""
+    graph = training_graph(task)
+    return layerwise_forward(
+        teacher, graph.x, graph.edge_index, chunk_nodes=chunk_nodes, device=device
+    )
+
+
+@dataclass
+class _Sampling:
+    """What sampled mini-batch training reads: the graph, its sampler, the teacher's outputs."""
+
+    graph: Data
+    sampler: NeighborSampler
+    teacher: ModelOutput | None
+
+
+def _rows(out: ModelOutput, index: Tensor | slice, device: torch.device) -> ModelOutput:
+    """``out`` restricted to ``index``'s rows (logits and every hidden layer), on ``device``."""
+    logits = None if out.logits is None else out.logits[index].to(device)
+    return ModelOutput(logits=logits, hidden=[h[index].to(device) for h in out.hidden])
+
+
+def sampled_step(
+    model: nn.Module,
+    graph: Data,
+    sub: SampledSubgraph,
+    teacher: ModelOutput | None,
+    method: DistillMethod,
+    adapters: nn.ModuleList | None,
+    multilabel: bool,
+    device: torch.device,
+) -> tuple[Tensor, Tensor | None]:
+    """(hard loss, distillation term or ``None``) of one sampled batch.
+
+    The student runs on the sampled subgraph. The hard loss covers the seeds in
+    ``graph.mask``; KD, FitNet and AT compare the seeds' rows with the teacher's; a term that
+    reads edges (LSP) gets every node of the subgraph and the sampled edges whose target is a
+    seed, so its local structures are distributions over those edges for both models.
+
+    Args:
+        graph: the training graph (``x``, ``y``, ``mask`` indexed by global node id).
+        sub: the batch, seeds first.
+        teacher: the teacher's outputs on every node of ``graph`` (``None``: no term).
+    """
+    out = model(graph.x[sub.n_id].to(device), sub.edge_index.to(device))
+    seeds = sub.n_id[: sub.num_seeds]
+    logits = _logits(out)[: sub.num_seeds]
+    labelled = graph.mask[seeds]
+    if bool(labelled.any()):
+        target = graph.y[seeds[labelled]].to(device)
+        hard = _hard_loss(logits[labelled.to(device)], target, multilabel)
+    else:
+        hard = logits.sum() * 0.0  # no labelled seed in this batch: the term alone teaches
+    if teacher is None:
+        return hard, None
+    if method.reads_edges:
+        student, t_out = out, _rows(teacher, sub.n_id, device)
+        edges: Tensor | None = sub.edge_index[:, sub.seed_edges()].to(device)
+    else:
+        student = _rows(out, slice(0, sub.num_seeds), device)
+        t_out, edges = _rows(teacher, seeds, device), None
+    term = method.term(
+        student,
+        t_out,
+        edge_index=edges,
+        precomputed=[],
+        adapters=adapters,
+        multilabel=multilabel,
+    )
+    return hard, term
+
+
+def _sampling(
+    task: Task,
+    cfg: TrainConfig,
+    teacher: nn.Module | None,
+    method: DistillMethod,
+    given: ModelOutput | None,
+) -> _Sampling | None:
+    """Sampled mini-batch training's state, or ``None`` for full batch (or point clouds)."""
+    if cfg.num_neighbors is None or not isinstance(task, NodeTask):
+        return None
+    graph = training_graph(task)
+    sampler = NeighborSampler(graph.edge_index, graph.num_nodes, cfg.num_neighbors)
+    outputs = None
+    if method.needs_teacher:
+        if given is None:
+            assert teacher is not None
+            given = teacher_outputs(teacher, task, cfg.device)
+        if given.hidden[0].shape[0] != graph.num_nodes:
+            raise ValueError(
+                f"teacher_outputs cover {given.hidden[0].shape[0]} nodes, the training graph "
+                f"has {graph.num_nodes}"
+            )
+        outputs = given
+    return _Sampling(graph, sampler, outputs)
+
+
 def teacher_on_clouds(teacher: nn.Module, points: Tensor, method: DistillMethod) -> ModelOutput:
     """The frozen teacher's forward on one batch of clouds ``[B, P, F]``, without gradients.
 
@@ -330,11 +471,24 @@ def _layer_widths(model: nn.Module, probe: Data | Tensor) -> list[int]:
 
 
 def _make_adapters(
-    method: DistillMethod, model: nn.Module, teacher: nn.Module, task: Task, device: torch.device
+    method: DistillMethod,
+    model: nn.Module,
+    teacher: nn.Module | None,
+    task: Task,
+    device: torch.device,
+    teacher_widths: list[int] | None = None,
 ) -> nn.ModuleList | None:
-    """The method's trainable modules (FitNet's adapters), sized by one probe of each model."""
+    """The method's trainable modules (FitNet's adapters), sized by one probe of each model
+    (of the student alone when ``teacher_widths`` are known from its cached outputs)."""
     if not method.needs_adapters:
         return None  # no probe: a teacher forward here would be one more than the cache's
+    if teacher_widths is not None and isinstance(task, NodeTask):
+        graph = task.train[0]  # a few nodes without edges: widths do not depend on the graph
+        probe = Data(x=graph.x[:8], edge_index=torch.empty((2, 0), dtype=torch.long))
+        widths = _layer_widths(model, probe.to(device))
+        adapters = method.make_adapters(widths, teacher_widths)
+        return None if adapters is None else adapters.to(device)
+    assert teacher is not None
     probe = (
         task.train.points[:2].to(device)
         if isinstance(task, PointCloudTask)
@@ -362,6 +516,7 @@ class _Run:
     best_state: dict[str, Any] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     elapsed: float = 0.0
+    sampling: _Sampling | None = None
 
     def snapshot(self, epoch: int) -> dict[str, Any]:
         """A state :meth:`restore` continues from after ``epoch`` (keys as Ray checkpoints hold)."""
@@ -415,6 +570,7 @@ def fit(
     desc: str = "train",
     on_epoch: EpochCallback | None = None,
     resume: dict[str, Any] | None = None,
+    teacher_outputs: ModelOutput | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` (with a teacher when ``distill.method != "none"``).
 
@@ -428,6 +584,8 @@ def fit(
         progress: show a progress bar over epochs.
         on_epoch: called after each epoch (see :data:`EpochCallback`).
         resume: a state from ``snapshot()`` to continue from (weights, optimiser, RNG, history).
+        teacher_outputs: sampled mini-batches only (``cfg.num_neighbors``): the teacher's
+            :func:`teacher_outputs` on the task, computed once and shared (else computed here).
 
     Raises:
         TrainingDiverged: an epoch's mean training loss is not finite or past the bound of
@@ -439,12 +597,14 @@ def fit(
         raise ValueError(f"method {distill.method!r} needs a teacher")
     method.prepare(model, teacher)
     device = torch.device(cfg.device)
+    sampling = _sampling(task, cfg, teacher, method, teacher_outputs)
     cache = (
         TeacherCache(teacher, method, device)
-        if teacher is not None and method.needs_teacher
+        if teacher is not None and method.needs_teacher and sampling is None
         else None
     )
-    run = _start(model, task, cfg, method, cache, device)
+    run = _start(model, task, cfg, method, cache, device, sampling)
+    chunk = INFERENCE_CHUNK_NODES if sampling is not None else None
     if resume is not None:
         run.restore(resume)
     multilabel = isinstance(task, NodeTask) and task.multilabel
@@ -457,9 +617,9 @@ def fit(
         record = _optimise(run, steps, w_hard, w_term, epoch)
         run.elapsed += time.perf_counter() - t0
         if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
-            record["epoch_val_score"] = evaluate(model, task, "val", cfg.device, with_auroc=False)[
-                "score"
-            ]
+            record["epoch_val_score"] = evaluate(
+                model, task, "val", cfg.device, with_auroc=False, chunk_nodes=chunk
+            )["score"]
             run.keep_if_best(record["epoch_val_score"], epoch)
         run.history.append(record)
         bar.set_postfix(
@@ -468,7 +628,7 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, record, functools.partial(run.snapshot, epoch))
     bar.close()
-    return _finish(run, task, cfg)
+    return _finish(run, task, cfg, chunk)
 
 
 def _start(
@@ -478,15 +638,21 @@ def _start(
     method: DistillMethod,
     cache: TeacherCache | None,
     device: torch.device,
+    sampling: _Sampling | None = None,
 ) -> _Run:
     """Seed, move the model, build the adapters, the optimiser and its schedule."""
     seed_everything(cfg.seed)
     model.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    adapters = None if cache is None else _make_adapters(method, model, cache.teacher, task, device)
+    adapters = None
+    if cache is not None:
+        adapters = _make_adapters(method, model, cache.teacher, task, device)
+    elif sampling is not None and sampling.teacher is not None:
+        widths = [h.shape[-1] for h in sampling.teacher.hidden]
+        adapters = _make_adapters(method, model, None, task, device, widths)
     params = list(model.parameters()) + ([] if adapters is None else list(adapters.parameters()))
     optimizer = make_optimizer(params, cfg)
-    return _Run(model, optimizer, _make_scheduler(optimizer, cfg), adapters, gen)
+    return _Run(model, optimizer, _make_scheduler(optimizer, cfg), adapters, gen, sampling=sampling)
 
 
 def _progress_bar(cfg: TrainConfig, start: int, desc: str, progress: bool) -> tqdm:
@@ -534,11 +700,11 @@ def _optimise(
     }
 
 
-def _finish(run: _Run, task: Task, cfg: TrainConfig) -> TrainResult:
+def _finish(run: _Run, task: Task, cfg: TrainConfig, chunk_nodes: int | None) -> TrainResult:
     """Back to the best validation model, scored on the test split."""
     if run.best_state is not None:
         run.model.load_state_dict(run.best_state)
-    test_metrics = evaluate(run.model, task, "test", cfg.device)
+    test_metrics = evaluate(run.model, task, "test", cfg.device, chunk_nodes=chunk_nodes)
     return TrainResult(
         model=run.model,
         val_score=run.best_val,
@@ -582,6 +748,9 @@ def _train_steps(
                 )
             yield _hard_loss(_logits(out), labels, False), term
         return
+    if run.sampling is not None:
+        yield from _sampled_steps(run, run.sampling, cfg, method, multilabel, device, epoch)
+        return
     for graphs in _node_batches(task.train, cfg, run.gen):
         data = _collate(graphs, device)
         out = forward(model, data)
@@ -598,6 +767,30 @@ def _train_steps(
                 multilabel=multilabel,
             )
         yield hard, term
+
+
+def _sampled_steps(
+    run: _Run,
+    sampling: _Sampling,
+    cfg: TrainConfig,
+    method: DistillMethod,
+    multilabel: bool,
+    device: torch.device,
+    epoch: int,
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """One epoch of sampled batches. With a term on, the seeds run over every node (the
+    teacher is known everywhere, as the full-batch term covers every node); without one, over
+    the labelled nodes only."""
+    graph = sampling.graph
+    teacher = sampling.teacher if method.active(epoch) else None
+    if teacher is not None:
+        pool = torch.arange(graph.num_nodes)
+    else:
+        pool = graph.mask.nonzero().view(-1)
+    order = pool[torch.randperm(pool.numel(), generator=run.gen)]
+    for seeds in order.split(cfg.batch_size):
+        sub = sampling.sampler.sample(seeds, run.gen)
+        yield sampled_step(run.model, graph, sub, teacher, method, run.adapters, multilabel, device)
 
 
 def train_teacher(

@@ -13,6 +13,12 @@ class TrainConfig:
 
     ``batch_size`` counts graphs (PPI) or clouds (point clouds); one-graph data is full-batch.
     ``eval_every`` epochs the validation score is computed and the best model kept.
+
+    ``num_neighbors`` (fan-out per layer, e.g. ``(15, 10)``; one entry per layer of the model)
+    turns on sampled mini-batch training for node tasks (README "Graphs that do not fit
+    full-batch"): each step takes ``batch_size`` SEED NODES and their sampled neighbourhood
+    (:mod:`study.sampling`), and evaluation runs layer-wise in chunks (:mod:`study.inference`).
+    ``None`` (the default) keeps full batch, as before.
     """
 
     epochs: int = 200
@@ -23,7 +29,13 @@ class TrainConfig:
     batch_size: int = 32
     eval_every: int = 1
     seed: int = 0
+    num_neighbors: tuple[int, ...] | None = None
     device: str = "cpu"
+
+    @property
+    def minibatch(self) -> bool:
+        """Whether node tasks train on sampled mini-batches (``num_neighbors`` is set)."""
+        return self.num_neighbors is not None
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from study.per_class import TABLE_ARTIFACT, per_class_figures
 from study.pyfunc_model import add_task_pyfunc
 from study.quiet import Worker
 from study.search import trial_params
+from study.teacher_outputs import trial_teacher_outputs
 from study.teachers import load_teacher, teacher_cache_path
 from study.train import (
     TrainingDiverged,
@@ -325,9 +326,20 @@ def _train(
     train_cfg = with_device(plan.student_train, device)
     if spec.scheduler is not None:  # scheduler.max_t caps the epochs
         train_cfg = replace(train_cfg, epochs=spec.scheduler.epochs(train_cfg.epochs))
+    # Sampled mini-batches: the teacher's outputs, computed once per machine, memory-mapped.
+    outs = trial_teacher_outputs(
+        teacher, task, train_cfg, plan.distill, f"{ctx.teacher_hash}-{ctx.teacher_run_id}", device
+    )
     try:
         result = distill_student(
-            student, teacher, task, train_cfg, plan.distill, on_epoch=reporter, resume=resume
+            student,
+            teacher,
+            task,
+            train_cfg,
+            plan.distill,
+            on_epoch=reporter,
+            resume=resume,
+            teacher_outputs=outs,
         )
     except SystemExit as stop:
         # Tune stops a function trainable by raising SystemExit(0) in its report: with a

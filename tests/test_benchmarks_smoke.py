@@ -70,6 +70,13 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "targets.teacher_precomputed_forward_backward.met",
         "targets.both_sides_forward.met",
     ),
+    "bench_large_graph": (
+        "results",
+        "targets.teacher_beyond_graph_growth.met",
+        "targets.lsp_student_beyond_graph_growth.met",
+        "config.nodes",
+        "config.sampler",
+    ),
     "bench_latency": (
         "results",
         "teacher_over_student_p50.gat_ppi",

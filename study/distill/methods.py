@@ -66,11 +66,15 @@ class DistillMethod:
             skips its classifier otherwise).
         needs_adapters: whether :meth:`make_adapters` builds trainable modules (the loop then
             sizes them from one probe forward of each model).
+        reads_edges: whether :meth:`term` reads ``edge_index`` (LSP). In sampled mini-batches
+            such a term gets every node of the sampled subgraph and the sampled edges whose
+            target is a seed; any other term gets the seed nodes' rows only.
     """
 
     needs_teacher: ClassVar[bool] = True
     needs_teacher_logits: ClassVar[bool] = False
     needs_adapters: ClassVar[bool] = False
+    reads_edges: ClassVar[bool] = False
 
     def weights(self) -> tuple[float, float]:
         """``(weight of the hard loss, weight of the term)``."""
@@ -248,11 +252,15 @@ class LocalStructurePreserving(_LayerPairs):
 
     On a fixed graph the teacher's log local structures are precomputed once; on dynamic graphs
     (DGCNN) both sides are evaluated on the union of the two models' kNN graphs (paper 3.5).
+    In sampled mini-batches nothing is precomputed: the teacher's local structure is taken over
+    the sampled edges from its cached features, so both distributions share one support.
 
     Args:
         params: LSP's own parameters.
         kernel_params: the chosen kernel's validated parameters; ``None``: its defaults.
     """
+
+    reads_edges = True
 
     def __init__(self, params: LSPParams, kernel_params: BaseModel | None = None) -> None:
         super().__init__(params.lambda_, params.layer_map)

@@ -108,18 +108,53 @@ class GAT(nn.Module):
             ``ModelOutput`` with ``logits [N, out_channels]`` and the hidden features.
         """
         hidden: list[Tensor] = []
-        last = len(self.convs) - 1
         self.attention_recorder.start()
-        for layer, conv in enumerate(self.convs):
-            x = F.dropout(x, p=self.dropout, training=self.training)
-            x = conv(x, edge_index)
-            if layer < last:
-                x = F.elu(x)
+        for layer in range(self.num_layers):
+            x = self.layer(layer, x, edge_index)
+            if layer < self.num_layers - 1:
                 hidden.append(x)
-        if not self.concat_last:
-            x = x.view(x.shape[0], self.heads[-1], -1).mean(dim=1)
+        x = self.readout(x)
         attention = self.attention_recorder.take()
         return ModelOutput(logits=x, hidden=hidden or [x], attention=attention)
+
+    #: Layer-wise inference (:mod:`study.inference`) gives each chunk its nodes' neighbours.
+    reads_graph = True
+
+    @property
+    def num_layers(self) -> int:
+        """Number of ``GATConv`` layers."""
+        return len(self.convs)
+
+    def prepare(self, edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor | None]:
+        """Attention normalises over each target's incoming edges, which a chunk of targets has
+        whole: nothing to precompute."""
+        return edge_index, None
+
+    def layer(
+        self,
+        index: int,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None = None,
+        num_targets: int | None = None,
+    ) -> Tensor:
+        """Layer ``index``: dropout, ``GATConv`` (heads concatenated), ELU unless it is the last.
+
+        ``num_targets``: see :meth:`study.models.stack.ConvStack.layer` (bipartite; the first
+        ``num_targets`` rows of ``x`` are the targets, so self-loops stay right)."""
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        conv = self.convs[index]
+        if num_targets is None:
+            x = conv(x, edge_index)
+        else:
+            x = conv((x, x[:num_targets]), edge_index, size=(x.shape[0], num_targets))
+        return F.elu(x) if index < self.num_layers - 1 else x
+
+    def readout(self, x: Tensor) -> Tensor:
+        """``[N, out_channels]`` logits from the last layer's ``[N, heads * per_head]``."""
+        if self.concat_last:
+            return x
+        return x.view(x.shape[0], self.heads[-1], -1).mean(dim=1)
 
 
 def _check_widths(

@@ -8,6 +8,7 @@ trains with every distillation method, because the losses compare its outputs on
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from study.models.base import ModelOutput
@@ -25,6 +26,18 @@ class MLP(ConvStack):
     arch = "mlp"
     make_conv = staticmethod(nn.Linear)
 
+    reads_graph = False
+
     def forward(self, x: Tensor, edge_index: Tensor | None = None) -> ModelOutput:
         """Run all layers on the node features ``x [N, in_channels]``."""
-        return self._run(x, lambda lin, h: lin(h))
+        return super().forward(x, x.new_empty((2, 0), dtype=torch.long))
+
+    def _conv(
+        self,
+        conv: nn.Module,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None,
+        num_targets: int | None,
+    ) -> Tensor:
+        return conv(x if num_targets is None else x[:num_targets])

@@ -76,17 +76,59 @@ class ConvStack(nn.Module):
             "dropout": dropout,
         }
 
+    #: Whether a layer reads the graph (the MLP's do not): layer-wise inference then needs no
+    #: neighbours of a chunk.
+    reads_graph: bool = True
+
+    @property
+    def num_layers(self) -> int:
+        """Number of layers, the output layer included."""
+        return len(self.convs)
+
     def forward(self, x: Tensor, edge_index: Tensor) -> ModelOutput:
         """Run all layers on ``x [N, in_channels]`` over ``edge_index [2, E]``."""
-        return self._run(x, lambda conv, h: conv(h, edge_index))
-
-    def _run(self, x: Tensor, apply: Callable[[nn.Module, Tensor], Tensor]) -> ModelOutput:
         hidden: list[Tensor] = []
-        last = len(self.convs) - 1
-        for layer, conv in enumerate(self.convs):
-            x = F.dropout(x, p=self.dropout, training=self.training)
-            x = apply(conv, x)
-            if layer < last:
-                x = F.relu(x)
+        for index in range(self.num_layers):
+            x = self.layer(index, x, edge_index)
+            if index < self.num_layers - 1:
                 hidden.append(x)
         return ModelOutput(logits=x, hidden=hidden or [x])
+
+    def prepare(self, edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor | None]:
+        """The whole graph's edges (and per-edge weights) as :meth:`layer` reads them when it is
+        run on pieces of the graph (layer-wise inference); plain layers need nothing more."""
+        return edge_index, None
+
+    def layer(
+        self,
+        index: int,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None = None,
+        num_targets: int | None = None,
+    ) -> Tensor:
+        """Layer ``index`` on ``x [N, F]``: dropout, the layer, ReLU unless it is the last.
+
+        ``edge_weight`` comes from :meth:`prepare` (``None``: the layer's own behaviour).
+        ``num_targets``: only the first that many nodes' outputs are wanted (every edge points
+        at one of them); the layer then runs bipartite, ``[num_targets, F_out]``, so that the
+        other nodes' per-node work is not done (layer-wise inference, serving)."""
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = self._conv(self.convs[index], x, edge_index, edge_weight, num_targets)
+        return F.relu(x) if index < self.num_layers - 1 else x
+
+    def readout(self, x: Tensor) -> Tensor:
+        """Logits from the last layer's output (the identity for a plain stack)."""
+        return x
+
+    def _conv(
+        self,
+        conv: nn.Module,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None,
+        num_targets: int | None,
+    ) -> Tensor:
+        if num_targets is None:
+            return conv(x, edge_index)
+        return conv((x, x[:num_targets]), edge_index, size=(x.shape[0], num_targets))

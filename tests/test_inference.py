@@ -1,0 +1,85 @@
+"""Layer-wise chunked inference equals the full forward; models without layers run whole."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import GCNConv
+
+from study.inference import chunk_subgraph, layerwise_forward, supports_layerwise
+from study.models import build_model
+from study.models.user import HookedModel
+from study.sampling import CSR
+
+
+def graph(n: int = 400, e: int = 2400) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 12, generator=gen)
+    edge_index = torch.randint(0, n - 20, (2, e), generator=gen)  # the last 20 nodes isolated
+    return x, edge_index
+
+
+@pytest.mark.parametrize(
+    ("arch", "sizes"),
+    [
+        ("gat", {"width": 4, "depth": 3, "heads": 2}),
+        ("gcn", {"width": 8, "depth": 3}),
+        ("sage", {"width": 8, "depth": 2}),
+        ("mlp", {"width": 8, "depth": 2}),
+        ("gcn", {"width": 8, "depth": 1}),
+    ],
+)
+def test_layerwise_equals_the_full_forward(arch: str, sizes: dict) -> None:
+    x, edge_index = graph()
+    torch.manual_seed(0)
+    model = build_model(arch, in_channels=12, out_channels=5, **sizes).eval()
+    assert supports_layerwise(model)
+    with torch.no_grad():
+        full = model(x, edge_index)
+    chunked = layerwise_forward(model, x, edge_index, chunk_nodes=37)  # 11 uneven chunks
+    assert full.logits is not None and chunked.logits is not None
+    torch.testing.assert_close(chunked.logits, full.logits, rtol=1e-5, atol=1e-5)
+    assert len(chunked.hidden) == len(full.hidden)
+    for got, want in zip(chunked.hidden, full.hidden, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not chunked.logits.requires_grad  # no autograd graph was built
+
+
+def test_layerwise_restores_training_mode() -> None:
+    x, edge_index = graph()
+    model = build_model("gat", in_channels=12, out_channels=5, width=4, depth=2, heads=2)
+    model.train()
+    layerwise_forward(model, x, edge_index, chunk_nodes=100)
+    assert model.training
+
+
+def test_chunk_subgraph_holds_every_incoming_edge_of_the_chunk() -> None:
+    x, edge_index = graph()
+    csr = CSR.from_edge_index(edge_index, 400)
+    extra, local, entries = chunk_subgraph(csr, 100, 150)
+    assert local.shape[1] == int(((edge_index[1] >= 100) & (edge_index[1] < 150)).sum())
+    nodes = torch.cat([torch.arange(100, 150), extra])
+    assert torch.equal(nodes[local], edge_index[:, csr.perm[entries]])  # the same edges
+    assert not ((extra >= 100) & (extra < 150)).any()
+
+
+class _UserNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = GCNConv(12, 8), GCNConv(8, 5)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        return self.conv2(self.conv1(x, edge_index).relu(), edge_index)
+
+
+def test_a_user_model_runs_whole_without_gradients() -> None:
+    x, edge_index = graph()
+    model = HookedModel(_UserNet(), ["conv1"], {"arch": "factory"}).eval()
+    assert not supports_layerwise(model)
+    out = layerwise_forward(model, x, edge_index)
+    with torch.no_grad():
+        want = model(x, edge_index)
+    assert out.logits is not None and want.logits is not None
+    torch.testing.assert_close(out.logits, want.logits)
+    assert not out.logits.requires_grad

@@ -1,0 +1,82 @@
+"""The plain-torch neighbour sampler against PyG's ``k_hop_subgraph`` on small graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.utils import k_hop_subgraph
+
+from study.sampling import CSR, NeighborSampler, first_of_runs, sample_hop
+
+
+def random_graph(n: int = 300, e: int = 3000, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, n, (2, e), generator=gen)
+
+
+def test_csr_groups_incoming_edges_by_target() -> None:
+    edge_index = torch.tensor([[0, 2, 1, 2, 0], [1, 1, 2, 0, 2]])
+    csr = CSR.from_edge_index(edge_index, 3)
+    assert csr.rowptr.tolist() == [0, 1, 3, 5]
+    assert csr.col.tolist() == [2, 0, 2, 1, 0]  # sources of 0, of 1, of 2 (input order kept)
+    assert torch.equal(edge_index[0][csr.perm], csr.col)
+    assert torch.equal(edge_index[1][csr.perm], torch.tensor([0, 1, 1, 2, 2]))
+
+
+def test_first_of_runs() -> None:
+    ids = torch.tensor([0, 0, 0, 3, 3, 5])
+    assert first_of_runs(ids).tolist() == [0, 0, 0, 3, 3, 5]
+
+
+def test_one_hop_takes_min_of_degree_and_fanout_without_replacement() -> None:
+    edge_index = random_graph()
+    csr = CSR.from_edge_index(edge_index, 300)
+    frontier = torch.arange(0, 300, 7)
+    entries, targets = sample_hop(csr, frontier, 4, torch.Generator().manual_seed(1))
+    deg = torch.bincount(edge_index[1], minlength=300)
+    counts = torch.bincount(targets, minlength=300)
+    assert torch.equal(counts[frontier], deg[frontier].clamp(max=4))
+    assert entries.unique().numel() == entries.numel()  # no edge twice
+    assert torch.equal(edge_index[1][csr.perm[entries]], targets)  # each edge points at its node
+
+
+@pytest.mark.parametrize("fanouts", [[3], [5, 2], [2, 2, 2]])
+def test_sample_is_a_subgraph_of_the_k_hop_neighbourhood(fanouts: list[int]) -> None:
+    n, edge_index = 300, random_graph()
+    sampler = NeighborSampler(edge_index, n, fanouts, use_pyg=False)
+    seeds = torch.tensor([5, 17, 200, 42])
+    sub = sampler.sample(seeds, torch.Generator().manual_seed(0))
+    assert torch.equal(sub.n_id[:4], seeds)  # seeds first, in order
+    assert sub.n_id.unique().numel() == sub.n_id.numel()
+    assert sum(sub.num_sampled_nodes) == sub.n_id.numel() and sub.num_sampled_nodes[0] == 4
+    # Every sampled edge exists, and its id names it in the full graph.
+    assert torch.equal(sub.n_id[sub.edge_index], edge_index[:, sub.e_id])
+    # Every node lies in PyG's k-hop neighbourhood (edges flow source -> target into seeds).
+    subset, _, _, _ = k_hop_subgraph(seeds, len(fanouts), edge_index, num_nodes=n)
+    assert set(sub.n_id.tolist()) <= set(subset.tolist())
+    # Fan-out per hop: a node first reached in hop h keeps min(in-degree, fanouts[h]) edges.
+    deg = torch.bincount(edge_index[1], minlength=n)
+    kept = torch.bincount(sub.edge_index[1], minlength=sub.n_id.numel())
+    start = 0
+    for hop, k in enumerate(fanouts):
+        stop = start + sub.num_sampled_nodes[hop]
+        assert torch.equal(kept[start:stop], deg[sub.n_id[start:stop]].clamp(max=k))
+        start = stop
+    assert kept[start:].sum() == 0  # the last hop's nodes are leaves
+    assert sub.seed_edges().numel() == int(deg[seeds].clamp(max=fanouts[0]).sum())
+
+
+def test_sampling_is_deterministic_under_a_seed() -> None:
+    edge_index = random_graph()
+    sampler = NeighborSampler(edge_index, 300, [4, 3], use_pyg=False)
+    seeds = torch.arange(10)
+    a = sampler.sample(seeds, torch.Generator().manual_seed(3))
+    b = sampler.sample(seeds, torch.Generator().manual_seed(3))
+    c = sampler.sample(seeds, torch.Generator().manual_seed(4))
+    assert torch.equal(a.n_id, b.n_id) and torch.equal(a.e_id, b.e_id)
+    assert not torch.equal(a.e_id, c.e_id)
+
+
+def test_bad_fanouts_are_refused() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        NeighborSampler(random_graph(), 300, [3, 0], use_pyg=False)
