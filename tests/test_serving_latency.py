@@ -16,7 +16,7 @@ from study.config import OBJECTIVE_MODES
 from study.data.base import NodeTask
 from study.errors import UserInputError
 from study.models import build_model
-from study.select import NoConfigWithinBudget, choose_config
+from study.select import NoConfigWithinBudget, choose_config, select_and_export
 from study.serving_latency import (
     ServingIndex,
     fetch_hops,
@@ -65,7 +65,7 @@ def test_serving_latency_per_batch_size_and_its_metric_names() -> None:
     assert all(OBJECTIVE_MODES[m] == "min" for m in tr.SERVE_METRICS)  # usable as objectives
 
 
-def test_select_budgets_the_chosen_latency_column() -> None:
+def test_select_budgets_the_chosen_latency_column(tmp_path: Path) -> None:
     summary = pd.DataFrame(
         {
             "config_id": ["gnn", "mlp"],
@@ -74,12 +74,15 @@ def test_select_budgets_the_chosen_latency_column() -> None:
             "serve_b1_ms_p50_mean": [5.0, 0.05],  # one node with its fetch: the GNN does not
         }
     )
+    serve = f"{tr.METRIC_SERVE_B1_P50}_mean"
     assert choose_config(summary, 2.0)["config_id"] == "gnn"
-    assert choose_config(summary, 2.0, tr.METRIC_SERVE_B1_P50)["config_id"] == "mlp"
+    assert choose_config(summary, 2.0, serve)["config_id"] == "mlp"
     with pytest.raises(NoConfigWithinBudget, match="serve_b1_ms_p50"):
-        choose_config(summary, 0.01, tr.METRIC_SERVE_B1_P50)
+        choose_config(summary, 0.01, serve)
+    # select checks the name before it reads anything.
     with pytest.raises(UserInputError, match="latency-metric"):
-        choose_config(summary, 2.0, "val_score")
+        select_and_export("any", 2.0, tmp_path / "out", latency_metric="val_score")
+    assert not (tmp_path / "out").exists()
 
 
 def test_report_shows_accuracy_against_serving_latency(tmp_path: Path) -> None:
