@@ -272,6 +272,13 @@ def check_fanouts(
     where = f"{spec.source}: {role}.train.num_neighbors"
     if isinstance(task, PointCloudTask):
         raise UserInputError(f"{where}: sampled mini-batches apply to node tasks only; remove it")
+    if role == "student" and "edge_attention" in spec.methods:
+        # Its term needs the teacher's attention on each sampled edge; the teacher's outputs
+        # computed once per study hold logits and hidden layers only.
+        raise UserInputError(
+            f"{where}: method edge_attention trains full batch only (it needs the teacher's "
+            "attention on every sampled edge); remove num_neighbors or edge_attention"
+        )
     depth = getattr(model, "num_layers", None)
     if depth is not None and len(train.num_neighbors) != depth:
         raise UserInputError(

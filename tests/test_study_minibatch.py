@@ -38,6 +38,14 @@ def _train(role: str, **train: object) -> dict:
         (
             {
                 "student": _train("student", **MINI),
+                "methods": ["none", "edge_attention"],
+                "search": {},
+            },
+            "edge_attention trains full batch only",
+        ),
+        (
+            {
+                "student": _train("student", **MINI),
                 "search": {"student.depth": {"choice": [2, 3]}},
             },
             "student.train.num_neighbors: expected one fan-out per layer of the student (3",
