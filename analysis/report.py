@@ -365,6 +365,16 @@ def _add_per_class(rep: _Report, done: pd.DataFrame, uri: str) -> None:
         "recall on a small test set moves in large steps (one example of a 20-example class "
         "is 5 points), so read the intervals, not the points.",
     )
+    differs = pairs.loc[pairs["note"].astype(str).str.contains("differs"), "method"]
+    if not differs.empty:
+        names = ", ".join(sorted({METHOD_LABELS.get(m, m) for m in differs}))
+        rep.lines += [
+            "",
+            f"**Caution:** {names}: the best configuration's student is not the student-alone "
+            "baseline's (another architecture or size; see the note above), so these changes "
+            "mix distillation with the difference between the students. Search the student "
+            "alone on the same students to separate them.",
+        ]
     summary = head_tail_summary(change)
     shown = summary.assign(method=summary["method"].map(lambda m: METHOD_LABELS.get(m, m)))
     for col in ("head", "middle", "tail", "worst"):

@@ -127,6 +127,21 @@ def test_figure_and_report_section(store: str, tmp_path: Path) -> None:
     assert image.shape[0] > 400 and image.shape[1] > 600
     # AUROC beside the scores in the methods table.
     assert "test AUROC (%)" in readme and "90.00" in readme
+    assert "**Caution:**" not in readme  # one student throughout: the changes are distillation's
+
+
+def test_report_cautions_when_the_students_differ(tmp_path: Path) -> None:
+    """KD's best student is a GAT, the student alone an MLP: the per-class change mixes the two."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    trials = [
+        {**t, "student_arch": "mlp" if t["method"] == "none" else "gat",
+         "params": {"student.width": 4 if t["method"] == "none" else 16}}
+        for t in _trials() if t["method"] in ("none", "kd")
+    ]  # fmt: skip
+    fill_study(uri, "pcdiff", trials)
+    readme = (write_report("pcdiff", tmp_path / "rep", tracking_uri=uri) / "README.md").read_text()
+    section = readme.split("## Per class", 1)[1]
+    assert "**Caution:** KD: the best configuration's student is not the student-alone" in section
 
 
 def test_point_cloud_tables_show_mean_class_accuracy_beside_accuracy(store: str) -> None:
