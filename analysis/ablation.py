@@ -590,18 +590,24 @@ def paired_vs_none(
     return _ordered(table.assign(source=OUR_SOURCE), ["dataset", "method"]).drop(columns="source")
 
 
+def format_diff(row: pd.Series, *, digits: int = 2, paired: bool = True) -> str:
+    """A row's mean difference ``diff`` for reading: ``+1.25 [-0.40, +2.90] (n=3)``, without the
+    interval when ``ci95_low`` is NaN; ``(unpaired)`` instead of n when not ``paired``."""
+    if _isnan(row["diff"]):
+        return ""
+    text = f"{row['diff']:+.{digits}f}"
+    if not _isnan(row["ci95_low"]):
+        text += f" [{row['ci95_low']:+.{digits}f}, {row['ci95_high']:+.{digits}f}]"
+    return text + (f" (n={int(row['n'])})" if paired else " (unpaired)")
+
+
 def format_paired(table: pd.DataFrame, *, digits: int = 2) -> pd.DataFrame:
     """:func:`paired_vs_none` for reading: ``+1.25 [-0.40, +2.90] (n=3)`` in percentage points."""
     if table.empty:
         return pd.DataFrame()
 
     def cell(r: pd.Series) -> str:
-        if _isnan(r["diff"]):
-            return ""
-        text = f"{r['diff']:+.{digits}f}"
-        if not _isnan(r["ci95_low"]):
-            text += f" [{r['ci95_low']:+.{digits}f}, {r['ci95_high']:+.{digits}f}]"
-        return text + f" (n={int(r['n'])})"
+        return format_diff(r, digits=digits)
 
     return pd.DataFrame(
         {

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from analysis.ablation import METHOD_LABELS, _isnan, mean_ci95, paired_vs_none
+from analysis.ablation import METHOD_LABELS, _isnan, format_diff, mean_ci95, paired_vs_none
 from analysis.runs import finished_trials
 
 #: Columns of :func:`class_change`.
@@ -135,12 +135,7 @@ def format_change(change: pd.DataFrame, *, digits: int = 1) -> pd.DataFrame:
         return pd.DataFrame()
 
     def cell(r: pd.Series) -> str:
-        if _isnan(r["diff"]):
-            return ""
-        text = f"{r['diff']:+.{digits}f}"
-        if not _isnan(r["ci95_low"]):
-            text += f" [{r['ci95_low']:+.{digits}f}, {r['ci95_high']:+.{digits}f}]"
-        return text + (f" (n={int(r['n'])})" if r["paired"] else " (unpaired)")
+        return format_diff(r, digits=digits, paired=bool(r["paired"]))
 
     wide = change.assign(cell=change.apply(cell, axis=1)).pivot_table(
         index=["rank", "class_name", "train_count"],

@@ -702,33 +702,28 @@ def cmd_select(args: argparse.Namespace) -> int:
         return 1
     print(describe_selection(result))
     if args.promote:
-        from study.promote import describe_promotion, promote
-
-        decision = promote(
-            args.study,
-            model_name=result.model_name,
-            max_latency_ms=args.max_latency_ms,
-            runtime=args.runtime,
-            tracking_uri=args.tracking_uri,
-            data_root=args.data_root,
-        )
-        print(describe_promotion(decision))
+        _promote(args, result.model_name)
     return 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    _promote(args, args.model_name)
+    return 0
+
+
+def _promote(args: argparse.Namespace, model_name: str | None) -> None:
+    """``promote`` (its own command, or ``select --promote``) and what it decided."""
     from study.promote import describe_promotion, promote
 
-    result = promote(
+    decision = promote(
         args.study,
-        model_name=args.model_name,
+        model_name=model_name,
         max_latency_ms=args.max_latency_ms,
         runtime=args.runtime,
         tracking_uri=args.tracking_uri,
         data_root=args.data_root,
     )
-    print(describe_promotion(result))
-    return 0
+    print(describe_promotion(decision))
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:

@@ -298,14 +298,14 @@ def measure_until_stable(
         raise UserInputError(f"max_repeats={max_repeats}: must be at least repeats={repeats}")
     first = measure_latency(model, inputs, repeats=repeats, **kwargs)
     times = list(first.times_ms)
-    spent = sum(times) / 1e3
     result = first
-    while not _within(result, tolerance) and len(times) + repeats <= max_repeats:
-        if spent >= max_seconds:
-            break
+    while (
+        not _within(result, tolerance)
+        and len(times) + repeats <= max_repeats
+        and sum(times) / 1e3 < max_seconds
+    ):
         more = measure_latency(model, inputs, repeats=repeats, **{**kwargs, "warmup": 0})
         times.extend(more.times_ms)
-        spent += sum(more.times_ms) / 1e3
         result = _summarise(
             times,
             first.warmup_used,

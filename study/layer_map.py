@@ -104,10 +104,18 @@ def resolve_layer_map(
     out = []
     for i, (s, t) in enumerate(pairs):
         if not (-student_layers <= s < student_layers and -teacher_layers <= t < teacher_layers):
-            raise ValueError(
-                f"pair [{i}] = [{s}, {t}] is outside the student's {student_layers} and the "
-                f"teacher's {teacher_layers} layers (expected -{student_layers} <= student < "
-                f"{student_layers} and -{teacher_layers} <= teacher < {teacher_layers})"
-            )
+            raise PairOutOfRange(i, (s, t), student_layers, teacher_layers)
         out.append((s % student_layers, t % teacher_layers))
     return tuple(out)
+
+
+class PairOutOfRange(ValueError):
+    """Pair ``index`` of a layer map names a layer neither model of these depths has."""
+
+    def __init__(self, index: int, pair: tuple[int, int], student: int, teacher: int) -> None:
+        self.index, self.pair = index, pair
+        super().__init__(
+            f"pair [{index}] = [{pair[0]}, {pair[1]}] is outside the student's {student} and the "
+            f"teacher's {teacher} layers (expected -{student} <= student < {student} and "
+            f"-{teacher} <= teacher < {teacher})"
+        )

@@ -127,38 +127,12 @@ def class_rows(
 # ------------------------------------------------------------------- a model on a task's splits
 
 
-@torch.no_grad()
-def split_predictions(
-    model: nn.Module, task: Task, split: str, device: str = "cpu"
-) -> tuple[Tensor, Tensor]:
-    """``(pred, truth)`` as ``[N, C]`` bool of ``model`` on one split of ``task`` (eval mode)."""
-    from study.train import forward  # the loop's forward: Data or a cloud batch
-
-    was_training = model.training
-    model.eval()
-    dev = torch.device(device)
-    try:
-        if isinstance(task, PointCloudTask):
-            clouds = getattr(task, split)
-            preds = []
-            for i in range(0, len(clouds), 32):
-                out = forward(model, clouds.points[i : i + 32].to(dev))
-                assert out.logits is not None
-                preds.append(out.logits.argmax(-1).cpu())
-            return one_hot_pair(torch.cat(preds), clouds.labels, task.num_classes)
-        logits, ys = [], []
-        for graph in getattr(task, split):
-            data = graph.to(dev)
-            out = forward(model, data)
-            assert out.logits is not None
-            logits.append(out.logits[data.mask].cpu())
-            ys.append(data.y[data.mask].cpu())
-        z, y = torch.cat(logits), torch.cat(ys)
-        if task.multilabel:
-            return z > 0, y.bool()
-        return one_hot_pair(z.argmax(-1), y, task.num_classes)
-    finally:
-        model.train(was_training)
+def predictions(task: Task, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(pred, truth)`` as ``[N, C]`` bool from :func:`study.train.split_logits`' output: the
+    arg-max class (a logit above 0 per label, multi-label)."""
+    if isinstance(task, NodeTask) and task.multilabel:
+        return logits > 0, y.bool()
+    return one_hot_pair(logits.argmax(-1), y, task.num_classes)
 
 
 def train_counts(task: Task) -> Tensor:
@@ -174,7 +148,12 @@ def train_counts(task: Task) -> Tensor:
 
 
 def per_class_figures(
-    model: nn.Module, task: Task, device: str = "cpu", splits: Sequence[str] = ("val", "test")
+    model: nn.Module,
+    task: Task,
+    device: str = "cpu",
+    splits: Sequence[str] = ("val", "test"),
+    *,
+    chunk_nodes: int | None = None,
 ) -> tuple[dict[str, list[Any]], dict[str, float]]:
     """The per-class table of ``model`` on ``splits``, the summary figures, and the validation
     AUROC (the test split's is among the test metrics already).
@@ -182,20 +161,23 @@ def per_class_figures(
     Returns:
         ``({column: values}, {"val_macro_f1": ..., "test_worst_class_recall": ...,
         "val_auroc": ...})``: the table as ``MlflowClient.log_table`` takes it (:data:`COLUMNS`),
-        and :func:`summary` per split.
+        and :func:`summary` per split. One forward per split (layer-wise in chunks of
+        ``chunk_nodes`` nodes when given, as a mini-batch study evaluates).
     """
-    from study.train import evaluate
+    from study.train import split_logits, split_scores
 
     counts = train_counts(task)
     names = list(getattr(task, "class_names", []) or [])
     rows: list[list[Any]] = []
     figures: dict[str, float] = {}
     for split in splits:
-        report = class_report(*split_predictions(model, task, split, device))
+        logits, y = split_logits(model, task, split, device, chunk_nodes=chunk_nodes)
+        report = class_report(*predictions(task, logits, y))
         rows += class_rows(split, report, counts, names)
         figures.update({f"{split}_{k}": v for k, v in summary(report).items()})
-    auroc = evaluate(model, task, "val", device).get("auroc")
-    if auroc is not None:
-        figures["val_auroc"] = float(auroc)
+        if split == "val":  # the test split's AUROC is among the test metrics already
+            auroc = split_scores(task, logits, y).get("auroc")
+            if auroc is not None:
+                figures["val_auroc"] = float(auroc)
     table = {col: [row[i] for row in rows] for i, col in enumerate(COLUMNS)}
     return table, figures

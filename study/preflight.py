@@ -25,7 +25,7 @@ from study.config import ModelSpec, StudySpec
 from study.context import load_study_task
 from study.data.base import NodeTask, PointCloudTask, Task, io_channels
 from study.errors import UserInputError, one_line
-from study.layer_map import LAST_PAIRS, parse_layer_map
+from study.layer_map import PairOutOfRange, parse_layer_map, resolve_layer_map
 from study.models import build_model
 from study.models.attention import set_attention_recording
 from study.models.base import ModelOutput
@@ -138,14 +138,14 @@ def check_layer_maps(spec: StudySpec, teacher_out: ModelOutput, student_out: Mod
             t_src = 1 if source == "gradient" else t_n
             if s_n == 0 or t_src == 0:
                 continue  # a model without attention is refused by check_attention
-            pairs = LAST_PAIRS if value == "last" else () if isinstance(value, str) else value
-            for i, (s, t) in enumerate(pairs):
-                if not (-s_n <= s < s_n and -t_src <= t < t_src):
-                    raise UserInputError(
-                        f"{spec.source}: {path}[{i}]: expected [student layer, teacher layer] "
-                        f"within the student's {s_n} and the teacher's {t_src} {what} layers, "
-                        f"got {[s, t]}"
-                    )
+            try:
+                resolve_layer_map(value, s_n, t_src)
+            except PairOutOfRange as err:
+                raise UserInputError(
+                    f"{spec.source}: {path}[{err.index}]: expected [student layer, teacher "
+                    f"layer] within the student's {s_n} and the teacher's {t_src} {what} "
+                    f"layers, got {list(err.pair)}"
+                ) from None
 
 
 def _teacher_sources(spec: StudySpec, method: str) -> set[str]:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from study.errors import UserInputError
+
 #: Environment variable naming another folder for the lock files (tests; a shared /tmp).
 LOCK_DIR_ENV = "GDS_QUIET_DIR"
 #: Seconds a measurement waits for the trials to pause before it goes ahead anyway.
@@ -44,7 +46,7 @@ def lock_dir() -> Path:
     info = path.stat()
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         # Someone else's folder in a shared /tmp could hold the locks and stall every trial.
-        raise PermissionError(
+        raise UserInputError(
             f"{path}: the quiet-window lock folder must be this user's and private (mode 700); "
             f"remove it or set {LOCK_DIR_ENV} to another folder"
         )

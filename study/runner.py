@@ -38,7 +38,7 @@ from study.latency import count_parameters
 from study.latency_service import logged_figures, measure_figure, start_cache
 from study.models import build_model
 from study.preflight import load_and_check
-from study.quiet import Worker
+from study.quiet import Worker, lock_dir
 from study.search import JsonOptunaSearch, make_search, read_json
 from study.studyfile import read_study_file
 from study.teachers import load_teacher_weights, save_checkpoint
@@ -608,6 +608,7 @@ def run_study(
     # Everything that can be wrong is checked before Ray, MLflow or a folder is touched.
     task = load_and_check(spec, data_root)
     check_new_study(spec, root, uri)
+    lock_dir()  # the quiet windows' locks: a folder another user owns is refused here
     folder = root / spec.name
     # Claiming the name is atomic: under the lock the check is repeated and this study's
     # MLflow run, folder and context are made, so a second `run` of the name started at the

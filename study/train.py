@@ -194,7 +194,7 @@ def evaluate(
     with_auroc: bool = True,
     chunk_nodes: int | None = None,
 ) -> dict[str, float]:
-    """Score ``model`` on one split of ``task``.
+    """Score ``model`` on one split of ``task``: :func:`split_scores` of :func:`split_logits`.
 
     Returns ``{"score": headline, ...}``: for node tasks the task's ``metric`` (accuracy,
     macro_f1, micro_f1 or auroc, see :func:`study.metrics.node_scores`) beside accuracy
@@ -204,70 +204,69 @@ def evaluate(
     reads only the headline, and PPI's 121-label AUROC costs 0.4 s a call. ``chunk_nodes``
     runs node models layer-wise in chunks of that many nodes (bounded memory, same scores).
     """
+    logits, y = split_logits(model, task, split, device, chunk_nodes=chunk_nodes)
+    return split_scores(task, logits, y, with_auroc=with_auroc)
+
+
+@torch.no_grad()
+def split_logits(
+    model: nn.Module,
+    task: Task,
+    split: str,
+    device: str = "cpu",
+    *,
+    chunk_nodes: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(logits, targets)`` of ``model`` on the scored examples of one split, on the CPU, in
+    eval mode (restored after): the labelled nodes (``[N, C]``; targets ``[N]``, or ``[N, C]``
+    multi-label) or every cloud (``[B, C]``, ``[B]``). ``chunk_nodes``: as :func:`evaluate`."""
     was_training = model.training
     model.eval()
     dev = torch.device(device)
     try:
         if isinstance(task, PointCloudTask):
             clouds = getattr(task, split)
-            return _evaluate_clouds(model, clouds, task.num_classes, dev, with_auroc, task.metric)
-        return _evaluate_nodes(model, task, getattr(task, split), dev, with_auroc, chunk_nodes)
+            logits = [
+                _logits(forward(model, clouds.points[i : i + 32].to(dev))).cpu()
+                for i in range(0, len(clouds), 32)
+            ]
+            return torch.cat(logits), clouds.labels
+        all_logits, targets = [], []
+        for graph in getattr(task, split):
+            if chunk_nodes is not None:
+                out = layerwise_forward(
+                    model, graph.x, graph.edge_index, chunk_nodes=chunk_nodes, device=dev
+                )
+                all_logits.append(_logits(out)[graph.mask])
+                targets.append(graph.y[graph.mask])
+                continue
+            data = graph.to(dev)
+            all_logits.append(_logits(forward(model, data))[data.mask].cpu())
+            targets.append(data.y[data.mask].cpu())
+        return torch.cat(all_logits), torch.cat(targets)
     finally:
         model.train(was_training)
 
 
-def _evaluate_nodes(
-    model: nn.Module,
-    task: NodeTask,
-    graphs: list[Data],
-    dev: torch.device,
-    with_auroc: bool,
-    chunk_nodes: int | None = None,
+def split_scores(
+    task: Task, logits: Tensor, y: Tensor, *, with_auroc: bool = True
 ) -> dict[str, float]:
-    all_logits, targets = [], []
-    for graph in graphs:
-        if chunk_nodes is not None:
-            out = layerwise_forward(
-                model, graph.x, graph.edge_index, chunk_nodes=chunk_nodes, device=dev
-            )
-            all_logits.append(_logits(out)[graph.mask])
-            targets.append(graph.y[graph.mask])
-            continue
-        data = graph.to(dev)
-        all_logits.append(_logits(forward(model, data))[data.mask].cpu())
-        targets.append(data.y[data.mask].cpu())
-    logits, y = torch.cat(all_logits), torch.cat(targets)
-    scores = node_scores(
-        logits, y, multilabel=task.multilabel, metric=task.metric, with_auroc=with_auroc
-    )
-    return {**scores, "n": float(len(y))}  # how many examples the score counts
-
-
-def _evaluate_clouds(
-    model: nn.Module,
-    clouds: PointCloudSet,
-    num_classes: int,
-    dev: torch.device,
-    with_auroc: bool = True,
-    metric: str = "accuracy",
-) -> dict[str, float]:
-    logits = torch.cat(
-        [
-            _logits(forward(model, clouds.points[i : i + 32].to(dev))).cpu()
-            for i in range(0, len(clouds), 32)
-        ]
-    )
-    pred, y = logits.argmax(-1), clouds.labels
+    """:func:`evaluate`'s scores from :func:`split_logits`' ``(logits, targets)``."""
+    if isinstance(task, NodeTask):
+        scores = node_scores(
+            logits, y, multilabel=task.multilabel, metric=task.metric, with_auroc=with_auroc
+        )
+        return {**scores, "n": float(len(y))}  # how many examples the score counts
+    pred = logits.argmax(-1)
     correct = (pred == y).float()
-    per_class = torch.zeros(num_classes).index_add_(0, y, correct)
-    counts = torch.bincount(y, minlength=num_classes).float()
+    per_class = torch.zeros(task.num_classes).index_add_(0, y, correct)
+    counts = torch.bincount(y, minlength=task.num_classes).float()
     present = counts > 0
     mean_class = (per_class[present] / counts[present]).mean().item()
-    acc = correct.mean().item()
-    out = {"accuracy": acc, "mean_class_accuracy": mean_class, "n": float(len(y))}
-    if with_auroc or metric == "auroc":  # one-vs-rest macro over the classes present
+    out = {"accuracy": correct.mean().item(), "mean_class_accuracy": mean_class, "n": float(len(y))}
+    if with_auroc or task.metric == "auroc":  # one-vs-rest macro over the classes present
         out["auroc"] = multiclass_auroc(logits, y)
-    return {"score": out[metric], **out}
+    return {"score": out[task.metric], **out}
 
 
 # ---------------------------------------------------------------- the teacher

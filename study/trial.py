@@ -31,6 +31,7 @@ from study.config import StudySpec, TrialPlan, resolve_trial
 from study.context import StudyContext, latency_input, load_study_task, trial_device
 from study.data.base import Task, io_channels
 from study.export import export_student
+from study.inference import INFERENCE_CHUNK_NODES
 from study.latency import count_parameters
 from study.latency_service import Figure, study_figure
 from study.models import build_model
@@ -411,7 +412,10 @@ def run_trial(config: dict[str, Any], ctx: StudyContext, task: Task | None = Non
         sig, lat, measured = study_figure(ctx.parent_run_id, result.model, task, spec, device)
         final = final_metrics(result, lat)
         with Worker():  # per-class evaluation is compute: not while a latency is timed
-            class_table, class_figures = per_class_figures(result.model, task, device)
+            chunk = INFERENCE_CHUNK_NODES if plan.student_train.minibatch else None
+            class_table, class_figures = per_class_figures(
+                result.model, task, device, chunk_nodes=chunk
+            )
         final.update(class_figures)
         # An attempt killed after logging its final metrics logged them already: not twice.
         done = client.get_run(run_id).data.metrics

@@ -41,6 +41,11 @@ def tiny_study(name: str, **overrides: Any) -> dict[str, Any]:
     return study
 
 
+def tiny_student(epochs: int) -> dict[str, Any]:
+    """:func:`tiny_study`'s student (a 1-head GAT of width 4) trained for ``epochs``."""
+    return dict(tiny_study("x")["student"], train={"epochs": epochs, "lr": 0.01})
+
+
 def write_study(folder: Path, name: str, **overrides: Any) -> Path:
     """Write :func:`tiny_study` to ``folder/<name>.yaml`` and return the path."""
     path = folder / f"{name}.yaml"

@@ -24,7 +24,7 @@ from ray.cluster_utils import Cluster
 
 from study import tracking as tr
 from study.runner import run_study
-from tests.studies import write_study
+from tests.studies import tiny_student, write_study
 
 pytestmark = pytest.mark.ray
 
@@ -132,14 +132,7 @@ def _trial_runs(client: MlflowClient, experiment_id: str) -> list:
 def test_killed_driver_resumes_without_duplicate_or_running_runs(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = tmp_path / "studies"
-    student = {
-        "arch": "gat",
-        "width": 4,
-        "depth": 2,
-        "heads": 1,
-        "dropout": 0.0,
-        "train": {"epochs": 60, "lr": 0.01},
-    }
+    student = tiny_student(60)
     path = write_study(
         tmp_path,
         "crash",

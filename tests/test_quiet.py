@@ -115,3 +115,25 @@ def _wait_for_file(path: Path) -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"{path} never appeared")
+
+
+def test_a_lock_folder_others_can_write_is_refused_before_a_study_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from study.cli import main
+    from study.errors import UserInputError
+    from tests.studies import write_study
+
+    shared = tmp_path / "shared-locks"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # past the umask: anyone could hold the locks
+    monkeypatch.setenv(quiet.LOCK_DIR_ENV, str(shared))
+    with pytest.raises(UserInputError, match="private"):
+        quiet.lock_dir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = write_study(tmp_path, "locks")
+    assert main(["run", str(path), "--storage", str(tmp_path / "studies")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(shared) in err, err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "studies").exists()

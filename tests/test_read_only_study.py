@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from study import tracking as tr
 from study.cli import main
-from tests.studies import write_study
+from tests.studies import tiny_student, write_study
 
 
 def snapshot(uri: str) -> dict[str, Any]:
@@ -56,14 +56,7 @@ def test_resume_of_a_finished_study_changes_nothing(
 ) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = tmp_path / "studies"
-    student = {
-        "arch": "gat",
-        "width": 4,
-        "depth": 2,
-        "heads": 1,
-        "dropout": 0.0,
-        "train": {"epochs": 2, "lr": 0.01},
-    }
+    student = tiny_student(2)
     path = write_study(
         tmp_path,
         "readonly",

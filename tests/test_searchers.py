@@ -21,7 +21,7 @@ from analysis.runs import finished_trials, load_runs
 from study import runner
 from study import tracking as tr
 from study.tracking import TAG_STOPPED_EARLY
-from tests.studies import write_study
+from tests.studies import tiny_student, write_study
 
 pytestmark = pytest.mark.ray
 
@@ -134,14 +134,7 @@ def test_asha_stops_trials_before_max_t_and_they_end_finished_and_tagged(
 ) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     max_t = 6
-    student = {
-        "arch": "gat",
-        "width": 4,
-        "depth": 2,
-        "heads": 1,
-        "dropout": 0.0,
-        "train": {"epochs": 8, "lr": 0.01},  # max_t caps these
-    }
+    student = tiny_student(8)  # max_t caps these 8 epochs
     path = write_study(
         tmp_path,
         "asha",

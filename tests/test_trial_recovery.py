@@ -37,7 +37,7 @@ from study.cli import main
 from study.config import load_study_spec
 from study.runner import CONTEXT_FILE, StudyOutcome, run_study
 from study.trial import RESULT_ERROR, SNAPSHOT_FILE, recorded_result
-from tests.studies import write_study
+from tests.studies import tiny_student, write_study
 
 pytestmark = pytest.mark.ray
 
@@ -70,17 +70,6 @@ def _assert_each_epoch_once(client: MlflowClient, run_id: str, epochs: int) -> N
         assert steps == list(range(epochs)), (key, len(steps))
 
 
-def _gat_student(epochs: int) -> dict:
-    return {
-        "arch": "gat",
-        "width": 4,
-        "depth": 2,
-        "heads": 1,
-        "dropout": 0.0,
-        "train": {"epochs": epochs, "lr": 0.01},
-    }
-
-
 def test_sigint_after_a_finished_trial_then_resume(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = tmp_path / "studies"
@@ -88,7 +77,7 @@ def test_sigint_after_a_finished_trial_then_resume(tmp_path: Path) -> None:
     path = write_study(
         tmp_path,
         "sigint",
-        student=_gat_student(epochs),
+        student=tiny_student(epochs),
         searcher={"algorithm": "random", "num_samples": 3, "max_concurrent": 2, "seed": 0},
         fault_tolerance={"checkpoint_every": 10, "checkpoint_min_seconds": 0},
     )
@@ -178,7 +167,7 @@ def test_killed_worker_is_retried_without_duplicate_steps(tmp_path: Path, local_
     path = write_study(
         tmp_path,
         "killed",
-        student=_gat_student(epochs),
+        student=tiny_student(epochs),
         methods=["none"],
         search={},
         searcher={"algorithm": "random", "num_samples": 1, "max_concurrent": 1, "seed": 0},

@@ -14,7 +14,7 @@ from study import tracking as tr
 from study.config import parse_study_text, resolve_trial
 from study.names import format_value, trial_run_name
 from study.runner import EXPERIMENT_KIND, run_study, start_study_run
-from tests.studies import tiny_study, write_study
+from tests.studies import tiny_student, tiny_study, write_study
 
 KIND_KEY, KIND_VALUE = EXPERIMENT_KIND
 assert (KIND_KEY, KIND_VALUE) == ("mlflow.experimentKind", "custom_model_development")
@@ -140,14 +140,7 @@ def test_a_real_study_has_the_kind_tag_and_readable_run_names(tmp_path: Path) ->
             "lsp.lambda": {"loguniform": [1.0, 100.0]},
             "kd.temperature": {"uniform": [1.0, 8.0]},
         },
-        student={
-            "arch": "gat",
-            "width": 4,
-            "depth": 2,
-            "heads": 1,
-            "dropout": 0.0,
-            "train": {"epochs": 2, "lr": 0.01},
-        },
+        student=tiny_student(2),
         searcher={"algorithm": "random", "num_samples": 2, "max_concurrent": 2, "seed": 0},
     )
     try:
