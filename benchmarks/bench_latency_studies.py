@@ -24,9 +24,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from study import tracking as tr
+from study.config import LatencySpec
 from study.runner import run_study
 
 NAME = "bench_latency_studies"
+# The study defaults, so the JSON says what was run.
+LATENCY_WINDOWS, LATENCY_WINDOW_GAP = LatencySpec().windows, LatencySpec().window_gap
 
 
 def study_file(folder: Path, name: str, *, quick: bool, epochs: int, quiet: bool) -> Path:
@@ -63,7 +66,14 @@ def study_file(folder: Path, name: str, *, quick: bool, epochs: int, quiet: bool
         "seeds": [0],
         "searcher": {"algorithm": "grid", "max_concurrent": 2, "seed": 0},
         "resources": {"cpu": 1, "gpu": 0},
-        "latency": {"repeats": 30, "warmup": 5, "threads": 1, "quiet": quiet},
+        "latency": {
+            "repeats": 30,
+            "warmup": 5,
+            "threads": 1,
+            "quiet": quiet,
+            "windows": LATENCY_WINDOWS,
+            "window_gap": LATENCY_WINDOW_GAP,
+        },
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
@@ -86,6 +96,7 @@ def figures(client: MlflowClient, experiment: str) -> dict[str, dict[str, Any]]:
             / m[tr.METRIC_LATENCY_P50],
             "stable": tags.get("latency_stable"),
             "quiet": tags.get("latency_quiet"),
+            "windows": tags.get(tr.TAG_LATENCY_WINDOWS, ""),
         }
     return out
 
@@ -106,6 +117,8 @@ def compare(
                 "ci_a": a[sig]["ci_rel"],
                 "ci_b": b[sig]["ci_rel"],
                 "stable": f"{a[sig]['stable']}/{b[sig]['stable']}",
+                "windows_a": a[sig]["windows"],
+                "windows_b": b[sig]["windows"],
             }
         )
     return rows
@@ -134,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.print_table(
         f"{NAME}: the same 4 students in two studies, 2 trials at a time, {epochs} epochs",
         rows,
-        ["mode", "student", "study_a_ms", "study_b_ms", "spread", "ci_a", "ci_b", "stable"],
+        ["mode", "student", "study_a_ms", "study_b_ms", "spread", "windows_a", "windows_b"],
     )
     worst = {m: max(r["spread"] for r in rows if r["mode"] == m) for m in ("quiet", "not quiet")}
     print(f"\nlargest spread: quiet {worst['quiet']:.1%}, not quiet {worst['not quiet']:.1%}")
@@ -143,7 +156,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "description": __doc__.splitlines()[0],
         "quick": bool(args.quick),
         "machine": common.machine_info(device),
-        "config": {"epochs": epochs, "max_concurrent": 2, "repeats": 30, "tolerance": 0.03},
+        "config": {
+            "epochs": epochs,
+            "max_concurrent": 2,
+            "repeats": 30,
+            "tolerance": 0.03,
+            "windows": LATENCY_WINDOWS,
+            "window_gap_s": LATENCY_WINDOW_GAP,
+        },
         "rows": rows,
         "largest_spread": worst,
         "targets": {"two_studies_within_10pct": common.target(worst["quiet"], 0.10)},

@@ -52,6 +52,7 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
     latency: {repeats: 30, warmup: 5, threads: 1,      # rounds of 30 timed calls until the
               tolerance: 0.03, max_repeats: 300,    # p50's 95% CI is within 3%, with the
               max_seconds: 30, quiet: true,         # machine's trials paused (quiet);
+              windows: 3, window_gap: 2.0,          # the median of 3 windows 2 s apart;
               onnx: true}                           # also time under ONNX Runtime (CPU)
     fault_tolerance: {checkpoint_every: 20, checkpoint_min_seconds: 30, max_failures: 0}
 
@@ -323,7 +324,8 @@ class LatencySpec:
     """How each student's latency is timed (see study.latency_service): rounds of ``repeats``
     calls after ``warmup``, until the p50's 95% CI is within ``tolerance`` of it or
     ``max_repeats`` calls / ``max_seconds`` are spent; ``quiet``: with the machine's trials
-    paused (off only to measure what that buys)."""
+    paused (off only to measure what that buys); ``windows`` such windows ``window_gap`` seconds
+    apart, the figure being the median window (this machine's speed drifts between windows)."""
 
     repeats: cat.Count = 30
     warmup: _NonNegInt = 5
@@ -332,6 +334,8 @@ class LatencySpec:
     max_repeats: cat.Count = 300
     max_seconds: cat.Positive = 30.0
     quiet: bool = True
+    windows: cat.Count = 3
+    window_gap: cat.NonNegative = 2.0
     onnx: bool = True  # also time each student under ONNX Runtime on CPU (study.onnx_runtime)
 
     @model_validator(mode="after")

@@ -6,7 +6,9 @@ shapes, the device name, the CPU threads and the timing settings): the first tri
 has a signature measures it, in a :func:`study.quiet.measurement_window` (every trial on the
 machine paused at an epoch's end), repeated until the p50's 95% confidence interval lies within
 ``latency.tolerance`` (:func:`study.latency.measure_until_stable`), or marked unstable, and
-timed under ONNX Runtime in the same window (:class:`Figure`); every
+timed under ONNX Runtime in the same window (:class:`Figure`). This VM's speed drifts by tens of
+percent between windows seconds apart, so it takes ``latency.windows`` windows and keeps the
+median one (:func:`median_window`); every
 later trial with that signature reads the same figure from the study's :class:`LatencyCache`
 actor. So the objective a searcher sees, the figure the report draws and the one ``select``
 compares with a budget are one number. A resumed study seeds its cache from the figures its
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -133,6 +136,7 @@ def signature(model: nn.Module, task: Task, spec: StudySpec, device: str) -> str
             "warmup": spec.latency.warmup,
             "tolerance": spec.latency.tolerance,
             "quiet": spec.latency.quiet,
+            "windows": spec.latency.windows,
             "onnx": spec.latency.onnx,
         },
     }
@@ -143,8 +147,9 @@ def signature(model: nn.Module, task: Task, spec: StudySpec, device: str) -> str
 def measure_figure(model: nn.Module, task: Task, spec: StudySpec, device: str) -> Figure:
     """A student's :class:`Figure`: PyTorch on ``device`` (the whole graph, and serving 1 and
     256 nodes with their k-hop fetch: study.serving_latency), and ONNX Runtime on CPU unless
-    ``latency.onnx`` is off, timed in one quiet window (when ``latency.quiet``); the ONNX export
-    is work, done before the window."""
+    ``latency.onnx`` is off, each timed in ``latency.windows`` quiet windows (when
+    ``latency.quiet``) ``latency.window_gap`` seconds apart, combined by :func:`median_window`;
+    the ONNX export is work, done before the first window."""
     s = spec.latency
     onnx_model, onnx_tags = None, {tr.TAG_ONNX: "off (latency.onnx: false)"}
     if s.onnx:
@@ -161,8 +166,35 @@ def measure_figure(model: nn.Module, task: Task, spec: StudySpec, device: str) -
             extra.update(onnx_metrics(onnx_model, s.repeats, s.warmup, s.threads))
         return Figure(lat, extra, onnx_tags)
 
-    figure, quiet = _in_window(spec, measure)
-    return replace(figure, latency=replace(figure.latency, quiet=quiet))
+    windows: list[Figure] = []
+    for i in range(s.windows):
+        if i:
+            time.sleep(s.window_gap)  # the trials train meanwhile
+        figure, quiet = _in_window(spec, measure)
+        windows.append(replace(figure, latency=replace(figure.latency, quiet=quiet)))
+    return median_window(windows)
+
+
+def median_window(windows: list[Figure]) -> Figure:
+    """One figure from several windows' (``n >= 1``): the PyTorch latency of the window with the
+    median p50 (the lower middle one for even ``n``), so its p90 and CI belong to that window;
+    every other metric is the median over windows. Quiet and stable only if every window was;
+    the windows' p50s and their spread, ``(max - min) / median``, are logged beside it."""
+    p50s = [w.latency.p50_ms for w in windows]
+    middle = sorted(range(len(windows)), key=lambda i: p50s[i])[(len(windows) - 1) // 2]
+    lat = replace(
+        windows[middle].latency,
+        quiet=all(w.latency.quiet for w in windows),
+        stable=all(w.latency.stable for w in windows),
+    )
+    keys = set.intersection(*(set(w.extra_metrics) for w in windows))
+    extra = {k: float(statistics.median(w.extra_metrics[k] for w in windows)) for k in keys}
+    extra[tr.METRIC_LATENCY_WINDOW_SPREAD] = (max(p50s) - min(p50s)) / lat.p50_ms
+    tags = {
+        **windows[middle].extra_tags,
+        tr.TAG_LATENCY_WINDOWS: ",".join(f"{p:.4g}" for p in p50s),
+    }
+    return Figure(lat, extra, tags)
 
 
 def _in_window(spec: StudySpec, measure: Callable[[], _T]) -> tuple[_T, bool]:

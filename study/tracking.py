@@ -77,10 +77,18 @@ METRIC_TRAIN_SECONDS = "train_seconds"
 METRIC_LATENCY_ONNX_P50 = "latency_onnx_ms_p50"
 METRIC_LATENCY_ONNX_P90 = "latency_onnx_ms_p90"
 TAG_ONNX = "gds.onnx"
+# The PyTorch p50 of each timing window (study.latency_service.measure_figure), comma-separated
+# in order, and how far they spread: (max - min) / median. The figure is their median window.
+TAG_LATENCY_WINDOWS = "gds.latency_windows_ms"
+METRIC_LATENCY_WINDOW_SPREAD = "latency_ms_p50_window_spread"
 # What a study measures once per architecture beside the PyTorch figure, logged by each trial
 # (study.latency_service.Figure): a resumed study reads them back.
-EXTRA_LATENCY_METRICS: tuple[str, ...] = (METRIC_LATENCY_ONNX_P50, METRIC_LATENCY_ONNX_P90)
-EXTRA_LATENCY_TAGS = (TAG_ONNX,)
+EXTRA_LATENCY_METRICS: tuple[str, ...] = (
+    METRIC_LATENCY_ONNX_P50,
+    METRIC_LATENCY_ONNX_P90,
+    METRIC_LATENCY_WINDOW_SPREAD,
+)
+EXTRA_LATENCY_TAGS = (TAG_ONNX, TAG_LATENCY_WINDOWS)
 FINAL_METRICS = (
     METRIC_VAL,
     METRIC_TEST,
@@ -103,6 +111,7 @@ EXTRA_METRICS: tuple[str, ...] = (
     METRIC_LATENCY_CI_HIGH,
     METRIC_LATENCY_ONNX_P50,
     METRIC_LATENCY_ONNX_P90,
+    METRIC_LATENCY_WINDOW_SPREAD,
     # study.per_class: per split, macro-F1 and the worst class's recall; AUROC of validation.
     "test_macro_f1",
     "test_worst_class_recall",

@@ -149,9 +149,18 @@ def _node_batches(
         yield [graphs[i] for i in order[start : start + cfg.batch_size]]
 
 
+def graph_on(graph: Data, device: torch.device | str) -> Data:
+    """``graph`` on ``device``, leaving ``graph`` itself where it is: PyG's ``Data.to`` moves
+    the tensors in place, which would leave a task's graph on the GPU after training there (so
+    a later CPU step, the serving index or an export, would get CUDA tensors). The shallow copy
+    shares the tensors; on the same device nothing is copied."""
+    return copy.copy(graph).to(device)
+
+
 def _collate(graphs: list[Data], device: torch.device) -> Data:
-    data = graphs[0] if len(graphs) == 1 else Batch.from_data_list(graphs)
-    return data.to(device)
+    if len(graphs) == 1:
+        return graph_on(graphs[0], device)
+    return Batch.from_data_list(graphs).to(device)
 
 
 def _cloud_batches(
@@ -240,7 +249,7 @@ def split_logits(
                 all_logits.append(_logits(out)[graph.mask])
                 targets.append(graph.y[graph.mask])
                 continue
-            data = graph.to(dev)
+            data = graph_on(graph, dev)
             all_logits.append(_logits(forward(model, data))[data.mask].cpu())
             targets.append(data.y[data.mask].cpu())
         return torch.cat(all_logits), torch.cat(targets)
@@ -293,7 +302,7 @@ class TeacherCache:
         for g in graphs:
             key = int(g.graph_id) if "graph_id" in g else id(g.x)  # no id: one graph per object
             if key not in self._outputs:
-                self._outputs[key] = self._compute(g.to(device))
+                self._outputs[key] = self._compute(graph_on(g, device))
             parts.append(self._outputs[key])
         if len(parts) == 1:
             return parts[0]
@@ -491,7 +500,7 @@ def _make_adapters(
     probe = (
         task.train.points[:2].to(device)
         if isinstance(task, PointCloudTask)
-        else task.train[0].to(device)
+        else graph_on(task.train[0], device)
     )
     adapters = method.make_adapters(_layer_widths(model, probe), _layer_widths(teacher, probe))
     return None if adapters is None else adapters.to(device)

@@ -77,6 +77,12 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "config.nodes",
         "config.sampler",
     ),
+    "bench_cuda_paths": (
+        "training",
+        "latency",
+        "val_score_device_vs_cpu.agree",
+        "config.nodes",
+    ),
     "bench_latency": (
         "results",
         "teacher_over_student_p50.gat_ppi",

@@ -4,6 +4,7 @@ study path (four trials, one measured, three cached) is in tests/test_runner.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,8 +20,11 @@ from study.latency_service import (
     HIT,
     MEASURE,
     WAIT,
+    Figure,
     FigureCache,
     logged_figures,
+    measure_figure,
+    median_window,
     signature,
 )
 from study.models import build_model
@@ -78,6 +82,44 @@ def test_signature_tells_architectures_and_inputs_apart(tmp_path: Path) -> None:
     assert signature(small, task, spec, "cpu") != signature(wide, task, spec, "cpu")
     slower = type(spec)(**{**spec.__dict__, "latency": type(spec.latency)(threads=2)})
     assert signature(small, task, spec, "cpu") != signature(small, task, slower, "cpu")
+
+
+def test_median_window_keeps_the_middle_windows_figure_and_medians_the_rest() -> None:
+    windows = [
+        Figure(replace(_figure(p50), stable=stable, quiet=quiet), {"serve": serve, "only1": 1.0})
+        for p50, serve, stable, quiet in [
+            (3.0, 10.0, True, True),
+            (1.0, 30.0, True, False),
+            (2.0, 20.0, False, True),
+        ]
+    ]
+    combined = median_window(windows)
+    assert combined.latency.p50_ms == 2.0  # the middle window's own figure, CI included
+    assert combined.latency.p50_ci_low_ms == windows[2].latency.p50_ci_low_ms
+    assert combined.extra_metrics["serve"] == 20.0
+    assert "only1" in combined.extra_metrics
+    assert combined.extra_metrics[tr.METRIC_LATENCY_WINDOW_SPREAD] == (3.0 - 1.0) / 2.0
+    assert combined.extra_tags[tr.TAG_LATENCY_WINDOWS] == "3,1,2"
+    assert not combined.latency.quiet  # one window was not quiet
+    assert not combined.latency.stable  # one window did not reach its tolerance
+    even = median_window(windows[:2])  # the lower middle of two
+    assert even.latency.p50_ms == 1.0
+
+
+def test_a_figure_is_timed_in_the_studys_number_of_windows(tmp_path: Path) -> None:
+    spec = load_study_spec(write_study(tmp_path, "windows"))
+    timing = replace(spec.latency, windows=4, window_gap=0.0, quiet=False, onnx=False)
+    spec = replace(spec, latency=timing)
+    task = load_study_task(spec, None)
+    model = build_model("gcn", width=8, depth=2, **io_channels(task))
+    figure = measure_figure(model, task, spec, "cpu")
+    p50s = [float(p) for p in figure.extra_tags[tr.TAG_LATENCY_WINDOWS].split(",")]
+    assert len(p50s) == 4
+    # the second of four (the lower middle), logged to 4 significant digits
+    assert abs(sorted(p50s)[1] - figure.latency.p50_ms) / figure.latency.p50_ms < 1e-3
+    assert figure.metrics()[tr.METRIC_LATENCY_WINDOW_SPREAD] >= 0
+    one = replace(spec, latency=replace(timing, windows=1))
+    assert signature(model, task, one, "cpu") != signature(model, task, spec, "cpu")
 
 
 def test_resumed_study_is_seeded_with_its_logged_figures(tmp_path: Path) -> None:

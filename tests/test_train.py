@@ -617,3 +617,16 @@ def test_dgcnn_teacher_and_k10_student_with_lsp_on_real_modelnet40(gds_data_root
         s_out.edge_indices[-1].shape[1] == 2 * 256 * 10
         and t_out.edge_indices[-1].shape[1] == 2 * 256 * 20
     )
+
+
+def test_graph_on_another_device_leaves_the_tasks_graph_where_it_was() -> None:
+    # PyG's Data.to moves in place: training on a GPU used to leave the task's graph there.
+    from torch_geometric.data import Data
+
+    from study.train import graph_on
+
+    graph = Data(x=torch.ones(3, 2), edge_index=torch.tensor([[0, 1], [1, 2]]))
+    moved = graph_on(graph, "meta")
+    assert moved.x.device.type == "meta" and moved.edge_index.device.type == "meta"
+    assert graph.x.device.type == "cpu" and graph.edge_index.device.type == "cpu"
+    assert graph_on(graph, "cpu").x is graph.x  # same device: the tensors are shared
