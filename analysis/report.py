@@ -68,6 +68,7 @@ from study.errors import UserInputError
 from study.fileio import move_into_place, staging_folder
 from study.tracking import (
     METRIC_LATENCY_P50,
+    METRIC_LATENCY_WINDOW_SPREAD,
     METRIC_SERVE_B1_P50,
     METRIC_SERVE_B256_P50,
     METRIC_TEST,
@@ -210,6 +211,7 @@ def _add_header(
         f"{int(n_seeds.min())} to {int(n_seeds.max())}.",
         f"- Datasets: {', '.join(map(str, datasets))}. Latency measured on: {devices} "
         "(latencies are comparable only on one device).",
+        *_latency_line(done),
         "",
         "Values are mean ± sample std over seeds (n = seeds); with n=1 no std is shown. Each "
         "table row is the best configuration of its group, chosen on the mean validation score "
@@ -218,6 +220,28 @@ def _add_header(
         "1080Ti); they are labelled 'other data' when this study's test set differs from the "
         "paper's and 'data not checked' when the trials logged no `test_n`.",
     ]
+
+
+def _latency_line(done: pd.DataFrame) -> list[str]:
+    """The header's line on how well the trials' latency figures are known (README "Latency"):
+    how many did not reach their tolerance or were timed while other work ran, and how far the
+    timing windows of one figure spread."""
+    if METRIC_LATENCY_P50 not in done or done[METRIC_LATENCY_P50].isna().all():
+        return []
+    timed = done.loc[done[METRIC_LATENCY_P50].notna()]
+    flagged = {
+        "not stable to the study's tolerance": "latency_stable",
+        "not timed quietly": "latency_quiet",
+    }
+    counts = [f"{(timed[c] == 'false').sum()} {what}" for what, c in flagged.items() if c in timed]
+    line = f"- Latency figures of {len(timed)} trials: {', '.join(counts) or 'no flags logged'}"
+    if METRIC_LATENCY_WINDOW_SPREAD in timed and timed[METRIC_LATENCY_WINDOW_SPREAD].notna().any():
+        spread = timed[METRIC_LATENCY_WINDOW_SPREAD].dropna()
+        line += (
+            f"; the p50s of a figure's timing windows spread by {spread.median():.0%} "
+            f"(median) to {spread.max():.0%} (max) of it"
+        )
+    return [line + "."]
 
 
 def _failed_line(runs: pd.DataFrame) -> list[str]:

@@ -36,6 +36,8 @@ from study.tracking import (
     TAG_DATASET,
     TAG_DEVICE,
     TAG_ERROR,
+    TAG_LATENCY_QUIET,
+    TAG_LATENCY_STABLE,
     TAG_METHOD,
     TAG_ROLE,
     TAG_SEED,
@@ -78,6 +80,8 @@ _TRIAL_TAGS = {
     "device": TAG_DEVICE,
     "student_arch": TAG_STUDENT_ARCH,
     "error": TAG_ERROR,
+    "latency_stable": TAG_LATENCY_STABLE,
+    "latency_quiet": TAG_LATENCY_QUIET,
 }
 TRIAL_COLUMNS = ("study", "run_id", "run_name", "status", *_TRIAL_TAGS)
 _TEACHER_TAGS = {"dataset": TAG_DATASET, "device": TAG_DEVICE, "teacher_hash": TAG_TEACHER_HASH}

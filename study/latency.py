@@ -46,6 +46,8 @@ from torch import nn
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from study.errors import UserInputError
+from study.tracking import TAG_LATENCY_QUIET as TAG_QUIET
+from study.tracking import TAG_LATENCY_STABLE as TAG_STABLE
 
 #: Warm-up stops once this many consecutive warm-up times agree (see the module docstring).
 STABLE_WINDOW = 3
@@ -120,8 +122,8 @@ class LatencyResult:
             "latency_threads": str(self.threads),
             "latency_torch_version": self.torch_version,
             "latency_repeats": str(self.repeats),
-            "latency_stable": str(self.stable).lower(),
-            "latency_quiet": str(self.quiet).lower(),
+            TAG_STABLE: str(self.stable).lower(),
+            TAG_QUIET: str(self.quiet).lower(),
         }
 
     @classmethod
@@ -144,8 +146,8 @@ class LatencyResult:
             torch_version=tags.get("latency_torch_version", ""),
             p50_ci_low_ms=metrics.get(f"{prefix}_p50_ci_low", nan),
             p50_ci_high_ms=metrics.get(f"{prefix}_p50_ci_high", nan),
-            stable=tags.get("latency_stable", "true") == "true",
-            quiet=tags.get("latency_quiet", "true") == "true",
+            stable=tags.get(TAG_STABLE, "true") == "true",
+            quiet=tags.get(TAG_QUIET, "true") == "true",
         )
 
 

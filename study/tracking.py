@@ -60,6 +60,10 @@ TAG_WORKER_PID = "gds.worker_pid"  # the process that last (re)started the trial
 # this trial measured it ("measured") or read the figure another trial measured ("cached").
 TAG_LATENCY_SIGNATURE = "gds.latency_signature"
 TAG_LATENCY_SOURCE = "gds.latency_source"
+# Whether a figure's p50 reached latency.tolerance, and whether it was timed with the trials
+# paused ("true"/"false"; study.latency.LatencyResult.as_tags).
+TAG_LATENCY_STABLE = "latency_stable"
+TAG_LATENCY_QUIET = "latency_quiet"
 # Why a trial run ended FAILED, one line (e.g. "training diverged at epoch 3: ..."); the
 # analysis leaves such runs out of every table and front and counts them with this reason.
 TAG_ERROR = "gds.error"

@@ -357,3 +357,27 @@ def test_losses_of_different_methods_get_their_own_axes():
     used = plot_losses_by_run(history, list(axes), labels={"r1": "LSP", "r2": "KD"})
     assert [a.get_title() for a in used] == ["LSP", "KD"]
     assert [len(a.get_lines()) for a in used] == [1, 1] and not axes[2].axison
+
+
+def test_header_counts_flagged_latency_figures_and_window_spread(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    metrics = {"val_score": 0.8, "test_score": 0.8, "latency_ms_p50": 3.0}
+    trials = [
+        {"method": "kd", "dataset": "cora", "seed": s, "config_id": "c",
+         "metrics": {**metrics, "latency_ms_p50_window_spread": spread}}
+        for s, spread in enumerate((0.10, 0.30, 0.20))
+    ]  # fmt: skip
+    ids = fill_study(uri, "flags", trials)["trial_run_ids"]
+    client = MlflowClient(uri)
+    for rid, (stable, quiet) in zip(
+        ids, [("true", "true"), ("false", "true"), ("false", "false")], strict=True
+    ):
+        client.set_tag(rid, "latency_stable", stable)
+        client.set_tag(rid, "latency_quiet", quiet)
+    out = tmp_path / "rep"
+    write_report("flags", out, tracking_uri=uri)
+    text = (out / "README.md").read_text()
+    assert (
+        "- Latency figures of 3 trials: 2 not stable to the study's tolerance, 1 not timed "
+        "quietly; the p50s of a figure's timing windows spread by 20% (median) to 30% (max)"
+    ) in text
