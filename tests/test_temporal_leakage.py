@@ -216,16 +216,16 @@ def test_future_edges_that_make_the_task_trivial_do_not_help_training() -> None:
     data = hub_graph()
     cfg = TrainConfig(epochs=40, lr=0.01, seed=0)
     fits: dict[str, dict[str, float]] = {}
+    # GraphSAGE: its own weights for the neighbours, so a hub edge, where seen, decides.
+    sizes = {"in_channels": data.num_features, "out_channels": 4, "dropout": 0.0}
     for name, task in (("snapshot", _task(data)), ("leaky", leaky(_task(data)))):
         torch.manual_seed(0)
-        teacher = build_model("gcn", in_channels=task.num_features, out_channels=task.num_classes)
+        teacher = build_model("sage", **sizes)
         result = train_teacher(teacher, task, cfg)
         fits[name] = {"teacher": evaluate(result.model, task, "train")["score"]}
         for method in ("kd", "lsp"):
             torch.manual_seed(0)
-            student = build_model(
-                "gcn", in_channels=task.num_features, out_channels=task.num_classes
-            )
+            student = build_model("sage", **sizes)
             run = distill_student(student, result.model, task, cfg, DistillConfig(method))
             fits[name][method] = evaluate(run.model, task, "train")["score"]
     for model in ("teacher", "kd", "lsp"):
@@ -247,14 +247,34 @@ def test_synthetic_temporal_leak_inflates_validation_scores() -> None:
 
 
 def test_no_validation_node_sees_its_revealing_edges_at_the_default_split() -> None:
-    """With the default lag (0.25) above the validation window (0.2), no validation node has an
-    own-class edge at or after its label time in its view; the full graph has many."""
+    """With the default lag (0.25) above the validation window (0.2), no validation node's own
+    revealing edges (at its label time + lag) are in its view; the full graph has many."""
     data = synthetic_temporal(num_nodes=400, seed=1)
     task = load_task("synthetic_temporal", num_nodes=400, seed=1)
-    val = task.val[0]
-    late = val.edge_time > data.node_time[val.edge_index[1]]
-    scored = val.mask[val.edge_index[1]]
-    assert not bool((late & scored).any())
-    full = task.test[0]
-    late_full = full.edge_time > data.node_time[full.edge_index[1]]
-    assert int((late_full & val.mask[full.edge_index[1]]).sum()) > 50
+    val, full = task.val[0], task.test[0]
+
+    def revealing_of_val_nodes(view: Data) -> int:
+        target = view.edge_index[1]
+        own = view.edge_time >= data.node_time[target] + 0.25 - 1e-9
+        return int((own & val.mask[target]).sum())
+
+    assert revealing_of_val_nodes(val) == 0
+    assert revealing_of_val_nodes(full) > 50
+
+
+def test_a_studys_shared_teacher_outputs_come_from_the_train_snapshot(tmp_path: Any) -> None:
+    """What sampled trials of a study read (computed once per machine) is the teacher on the
+    train snapshot, not on a later view."""
+    from study.teacher_outputs import shared_teacher_outputs
+
+    data = hub_graph(num_nodes=80)
+    task = _task(data)
+    torch.manual_seed(0)
+    teacher = build_model("gcn", in_channels=task.num_features, out_channels=task.num_classes)
+    teacher.eval()
+    out = shared_teacher_outputs(teacher, task, "k", cache_dir=tmp_path)
+    with torch.no_grad():
+        on_train = teacher(data.x, task.train[0].edge_index).logits
+        on_full = teacher(data.x, data.edge_index).logits
+    assert torch.allclose(out.logits, on_train, atol=1e-5)
+    assert not torch.allclose(out.logits, on_full, atol=1e-3)

@@ -109,7 +109,8 @@ def temporal_task(
     """
     if not t1 < t2:
         raise UserInputError(
-            f"{source}: the cuts must satisfy t1 < t2, got t1={t1:g}, t2={t2:g}", key="dataset.split"
+            f"{source}: the cuts must satisfy t1 < t2, got t1={t1:g}, t2={t2:g}",
+            key="dataset.split",
         )
     node_time = data.node_time
     labelled = ~torch.isnan(node_time)

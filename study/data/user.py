@@ -114,7 +114,7 @@ def task_from_graphs(
         )
     if split is not None:
         raise UserInputError(
-            f"{source}: dataset.split needs one temporal Data (with node_time [N] and "
+            f"{source}: a chronological split needs one temporal Data (node_time [N], "
             f"edge_time [E]), got {_describe(obj)} without times",
             key="dataset.split",
         )
