@@ -6,11 +6,14 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 
 from study import tracking as tr
 from study.runner import run_study
 from tests.studies import write_study
+
+SAMPLED = {"batch_size": 64, "num_neighbors": [4, 3]}
 
 
 @pytest.mark.ray
@@ -27,10 +30,12 @@ def test_temporal_study_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.Monke
             "split": {"train_until": 0.5, "val_until": 0.75},
         },
         teacher={**gcn, "train": {"epochs": 3, "lr": 0.01}},
-        student={**gcn, "width": 4, "train": {"epochs": 3, "lr": 0.01}},
+        # Sampled mini-batches: the study's shared teacher outputs and the sampler must come
+        # from the train snapshot (tests/test_temporal_leakage.py records that in-process).
+        student={**gcn, "width": 4, "train": {**SAMPLED, "epochs": 3, "lr": 0.01}},
         methods=["kd", "lsp"],
-        search={"student.arch": {"choice": ["gcn", "mlp"]}},
-        searcher={"algorithm": "random", "num_samples": 2, "max_concurrent": 2, "seed": 0},
+        search={},
+        searcher={"algorithm": "grid", "max_concurrent": 2, "seed": 0},
     )
     try:
         outcome = run_study(path, tracking_uri=uri, storage=tmp_path / "studies")
@@ -38,11 +43,18 @@ def test_temporal_study_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.Monke
         ray.shutdown()
     assert outcome.complete and len(outcome.trials) == 2, outcome.trials
     client = MlflowClient(uri)
+    methods = set()
     for row in outcome.trials:
         run = client.get_run(row["mlflow_run_id"])
         assert run.info.status == "FINISHED"
         assert run.data.tags[tr.TAG_DATASET] == "synthetic_temporal"
+        methods.add(run.data.tags[tr.TAG_METHOD])
         for key in (tr.METRIC_VAL, tr.METRIC_TEST):
             assert 0.0 <= run.data.metrics[key] <= 1.0
         history = client.get_metric_history(run.info.run_id, "distill_loss")
         assert history and all(m.value >= 0 for m in history)
+    assert methods == {"kd", "lsp"}
+    # One teacher-output file for the study: the train snapshot's nodes (all of them; the
+    # snapshot drops edges, not nodes).
+    (cached,) = (tmp_path / "cache" / "teacher-outputs").glob("*.pt")
+    assert torch.load(cached, weights_only=True)["logits"].shape == (200, 4)
