@@ -972,9 +972,8 @@ def _parse_dataset(chk: _Check, raw: dict[str, Any], base: Path) -> DatasetSpec:
                 f"{d.name} has no times; split is for temporal graphs ({', '.join(temporal)}, "
                 "or a path/factory Data with node_time and edge_time)",
             )
-        split = chk.validate(cat.TemporalSplit, d.split, "dataset.split").model_dump(
-            exclude_unset=True
-        )
+        # Every cut spelled out: a split written with or without its defaults is one teacher.
+        split = chk.validate(cat.TemporalSplit, d.split, "dataset.split").model_dump()
     return DatasetSpec(d.name, options, path, d.factory, d.metric, str(base), split)
 
 

@@ -213,6 +213,9 @@ def test_the_split_is_part_of_the_teacher_hash_and_defaults_live_in_one_place() 
         tiny_study("a", dataset={**base, "split": {"train_until": 0.5}}), "a.yaml"
     )
     assert teacher_hash(spec) != teacher_hash(moved)
+    spelled = {"train_until": 0.5, "val_until": 0.8, "by": "quantile"}
+    same = parse_study_spec(tiny_study("a", dataset={**base, "split": spelled}), "a.yaml")
+    assert teacher_hash(same) == teacher_hash(moved)
     sbm = parse_study_spec(tiny_study("a"), "a.yaml")
     assert sbm.dataset.split is None  # non-temporal studies unchanged
     default = load_task("synthetic_temporal", num_nodes=100)
