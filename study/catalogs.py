@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from study.catalog import Catalog, Entry
 from study.layer_map import parse_layer_map
@@ -333,6 +333,41 @@ class SBMOptions(Params):
     test: Count | None = None
 
 
+class TemporalOptions(Params):
+    num_nodes: Annotated[int, Field(ge=8)] | None = None
+    num_classes: Annotated[int, Field(ge=2)] | None = None
+    num_features: Count | None = None
+    feature_signal: NonNegative | None = None
+    arrival_edges: Annotated[int, Field(ge=0)] | None = None
+    homophily: Annotated[float, Field(ge=0, le=1)] | None = None
+    reveal_edges: Annotated[int, Field(ge=0)] | None = None
+    reveal_lag: Annotated[float, Field(gt=0, lt=1)] | None = None
+    seed: Annotated[int, Field(ge=0)] | None = None
+
+
+class TemporalSplit(Params):
+    """``dataset.split`` of a temporal graph (``edge_time``, ``node_time``): the chronological
+    cuts t1 (``train_until``) and t2 (``val_until``). ``by: quantile`` (the default) reads them as
+    fractions of the labelled nodes in time order (0.6: the earliest 60% train); ``by: time`` as
+    times in ``node_time``'s units. Train scores nodes with ``node_time <= t1`` on the edges with
+    ``edge_time <= t1``; validation ``t1 < node_time <= t2`` on edges ``<= t2``; test the rest on
+    every edge (see :mod:`study.data.temporal`)."""
+
+    train_until: float = 0.6
+    val_until: float = 0.8
+    by: Literal["quantile", "time"] = "quantile"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TemporalSplit:
+        if self.train_until >= self.val_until:
+            raise ValueError(
+                f"train_until ({self.train_until}) must be below val_until ({self.val_until})"
+            )
+        if self.by == "quantile" and not 0 < self.train_until < self.val_until < 1:
+            raise ValueError("with by: quantile, expected 0 < train_until < val_until < 1")
+        return self
+
+
 class ShapesOptions(Params):
     num_per_class: Count | None = None
     num_classes: Annotated[int, Field(ge=2, le=5)] | None = None
@@ -388,6 +423,14 @@ DATASETS = Catalog(
             "study.data.synthetic:synthetic_sbm",
             SBMOptions,
             {"kind": NODE, "files": False},
+        ),
+        Entry(
+            "synthetic_temporal",
+            "Temporal graph with timed edges; each node's own-class edges come after its label "
+            "time, so leaking future edges inflates the score (no files; split: dataset.split)",
+            "study.data.temporal:synthetic_temporal",
+            TemporalOptions,
+            {"kind": NODE, "files": False, "temporal": True},
         ),
         Entry(
             "synthetic_shapes",

@@ -22,6 +22,8 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
       options: {}               # [{}] the loader's keyword options
       metric: accuracy          # [the dataset's] accuracy macro_f1 micro_f1 auroc (nodes);
                                 #   accuracy mean_class_accuracy auroc (point clouds)
+      split: {train_until: 0.6, val_until: 0.8, by: quantile}  # temporal graphs only (node_time,
+                                #   edge_time): chronological cuts; by: quantile | time
     teacher:                    # required: built-in keys or factory keys
       arch: gat                 # a MODELS entry (gat gcn sage mlp: node tasks; dgcnn: clouds)
       preset: null              # a preset of the arch (ppi_teacher, ...): then only dropout
@@ -156,6 +158,7 @@ class DatasetSpec:
     factory: str | None = None
     metric: str | None = None
     base_dir: str = ""
+    split: dict[str, Any] | None = None  # a temporal graph's cuts (TemporalSplit), as given
 
     @property
     def label(self) -> str:
@@ -445,6 +448,7 @@ class _Dataset(cat.Params):
     factory: _Factory | None = None
     options: dict[str, Any] = {}
     metric: str | None = None
+    split: dict[str, Any] | None = None
 
 
 class _UserModel(cat.Params):
@@ -963,7 +967,18 @@ def _parse_dataset(chk: _Check, raw: dict[str, Any], base: Path) -> DatasetSpec:
             what = f"dataset {d.name!r} is a {cat.TASK_WORDS[kind]} task"
             chk.fail("dataset.metric", f"{what}; expected one of {', '.join(valid)}")
         chk.name(d.metric, "dataset.metric", "metric", valid)
-    return DatasetSpec(d.name, options, path, d.factory, d.metric, str(base))
+    split = None
+    if d.split is not None:
+        if d.name is not None and not cat.DATASETS.get(d.name).info.get("temporal", False):
+            temporal = [e.name for e in cat.DATASETS if e.info.get("temporal", False)]
+            chk.fail(
+                "dataset.split",
+                f"{d.name} has no times; split is for temporal graphs ({', '.join(temporal)}, "
+                "or a path/factory Data with node_time and edge_time)",
+            )
+        # Every cut spelled out: a split written with or without its defaults is one teacher.
+        split = chk.validate(cat.TemporalSplit, d.split, "dataset.split").model_dump()
+    return DatasetSpec(d.name, options, path, d.factory, d.metric, str(base), split)
 
 
 def _parse_method_defaults(
@@ -1445,6 +1460,8 @@ def teacher_hash(spec: StudySpec) -> str:
     model |= {k: _canonical(getattr(m, k)) for k in _USER_KEYS if getattr(m, k)}
     ds = spec.dataset
     dataset = {"name": ds.name, "options": ds.options}
-    dataset.update({k: getattr(ds, k) for k in ("path", "factory", "metric") if getattr(ds, k)})
+    dataset.update(
+        {k: getattr(ds, k) for k in ("path", "factory", "metric", "split") if getattr(ds, k)}
+    )
     teacher = {"model": model, "train": train, "checkpoint": spec.teacher.checkpoint}
     return stable_hash({"version": TEACHER_HASH_VERSION, "dataset": dataset, "teacher": teacher})

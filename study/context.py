@@ -65,6 +65,7 @@ def load_study_task(spec: StudySpec, data_root: str | None) -> Task:
         "options": d.options,
         "metric": d.metric,
         "base_dir": d.base_dir,
+        "split": d.split,
     }
     return _cached_task(json.dumps(keys, sort_keys=True), data_root)
 

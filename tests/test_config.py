@@ -484,7 +484,7 @@ BAD = [
         "unknown dataset key",
         _set("dataset.nmae", "cora"),
         "dataset.nmae",
-        "unknown key (valid: factory, metric, name, options, path)",
+        "unknown key (valid: factory, metric, name, options, path, split)",
     ),
     (
         "dataset with name and path",
@@ -775,6 +775,7 @@ def test_shipped_num_trials_are_unchanged():
         "modelnet40_students": 48,
         "ppi_methods": 15,
         "quickstart": 4,
+        "temporal_synthetic": 18,  # 3 methods x 2 students x 3 seeds (grid)
     }
 
 

@@ -109,6 +109,7 @@ def test_registry_names_and_options() -> None:
         "modelnet40",
         "synthetic_sbm",
         "synthetic_shapes",
+        "synthetic_temporal",
     }
     with pytest.raises(UserInputError) as err:
         load_task("corra")

@@ -20,13 +20,19 @@ from study.errors import UserInputError
 
 
 def load_task(
-    name: str, *, root: str | os.PathLike | None = None, **options: object
+    name: str,
+    *,
+    root: str | os.PathLike | None = None,
+    split: Mapping[str, Any] | None = None,
+    **options: object,
 ) -> NodeTask | PointCloudTask:
     """Load a catalog dataset by name.
 
     Args:
         name: an entry of :data:`~study.catalogs.DATASETS`.
         root: the data root for file-backed datasets (ignored by the synthetic ones).
+        split: a temporal dataset's (``info["temporal"]``) chronological cuts, as
+            ``dataset.split`` (:class:`~study.catalogs.TemporalSplit`; its defaults when ``None``).
         **options: the loader's keyword options, e.g. ``num_points``, ``val_fraction``,
             ``max_shapes`` for ModelNet40 or ``seed``, ``num_nodes`` for ``synthetic_sbm``.
 
@@ -41,9 +47,21 @@ def load_task(
                 f"unknown option {key!r} for dataset {name!r} (valid: {', '.join(valid) or 'none'})"
             )
     loader = entry.load()
+    temporal = bool(entry.info.get("temporal", False))
+    if split is not None and not temporal:
+        raise UserInputError(
+            f"dataset {name!r} has no times: split applies to temporal datasets only",
+            key="dataset.split",
+        )
     if entry.info.get("files", False):
-        return loader(root=root, **options)
-    return loader(**options)
+        result = loader(root=root, **options)
+    else:
+        result = loader(**options)
+    if temporal:  # the loader returns the timed graph; the split makes its snapshots
+        from study.data.temporal import chronological_task
+
+        return chronological_task(result, split, name=name, source=f"dataset {name!r}")
+    return result
 
 
 def load_dataset(
@@ -55,20 +73,22 @@ def load_dataset(
     metric: str | None = None,
     base_dir: str | os.PathLike = ".",
     root: str | os.PathLike | None = None,
+    split: Mapping[str, Any] | None = None,
 ) -> NodeTask | PointCloudTask:
     """The dataset a study names: a catalog entry, a user's graph file or a user's function
     (exactly one of ``name``, ``path``, ``factory``); ``metric`` overrides the headline score
-    (node tasks: :mod:`study.metrics`; point clouds: accuracy, mean_class_accuracy, auroc)."""
+    (node tasks: :mod:`study.metrics`; point clouds: accuracy, mean_class_accuracy, auroc);
+    ``split``: a temporal graph's chronological cuts (``dataset.split``)."""
     from study.data import user
 
     options = dict(options or {})
     if path is not None:
-        return user.load_dataset_file(path, metric)
+        return user.load_dataset_file(path, metric, split)
     if factory is not None:
-        return user.load_dataset_factory(factory, options, base_dir, metric)
+        return user.load_dataset_factory(factory, options, base_dir, metric, split)
     if name is None:
         raise UserInputError("dataset: give one of name, path or factory")
-    task = load_task(name, root=root, **options)
+    task = load_task(name, root=root, split=split, **options)
     if metric is not None:  # node or point-cloud headline, checked by the study's config
         task.metric = metric
     return task

@@ -9,6 +9,10 @@ Two shapes are accepted, from ``dataset: {path: FILE}`` (a ``torch.save`` file, 
 - ``{"train": [Data, ...], "val": [...], "test": [...]}``, an inductive task over several graphs
   (like PPI): every node of a graph is scored in its split; masks are not needed.
 
+A ``Data`` with ``node_time [N]`` and ``edge_time [E]`` (and no masks) is a temporal graph: it is
+split chronologically by the study file's ``dataset.split`` (:mod:`study.data.temporal`), each
+split a snapshot of the edges known at its cut.
+
 The task kind follows from ``y``: 1-D integer class ids are single-label classification
 (``C = max + 1`` classes), 2-D 0/1 floats are multi-label (``C`` columns). Every problem is one
 line naming the source, the key and what was expected.
@@ -29,6 +33,7 @@ from torch_geometric.data import Data
 from study.catalog import check_options, import_factory
 from study.data.base import NodeTask
 from study.data.planetoid import graph_view
+from study.data.temporal import chronological_task, is_temporal
 from study.errors import UserInputError, one_line, unsafe_load_reason
 from study.metrics import DEFAULT_MULTILABEL, DEFAULT_SINGLE_LABEL
 
@@ -44,7 +49,9 @@ def safe_globals() -> list[Any]:
     return [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage, NodeStorage, EdgeStorage]
 
 
-def load_dataset_file(path: str | os.PathLike, metric: str | None = None) -> NodeTask:
+def load_dataset_file(
+    path: str | os.PathLike, metric: str | None = None, split: Mapping[str, Any] | None = None
+) -> NodeTask:
     """Read a graph file written by ``torch.save`` (see the module docstring)."""
     source = str(path)
     if not Path(path).is_file():
@@ -60,11 +67,15 @@ def load_dataset_file(path: str | os.PathLike, metric: str | None = None) -> Nod
             f"{unsafe_load_reason(exc)})",
             key="dataset.path",
         ) from None
-    return _keyed("dataset.path", task_from_graphs, obj, source, Path(path).stem, metric)
+    return _keyed("dataset.path", task_from_graphs, obj, source, Path(path).stem, metric, split)
 
 
 def load_dataset_factory(
-    factory: str, options: Mapping[str, Any], base_dir: str | os.PathLike, metric: str | None
+    factory: str,
+    options: Mapping[str, Any],
+    base_dir: str | os.PathLike,
+    metric: str | None,
+    split: Mapping[str, Any] | None = None,
 ) -> NodeTask:
     """Call the user's ``module:function`` with ``options`` and check what it returns."""
     function = _keyed("dataset.factory", import_factory, factory, base_dir)
@@ -75,7 +86,7 @@ def load_dataset_factory(
         raise UserInputError(f"{factory} raised {one_line(exc)}", key="dataset.factory") from None
     source = f"what {factory} returned"
     name = factory.partition(":")[2]
-    return _keyed("dataset.factory", task_from_graphs, obj, source, name, metric)
+    return _keyed("dataset.factory", task_from_graphs, obj, source, name, metric, split)
 
 
 def _keyed(key: str, function: Any, *args: Any) -> Any:
@@ -86,8 +97,27 @@ def _keyed(key: str, function: Any, *args: Any) -> Any:
         raise UserInputError(str(exc), key=exc.key or key) from None
 
 
-def task_from_graphs(obj: Any, source: str, name: str, metric: str | None) -> NodeTask:
-    """A :class:`NodeTask` from one ``Data`` with masks or a dict of split lists."""
+def task_from_graphs(
+    obj: Any,
+    source: str,
+    name: str,
+    metric: str | None,
+    split: Mapping[str, Any] | None = None,
+) -> NodeTask:
+    """A :class:`NodeTask` from one ``Data`` with masks, one temporal ``Data`` (split by
+    ``split``, ``dataset.split``) or a dict of split lists."""
+    if isinstance(obj, Data) and is_temporal(obj):
+        _check_graph(obj, source)
+        _, num_classes = _labels(obj, source)
+        return chronological_task(
+            obj, split, name=name, source=source, metric=metric, num_classes=num_classes
+        )
+    if split is not None:
+        raise UserInputError(
+            f"{source}: a chronological split needs one temporal Data (node_time [N], "
+            f"edge_time [E]), got {_describe(obj)} without times",
+            key="dataset.split",
+        )
     if isinstance(obj, Data):
         return _transductive(obj, source, name, metric)
     if isinstance(obj, Mapping) and set(obj) == set(SPLITS):
