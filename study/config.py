@@ -155,6 +155,8 @@ class DatasetSpec:
     factory: str | None = None
     metric: str | None = None
     base_dir: str = ""
+    #: A user's HeteroData (path or factory): the node type that is classified.
+    target_node_type: str | None = None
 
     @property
     def label(self) -> str:
@@ -441,6 +443,7 @@ class _Dataset(cat.Params):
     factory: _Factory | None = None
     options: dict[str, Any] = {}
     metric: str | None = None
+    target_node_type: Annotated[str, Field(min_length=1)] | None = None
 
 
 class _UserModel(cat.Params):
@@ -959,7 +962,14 @@ def _parse_dataset(chk: _Check, raw: dict[str, Any], base: Path) -> DatasetSpec:
             what = f"dataset {d.name!r} is a {cat.TASK_WORDS[kind]} task"
             chk.fail("dataset.metric", f"{what}; expected one of {', '.join(valid)}")
         chk.name(d.metric, "dataset.metric", "metric", valid)
-    return DatasetSpec(d.name, options, path, d.factory, d.metric, str(base))
+    if d.target_node_type is not None and d.name is not None:
+        chk.fail(
+            "dataset.target_node_type",
+            f"only for a user's HeteroData (path or factory); {d.name} names its own target",
+        )
+    return DatasetSpec(
+        d.name, options, path, d.factory, d.metric, str(base), d.target_node_type
+    )
 
 
 def _parse_method_defaults(
@@ -1441,6 +1451,12 @@ def teacher_hash(spec: StudySpec) -> str:
     model |= {k: _canonical(getattr(m, k)) for k in _USER_KEYS if getattr(m, k)}
     ds = spec.dataset
     dataset = {"name": ds.name, "options": ds.options}
-    dataset.update({k: getattr(ds, k) for k in ("path", "factory", "metric") if getattr(ds, k)})
+    dataset.update(
+        {
+            k: getattr(ds, k)
+            for k in ("path", "factory", "metric", "target_node_type")
+            if getattr(ds, k)
+        }
+    )
     teacher = {"model": model, "train": train, "checkpoint": spec.teacher.checkpoint}
     return stable_hash({"version": TEACHER_HASH_VERSION, "dataset": dataset, "teacher": teacher})

@@ -7,7 +7,10 @@ Two shapes are accepted, from ``dataset: {path: FILE}`` (a ``torch.save`` file, 
 - one ``torch_geometric.data.Data``, a transductive graph: ``x [N, F]`` float, ``edge_index
   [2, E]`` long, ``y`` and boolean ``train_mask``, ``val_mask``, ``test_mask`` ``[N]``;
 - ``{"train": [Data, ...], "val": [...], "test": [...]}``, an inductive task over several graphs
-  (like PPI): every node of a graph is scored in its split; masks are not needed.
+  (like PPI): every node of a graph is scored in its split; masks are not needed;
+- one ``torch_geometric.data.HeteroData`` with ``dataset.target_node_type`` naming the node type
+  that is classified (it carries ``y`` and the three masks): a typed graph
+  (:mod:`study.data.hetero`).
 
 The task kind follows from ``y``: 1-D integer class ids are single-label classification
 (``C = max + 1`` classes), 2-D 0/1 floats are multi-label (``C`` columns). Every problem is one
@@ -24,7 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
+from torch_geometric.data import Data, HeteroData
 
 from study.catalog import check_options, import_factory
 from study.data.base import NodeTask
@@ -37,14 +40,26 @@ MASKS = tuple(f"{s}_mask" for s in SPLITS)
 
 
 def safe_globals() -> list[Any]:
-    """What ``torch.load(..., weights_only=True)`` must allow to read a PyG ``Data``."""
+    """What ``torch.load(..., weights_only=True)`` must allow to read a PyG ``Data`` or
+    ``HeteroData`` (its global store pickles as a ``BaseStorage``): data containers only."""
     from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
-    from torch_geometric.data.storage import EdgeStorage, GlobalStorage, NodeStorage
+    from torch_geometric.data.storage import BaseStorage, EdgeStorage, GlobalStorage, NodeStorage
 
-    return [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage, NodeStorage, EdgeStorage]
+    return [
+        Data,
+        HeteroData,
+        DataEdgeAttr,
+        DataTensorAttr,
+        BaseStorage,
+        GlobalStorage,
+        NodeStorage,
+        EdgeStorage,
+    ]
 
 
-def load_dataset_file(path: str | os.PathLike, metric: str | None = None) -> NodeTask:
+def load_dataset_file(
+    path: str | os.PathLike, metric: str | None = None, target_node_type: str | None = None
+) -> NodeTask:
     """Read a graph file written by ``torch.save`` (see the module docstring)."""
     source = str(path)
     if not Path(path).is_file():
@@ -56,15 +71,21 @@ def load_dataset_file(path: str | os.PathLike, metric: str | None = None) -> Nod
     except Exception as exc:  # a foreign pickle, a truncated file, another format
         raise UserInputError(
             f"{source}: not a graph file torch.load(weights_only=True) can read "
-            f"(expected a torch_geometric Data or a dict of train/val/test lists; "
+            f"(expected a torch_geometric Data, a HeteroData or a dict of train/val/test lists; "
             f"{unsafe_load_reason(exc)})",
             key="dataset.path",
         ) from None
-    return _keyed("dataset.path", task_from_graphs, obj, source, Path(path).stem, metric)
+    return _keyed(
+        "dataset.path", task_from_graphs, obj, source, Path(path).stem, metric, target_node_type
+    )
 
 
 def load_dataset_factory(
-    factory: str, options: Mapping[str, Any], base_dir: str | os.PathLike, metric: str | None
+    factory: str,
+    options: Mapping[str, Any],
+    base_dir: str | os.PathLike,
+    metric: str | None,
+    target_node_type: str | None = None,
 ) -> NodeTask:
     """Call the user's ``module:function`` with ``options`` and check what it returns."""
     function = _keyed("dataset.factory", import_factory, factory, base_dir)
@@ -75,7 +96,9 @@ def load_dataset_factory(
         raise UserInputError(f"{factory} raised {one_line(exc)}", key="dataset.factory") from None
     source = f"what {factory} returned"
     name = factory.partition(":")[2]
-    return _keyed("dataset.factory", task_from_graphs, obj, source, name, metric)
+    return _keyed(
+        "dataset.factory", task_from_graphs, obj, source, name, metric, target_node_type
+    )
 
 
 def _keyed(key: str, function: Any, *args: Any) -> Any:
@@ -86,8 +109,32 @@ def _keyed(key: str, function: Any, *args: Any) -> Any:
         raise UserInputError(str(exc), key=exc.key or key) from None
 
 
-def task_from_graphs(obj: Any, source: str, name: str, metric: str | None) -> NodeTask:
-    """A :class:`NodeTask` from one ``Data`` with masks or a dict of split lists."""
+def task_from_graphs(
+    obj: Any, source: str, name: str, metric: str | None, target_node_type: str | None = None
+) -> NodeTask:
+    """A :class:`NodeTask` from one ``Data`` with masks, a dict of split lists, or a
+    ``HeteroData`` with ``target_node_type`` (its node type that is classified)."""
+    if isinstance(obj, HeteroData):
+        if target_node_type is None:
+            raise UserInputError(
+                f"{source}: a HeteroData needs dataset.target_node_type, the node type to "
+                f"classify (one of: {', '.join(sorted(obj.node_types))})",
+                key="dataset.target_node_type",
+            )
+        from study.data.hetero import hetero_task
+
+        return hetero_task(
+            obj,
+            target_node_type,
+            name=name,
+            where=source,
+            metric=_metric(metric, multilabel=False),
+        )
+    if target_node_type is not None:
+        raise UserInputError(
+            f"{source}: dataset.target_node_type is for a HeteroData, got {_describe(obj)}",
+            key="dataset.target_node_type",
+        )
     if isinstance(obj, Data):
         return _transductive(obj, source, name, metric)
     if isinstance(obj, Mapping) and set(obj) == set(SPLITS):
