@@ -967,9 +967,7 @@ def _parse_dataset(chk: _Check, raw: dict[str, Any], base: Path) -> DatasetSpec:
             "dataset.target_node_type",
             f"only for a user's HeteroData (path or factory); {d.name} names its own target",
         )
-    return DatasetSpec(
-        d.name, options, path, d.factory, d.metric, str(base), d.target_node_type
-    )
+    return DatasetSpec(d.name, options, path, d.factory, d.metric, str(base), d.target_node_type)
 
 
 def _parse_method_defaults(

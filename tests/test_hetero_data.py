@@ -49,7 +49,9 @@ def test_typed_graph_round_trip_keeps_features_labels_masks_and_edges() -> None:
     assert graph.train_mask.tolist() == [False, False, False, True, False, False]
     assert not bool(graph.val_mask[~target].any())
     # Every edge maps back to its relation's own (src, dst) in per-type ids.
-    offsets = {name: int((graph.node_type < t).sum()) for t, name in enumerate(graph.node_type_names)}
+    offsets = {
+        name: int((graph.node_type < t).sum()) for t, name in enumerate(graph.node_type_names)
+    }
     for r, (src, rel, dst) in enumerate(graph.edge_type_names):
         local = graph.edge_index[:, graph.edge_type == r]
         back = torch.stack([local[0] - offsets[src], local[1] - offsets[dst]])

@@ -51,7 +51,8 @@ def _dense_relation_lsp(z_s: Tensor, z_t: Tensor, weights: list[float], sigma: f
     for r in range(R):
         per_node = []
         for i in range(6):
-            sources = [int(j) for j, t, e in zip(EDGES[0], EDGES[1], TYPES) if t == i and e == r]
+            edges = zip(EDGES[0], EDGES[1], TYPES, strict=True)
+            sources = [int(j) for j, t, e in edges if t == i and e == r]
             if not sources:
                 continue
 
@@ -89,7 +90,8 @@ def test_relation_lsp_is_the_weighted_sum_of_homogeneous_lsp_per_relation() -> N
     weights = [0.2, 0.3, 0.5]
     got = relation_lsp_loss(z_s, z_t, EDGES, TYPES, R, weights=weights, kernel="linear")
     parts = [lsp_loss(z_s, z_t, EDGES[:, TYPES == r], kernel="linear") for r in range(R)]
-    assert got.item() == pytest.approx(sum(w * p.item() for w, p in zip(weights, parts)))
+    want = sum(w * p.item() for w, p in zip(weights, parts, strict=True))
+    assert got.item() == pytest.approx(want)
     # With the teacher's side precomputed per (target, relation), the same value.
     log_t = relation_local_structure(z_t, EDGES, TYPES, R, kernel="linear")
     pre = relation_lsp_loss(

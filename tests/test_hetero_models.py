@@ -86,9 +86,7 @@ def test_rgcn_from_the_catalog_rebuilds_from_its_spec(task) -> None:
 def test_export_and_reload_of_an_rgcn(task, tmp_path: Path) -> None:
     model = build_model("rgcn", width=8, depth=2, **io_channels(task)).eval()
     inputs = model_inputs(model, task.test[0])
-    folder = export.export_student(
-        model, tmp_path / "student", metadata={}, example_inputs=inputs
-    )
+    folder = export.export_student(model, tmp_path / "student", metadata={}, example_inputs=inputs)
     loaded = export.load(folder)
     torch.testing.assert_close(loaded(*inputs).logits, model(*inputs).logits)
     config = export.read_config(folder)

@@ -92,7 +92,9 @@ def typed_graph(data: HeteroData, target: str, *, where: str = "HeteroData") -> 
     widths = []
     for t in data.node_types:
         x = data[t].get("x")
-        if x is not None and (not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point()):
+        if x is not None and (
+            not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point()
+        ):
             raise UserInputError(f"{where}: {t}.x: expected a float tensor [N_{t}, F]")
         widths.append(0 if x is None else int(x.shape[1]))
     width = max(max(widths), 1)
@@ -155,8 +157,14 @@ def typed_graph(data: HeteroData, target: str, *, where: str = "HeteroData") -> 
     return graph
 
 
-def hetero_task(data: HeteroData, target: str, *, name: str = "hetero", where: str = "HeteroData",
-                metric: str = "accuracy") -> NodeTask:
+def hetero_task(
+    data: HeteroData,
+    target: str,
+    *,
+    name: str = "hetero",
+    where: str = "HeteroData",
+    metric: str = "accuracy",
+) -> NodeTask:
     """A single-label :class:`NodeTask` over the typed graph of ``data``; ``target`` must carry
     ``y`` and ``train_mask``, ``val_mask``, ``test_mask`` (disjoint, none empty)."""
     graph = typed_graph(data, target, where=where)
@@ -184,8 +192,9 @@ def hetero_task(data: HeteroData, target: str, *, name: str = "hetero", where: s
     )
 
 
-def _pick(labels_wanted: Tensor, buckets: Tensor, offsets: Tensor, counts: Tensor,
-          g: torch.Generator) -> Tensor:
+def _pick(
+    labels_wanted: Tensor, buckets: Tensor, offsets: Tensor, counts: Tensor, g: torch.Generator
+) -> Tensor:
     """One uniformly drawn member of class ``labels_wanted[k]`` for every ``k`` (O(k))."""
     u = torch.rand(labels_wanted.numel(), generator=g)
     idx = offsets[labels_wanted] + (u * counts[labels_wanted]).long()

@@ -96,9 +96,7 @@ def load_dataset_factory(
         raise UserInputError(f"{factory} raised {one_line(exc)}", key="dataset.factory") from None
     source = f"what {factory} returned"
     name = factory.partition(":")[2]
-    return _keyed(
-        "dataset.factory", task_from_graphs, obj, source, name, metric, target_node_type
-    )
+    return _keyed("dataset.factory", task_from_graphs, obj, source, name, metric, target_node_type)
 
 
 def _keyed(key: str, function: Any, *args: Any) -> Any:

@@ -9,6 +9,7 @@ method is a :class:`DistillMethod` subclass whose factory takes its validated sc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -254,16 +255,13 @@ class FitNet(_LayerPairs):
             if types is None:
                 terms.append(fitnet_loss(z_s, z_t, adapter))
                 continue
-            terms.append(
-                per_type_mean(
-                    lambda a, b, m=adapter: fitnet_loss(a, b, m),
-                    z_s,
-                    z_t,
-                    types.node_type,
-                    types.num_node_types,
-                )
-            )
+            loss = functools.partial(_fitnet_with, adapter)
+            terms.append(per_type_mean(loss, z_s, z_t, types.node_type, types.num_node_types))
         return torch.stack(terms).sum()
+
+
+def _fitnet_with(adapter: nn.Module, z_s: Tensor, z_t: Tensor) -> Tensor:
+    return fitnet_loss(z_s, z_t, adapter)
 
 
 class AttentionTransfer(_LayerPairs):

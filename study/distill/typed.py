@@ -131,7 +131,10 @@ def relation_lsp_loss(
 
 
 def per_type_mean(
-    loss: Callable[[Tensor, Tensor], Tensor], z_s: Tensor, z_t: Tensor, node_type: Tensor,
+    loss: Callable[[Tensor, Tensor], Tensor],
+    z_s: Tensor,
+    z_t: Tensor,
+    node_type: Tensor,
     num_node_types: int,
 ) -> Tensor:
     """``mean_t loss(z_s[type t], z_t[type t])`` over the node types that have nodes."""

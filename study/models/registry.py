@@ -96,8 +96,10 @@ def build_model(
         return _build_dgcnn(in_channels, out_channels, kwargs)
     if entry.info.get("typed", False):
         # A spec (build_model(**model.spec)) carries its type counts; a study's sizes do not.
-        counts = {k: kwargs.pop(k) for k in ("num_node_types", "num_relations") if k in kwargs}
-        counts = {**counts, **(types or {})}
+        counts: dict[str, Any] = {
+            k: kwargs.pop(k) for k in ("num_node_types", "num_relations") if k in kwargs
+        }
+        counts.update(types or {})
         return entry.load()(in_channels, out_channels, **_free_sizes(arch, kwargs), **counts)
     # Sizes left out take the entry's schema defaults: one source for them, built-in or plugin.
     return entry.load()(in_channels, out_channels, **_free_sizes(arch, kwargs))

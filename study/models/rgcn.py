@@ -8,8 +8,9 @@ projection maps each type's zero-padded features to the model width, so a user's
 merchant's ``x`` (which share padded columns but not meaning) get their own weights.
 
 A relation-aware model is called as ``model(x, edge_index, edge_type, node_type)``
-(:func:`study.models.base.model_inputs` builds that tuple from a typed graph); on a graph without types every edge
-is relation 0 and every node type 0, so it also runs on homogeneous graphs.
+(:func:`study.models.base.model_inputs` builds that tuple from a typed graph); on a graph
+without types every edge is relation 0 and every node type 0, so it also runs on homogeneous
+graphs.
 """
 
 from __future__ import annotations
@@ -92,9 +93,7 @@ class RGCN(nn.Module):
             )
         self.dropout = dropout
         self.project = nn.ModuleList(nn.Linear(in_channels, width) for _ in range(num_node_types))
-        self.convs = nn.ModuleList(
-            RelationalConv(i, o, num_relations) for i, o in sizes
-        )
+        self.convs = nn.ModuleList(RelationalConv(i, o, num_relations) for i, o in sizes)
         self.spec: dict = {
             "arch": self.arch,
             "in_channels": int(in_channels),
