@@ -484,7 +484,7 @@ BAD = [
         "unknown dataset key",
         _set("dataset.nmae", "cora"),
         "dataset.nmae",
-        "unknown key (valid: factory, metric, name, options, path)",
+        "unknown key (valid: factory, metric, name, options, path, target_node_type)",
     ),
     (
         "dataset with name and path",
@@ -770,6 +770,7 @@ def test_shipped_num_trials_are_unchanged():
         "cora_architectures": 9,
         "cora_edge_attention": 30,  # none, kd and 2 x 2 x 2 edge_attention, 3 seeds
         "cora_pareto": 48,
+        "hetero_synthetic": 16,  # 2 architectures x 2 widths x 4 methods, 1 seed
         "modelnet40_kernels": 12,
         "modelnet40_methods": 15,
         "modelnet40_students": 48,
