@@ -133,3 +133,20 @@ def test_target_node_type_on_a_homogeneous_file_is_refused(tmp_path: Path) -> No
     )
     with pytest.raises(UserInputError, match="target_node_type is for a HeteroData"):
         load_dataset(path=str(path), target_node_type="paper")
+
+
+def test_user_heterodata_factory(tmp_path: Path) -> None:
+    module = tmp_path / "hetero_factory_mod_16.py"
+    module.write_text(
+        "from tests.test_hetero_data import tiny_hetero\n\n\n"
+        "def load():\n    return tiny_hetero()\n"
+    )
+    task = load_dataset(
+        factory="hetero_factory_mod_16:load", base_dir=tmp_path, target_node_type="paper"
+    )
+    assert task.name == "load" and io_channels(task)["types"]["num_relations"] == 2
+    with pytest.raises(UserInputError, match="unknown target node type 'user'") as err:
+        load_dataset(
+            factory="hetero_factory_mod_16:load", base_dir=tmp_path, target_node_type="user"
+        )
+    assert err.value.key == "dataset.target_node_type"
