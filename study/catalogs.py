@@ -136,6 +136,9 @@ class LSPParams(Params):
     direction: Direction = "student_teacher"
     lsp_until_epoch: Count | None = None
     layer_map: LayerMap = DEFAULT_LAYER_MAP
+    #: Heterogeneous datasets only: a weight per relation (``src__rel__dst``, or ``rel`` when
+    #: unique); relations left out weigh 0. ``None``: uniform ``1/R``. Fixed, not searchable.
+    relation_weights: dict[str, NonNegative] | None = None
 
 
 class EdgeAttentionParams(Params):

@@ -980,6 +980,10 @@ def _parse_method_defaults(
         path, params = f"method_defaults.{method}", _method_params(method)
         for k, v in chk.mapping(values, path, params).items():
             merged.get(method, {})[k] = chk.param(params[k][0], k, v, f"{path}.{k}")
+    for values in merged.values():
+        # Added after config ids existed: absent unless set, so LSP trials keep their ids.
+        if "relation_weights" in values and values["relation_weights"] is None:
+            del values["relation_weights"]
     return merged
 
 

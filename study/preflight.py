@@ -24,6 +24,8 @@ from study.catalogs import MODELS, reads_attention
 from study.config import ModelSpec, StudySpec
 from study.context import load_study_task
 from study.data.base import NodeTask, PointCloudTask, Task, io_channels
+from study.data.hetero import relation_names
+from study.distill.typed import relation_weight_vector
 from study.errors import UserInputError, one_line
 from study.layer_map import PairOutOfRange, parse_layer_map, resolve_layer_map
 from study.models import build_model
@@ -188,7 +190,18 @@ def check_attention(spec: StudySpec, teacher_out: ModelOutput, student_out: Mode
 def check_typed(spec: StudySpec, task: Task) -> None:
     """A typed (heterogeneous) graph trains full batch and has no per-relation edge_attention
     yet: both are refused here, before anything starts, rather than mixing relations."""
-    if not isinstance(task, NodeTask) or "edge_type" not in task.train[0]:
+    weights = spec.method_defaults.get("lsp", {}).get("relation_weights")
+    typed = isinstance(task, NodeTask) and "edge_type" in task.train[0]
+    if weights is not None and "lsp" in spec.methods:
+        where = f"{spec.source}: method_defaults.lsp.relation_weights"
+        if not typed:
+            raise UserInputError(f"{where}: applies to a heterogeneous dataset only; remove it")
+        assert isinstance(task, NodeTask)
+        try:
+            relation_weight_vector(weights, relation_names(task.train[0]))
+        except UserInputError as err:
+            raise UserInputError(f"{where}: {err}") from None
+    if not typed:
         return
     for role, train in (("teacher", spec.teacher.train), ("student", spec.student.train)):
         if train.num_neighbors is not None:

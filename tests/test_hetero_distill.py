@@ -23,7 +23,9 @@ from study.distill.typed import (
     GraphTypes,
     relation_local_structure,
     relation_lsp_loss,
+    relation_weight_vector,
 )
+from study.errors import UserInputError
 from study.models.base import ModelOutput
 
 # Six nodes, three relations; node 3 has incoming edges of two relations, node 5 of one.
@@ -183,3 +185,20 @@ def test_fitnet_and_at_average_per_node_type() -> None:
     got = fitnet.term(student, teacher, adapters=adapters, types=types)
     want = sum(fitnet_loss(z_s[m], z_t[m], adapters[0]) for m in groups) / 3
     assert got.item() == pytest.approx(float(want.detach()), rel=1e-6)
+
+
+def test_lsp_relation_weights_by_name() -> None:
+    z_s, z_t = _features(13, 4).float(), _features(14, 4).float()
+    student, teacher = ModelOutput(None, [z_s]), ModelOutput(None, [z_t])
+    names = ("a__near__b", "b__far__a", "a__near__a")
+    types = GraphTypes(NODE_TYPE, TYPES, 3, R, 0, names)
+    method = LocalStructurePreserving(LSPParams(relation_weights={"far": 2.0, "a__near__a": 0.5}))
+    common = dict(edge_index=EDGES, precomputed=[], adapters=None, multilabel=False)
+    got = method.term(student, teacher, types=types, **common)
+    want = relation_lsp_loss(z_s, z_t, EDGES, TYPES, R, weights=[0.0, 2.0, 0.5])
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    assert relation_weight_vector({"b__far__a": 1.0}, names) == [0.0, 1.0, 0.0]
+    with pytest.raises(UserInputError, match=r"unknown relation 'near' \(valid: a__near__b"):
+        relation_weight_vector({"near": 1.0}, names)  # two relations are called near
+    with pytest.raises(UserInputError, match="heterogeneous"):
+        method.term(student, teacher, **common)

@@ -128,6 +128,17 @@ def _hetero_file(folder: Path) -> Path:
         ),
         ({"dataset": {"path": "graph.pt"}}, "dataset.target_node_type: "),
         (
+            {"method_defaults": {"lsp": {"relation_weights": {"friends": 1.0}}}},
+            "method_defaults.lsp.relation_weights: unknown relation 'friends' (valid: user__friend",
+        ),
+        (
+            {
+                "dataset": {"name": "synthetic_sbm", "options": {"num_nodes": 200}},
+                "method_defaults": {"lsp": {"relation_weights": {"friend": 1.0}}},
+            },
+            "relation_weights: applies to a heterogeneous dataset only",
+        ),
+        (
             {"dataset": {"path": "graph.pt", "target_node_type": "shop"}},
             "node type 'shop' has no y",
         ),
@@ -166,3 +177,21 @@ def test_user_heterodata_study_validates(
     path = write(tmp_path, "mine", dataset={"path": "graph.pt", "target_node_type": "user"})
     assert main(["validate", str(path)]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_relation_weights_are_a_fixed_lsp_parameter(tmp_path: Path) -> None:
+    from study.config import load_study_spec, resolve_trial
+
+    weights = {"friend": 1.0, "disputes": 2.0}
+    spec = load_study_spec(
+        write(tmp_path, "weighted", method_defaults={"lsp": {"relation_weights": weights}})
+    )
+    plan = resolve_trial(spec, {"method": "lsp", "seed": 0, "student.arch": "rgcn"})
+    assert plan.distill.params["relation_weights"] == weights
+    assert plan.params["lsp.relation_weights"] == weights
+    # Unset, the key is absent: LSP trials of other studies keep their config ids.
+    plain = load_study_spec(write(tmp_path, "plain"))
+    plan = resolve_trial(plain, {"method": "lsp", "seed": 0, "student.arch": "rgcn"})
+    assert "lsp.relation_weights" not in plan.params
+    assert "relation_weights" not in plan.distill.params

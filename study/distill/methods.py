@@ -46,6 +46,7 @@ from study.distill.typed import (
     per_type_mean,
     relation_local_structure,
     relation_lsp_loss,
+    relation_weight_vector,
 )
 from study.errors import UserInputError
 from study.layer_map import LAST, UNIFORM, resolve_layer_map
@@ -315,6 +316,7 @@ class LocalStructurePreserving(_LayerPairs):
         self.kernel = params.kernel
         self.direction = params.direction
         self.lsp_until_epoch = params.lsp_until_epoch
+        self.relation_weights = params.relation_weights
         if kernel_params is None:
             kernel_params = validate_params(f"kernel {self.kernel!r}", KERNELS.get(self.kernel), {})
         #: By the names study files use: what :func:`lsp_loss` takes as ``**kernel_params``.
@@ -395,13 +397,24 @@ class LocalStructurePreserving(_LayerPairs):
                         edge_index,
                         types.edge_type,
                         types.num_relations,
+                        weights=self._weights(types),
                         teacher_log_ls=log_t,
                         **kwargs,
                     )
                 )
                 continue
+            if self.relation_weights is not None:
+                raise UserInputError(
+                    "lsp.relation_weights applies to heterogeneous (typed) graphs only",
+                    key="relation_weights",
+                )
             terms.append(lsp_loss(z_s, z_t, edge_index, teacher_log_ls=log_t, **kwargs))
         return torch.stack(terms).sum()
+
+    def _weights(self, types: GraphTypes) -> list[float] | None:
+        if self.relation_weights is None:
+            return None  # uniform 1/R
+        return relation_weight_vector(self.relation_weights, types.relation_names)
 
 
 class EdgeAttention(DistillMethod):

@@ -17,7 +17,7 @@ are reused, never rewritten.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from study.distill.kernels import edge_kernel
 from study.distill.lsp import _check_edge_index, lsp_loss, scatter_log_softmax
+from study.errors import UserInputError
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class GraphTypes:
         num_node_types: ``T``.
         num_relations: ``R``.
         target_type: the node type that is classified.
+        relation_names: ``src__rel__dst`` per relation, as study files name them.
     """
 
     node_type: Tensor
@@ -45,6 +47,7 @@ class GraphTypes:
     num_node_types: int
     num_relations: int
     target_type: int
+    relation_names: tuple[str, ...] = ()
 
 
 def graph_types(graph: Any) -> GraphTypes | None:
@@ -58,7 +61,32 @@ def graph_types(graph: Any) -> GraphTypes | None:
         num_node_types=len(graph.node_type_names),
         num_relations=len(graph.edge_type_names),
         target_type=int(graph.target_type),
+        relation_names=tuple("__".join(t) for t in graph.edge_type_names),
     )
+
+
+def relation_weight_vector(weights: Mapping[str, float], names: Sequence[str]) -> list[float]:
+    """``R`` weights from a study file's ``{relation: weight}``: a relation is named
+    ``src__rel__dst`` or, when no other relation has that edge type, ``rel``; relations left
+    out weigh 0.
+
+    Raises:
+        UserInputError: a name that is no relation (the valid names listed).
+    """
+    bare = [n.split("__")[1] if n.count("__") == 2 else n for n in names]
+    out = [0.0] * len(names)
+    for key, value in weights.items():
+        if key in names:
+            out[list(names).index(key)] = float(value)
+        elif bare.count(key) == 1:
+            out[bare.index(key)] = float(value)
+        else:
+            unique = [b for b in bare if bare.count(b) == 1]
+            raise UserInputError(
+                f"unknown relation {key!r} (valid: {', '.join([*names, *unique])})",
+                key="relation_weights",
+            )
+    return out
 
 
 def relation_local_structure(
