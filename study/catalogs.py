@@ -136,6 +136,9 @@ class LSPParams(Params):
     direction: Direction = "student_teacher"
     lsp_until_epoch: Count | None = None
     layer_map: LayerMap = DEFAULT_LAYER_MAP
+    #: Heterogeneous datasets only: a weight per relation (``src__rel__dst``, or ``rel`` when
+    #: unique); relations left out weigh 0. ``None``: uniform ``1/R``. Fixed, not searchable.
+    relation_weights: dict[str, NonNegative] | None = None
 
 
 class EdgeAttentionParams(Params):
@@ -275,6 +278,14 @@ MODELS = Catalog(
             {"kind": NODE},
         ),
         Entry(
+            "rgcn",
+            "relational GCN (Schlichtkrull et al. 2018) for typed graphs: per-node-type input "
+            "projection, one weight per relation; ReLU",
+            "study.models.rgcn:RGCN",
+            StackParams,
+            {"kind": NODE, "typed": True},
+        ),
+        Entry(
             "dgcnn",
             "dynamic graph CNN (Wang et al. 2019): EdgeConv over per-layer kNN graphs",
             "study.models.dgcnn:build_dgcnn",
@@ -368,6 +379,26 @@ class TemporalSplit(Params):
         return self
 
 
+class HeteroOptions(Params):
+    num_users: Count | None = None
+    num_merchants: Count | None = None
+    num_devices: Count | None = None
+    num_classes: Annotated[int, Field(ge=2)] | None = None
+    user_features: Count | None = None
+    merchant_features: Count | None = None
+    device_features: Count | None = None
+    friends: Count | None = None
+    disputes: Count | None = None
+    purchases: Count | None = None
+    homophily: Annotated[float, Field(ge=0, le=1)] | None = None
+    item_homophily: Annotated[float, Field(ge=0, le=1)] | None = None
+    feature_signal: NonNegative | None = None
+    seed: Annotated[int, Field(ge=0)] | None = None
+    train_per_class: Count | None = None
+    val: Count | None = None
+    test: Count | None = None
+
+
 class ShapesOptions(Params):
     num_per_class: Count | None = None
     num_classes: Annotated[int, Field(ge=2, le=5)] | None = None
@@ -433,6 +464,14 @@ DATASETS = Catalog(
             {"kind": NODE, "files": False, "temporal": True},
         ),
         Entry(
+            "synthetic_hetero",
+            "Typed user/merchant/device graph: friend edges homophilous, dispute edges "
+            "anti-correlated with the user's class (no files)",
+            "study.data.hetero:synthetic_hetero",
+            HeteroOptions,
+            {"kind": NODE, "files": False, "hetero": True},
+        ),
+        Entry(
             "synthetic_shapes",
             "Procedural point clouds: sphere, cube, cylinder, cone, torus (no files)",
             "study.data.synthetic:synthetic_shapes",
@@ -465,6 +504,12 @@ def reads_attention(method: str) -> bool:
     must expose attention (:func:`has_attention_layers`), its teacher too unless the method
     computes the teacher's gradient-based importance."""
     return bool(METHODS.get(method).info.get("reads_attention", False))
+
+
+def reads_types(arch: str) -> bool:
+    """Whether a built-in architecture is relation-aware (``info["typed"]``): built with the
+    task's type counts and called with ``edge_type`` and ``node_type``."""
+    return bool(MODELS.get(arch).info.get("typed", False))
 
 
 def has_attention_layers(arch: str) -> bool:

@@ -158,6 +158,8 @@ class DatasetSpec:
     factory: str | None = None
     metric: str | None = None
     base_dir: str = ""
+    #: A user's HeteroData (path or factory): the node type that is classified.
+    target_node_type: str | None = None
     split: dict[str, Any] | None = None  # a temporal graph's cuts (TemporalSplit), as given
 
     @property
@@ -449,6 +451,7 @@ class _Dataset(cat.Params):
     options: dict[str, Any] = {}
     metric: str | None = None
     split: dict[str, Any] | None = None
+    target_node_type: Annotated[str, Field(min_length=1)] | None = None
 
 
 class _UserModel(cat.Params):
@@ -967,6 +970,11 @@ def _parse_dataset(chk: _Check, raw: dict[str, Any], base: Path) -> DatasetSpec:
             what = f"dataset {d.name!r} is a {cat.TASK_WORDS[kind]} task"
             chk.fail("dataset.metric", f"{what}; expected one of {', '.join(valid)}")
         chk.name(d.metric, "dataset.metric", "metric", valid)
+    if d.target_node_type is not None and d.name is not None:
+        chk.fail(
+            "dataset.target_node_type",
+            f"only for a user's HeteroData (path or factory); {d.name} names its own target",
+        )
     split = None
     if d.split is not None:
         if d.name is not None and not cat.DATASETS.get(d.name).info.get("temporal", False):
@@ -978,7 +986,9 @@ def _parse_dataset(chk: _Check, raw: dict[str, Any], base: Path) -> DatasetSpec:
             )
         # Every cut spelled out: a split written with or without its defaults is one teacher.
         split = chk.validate(cat.TemporalSplit, d.split, "dataset.split").model_dump()
-    return DatasetSpec(d.name, options, path, d.factory, d.metric, str(base), split)
+    return DatasetSpec(
+        d.name, options, path, d.factory, d.metric, str(base), d.target_node_type, split
+    )
 
 
 def _parse_method_defaults(
@@ -991,6 +1001,10 @@ def _parse_method_defaults(
         path, params = f"method_defaults.{method}", _method_params(method)
         for k, v in chk.mapping(values, path, params).items():
             merged.get(method, {})[k] = chk.param(params[k][0], k, v, f"{path}.{k}")
+    for values in merged.values():
+        # Added after config ids existed: absent unless set, so LSP trials keep their ids.
+        if "relation_weights" in values and values["relation_weights"] is None:
+            del values["relation_weights"]
     return merged
 
 
@@ -1461,7 +1475,11 @@ def teacher_hash(spec: StudySpec) -> str:
     ds = spec.dataset
     dataset = {"name": ds.name, "options": ds.options}
     dataset.update(
-        {k: getattr(ds, k) for k in ("path", "factory", "metric", "split") if getattr(ds, k)}
+        {
+            k: getattr(ds, k)
+            for k in ("path", "factory", "metric", "target_node_type", "split")
+            if getattr(ds, k)
+        }
     )
     teacher = {"model": model, "train": train, "checkpoint": spec.teacher.checkpoint}
     return stable_hash({"version": TEACHER_HASH_VERSION, "dataset": dataset, "teacher": teacher})

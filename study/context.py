@@ -17,6 +17,7 @@ from study.config import StudySpec, parse_study_text
 from study.data.base import PointCloudTask, Task
 from study.data.registry import load_dataset
 from study.latency import LatencyResult, measure_until_stable
+from study.models.base import model_inputs
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,21 @@ def load_study_task(spec: StudySpec, data_root: str | None) -> Task:
         "base_dir": d.base_dir,
         "split": d.split,
     }
+    if d.target_node_type is not None:  # a user's HeteroData
+        keys["target_node_type"] = d.target_node_type
     return _cached_task(json.dumps(keys, sort_keys=True), data_root)
 
 
-def latency_input(task: Task, device: str = "cpu") -> tuple[Any, ...]:
-    """One inference input on ``device``: the first test graph (node tasks) or one test cloud."""
+def latency_input(
+    task: Task, device: str = "cpu", model: nn.Module | None = None
+) -> tuple[Any, ...]:
+    """One inference input on ``device``: the first test graph (node tasks) or one test cloud;
+    with a relation-aware ``model`` on a typed graph, its edge and node types too."""
     if isinstance(task, PointCloudTask):
         return (task.test.points[:1].to(device),)
     graph = task.test[0]
+    if model is not None:
+        return tuple(t.to(device) for t in model_inputs(model, graph))
     return (graph.x.to(device), graph.edge_index.to(device))
 
 
@@ -85,7 +93,7 @@ def study_latency(model: nn.Module, task: Task, spec: StudySpec, device: str) ->
     lat = spec.latency
     return measure_until_stable(
         model,
-        latency_input(task, device),
+        latency_input(task, device, model),
         tolerance=lat.tolerance,
         max_repeats=lat.max_repeats,
         max_seconds=lat.max_seconds,

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from study import fileio
 from study.errors import UserInputError
 from study.models import build_model, count_parameters
+from study.models.base import reads_types
 
 EXPORT_FORMAT = "gds-student/1"
 WEIGHTS_FILE = "weights.pt"
@@ -60,6 +61,22 @@ class LogitsOnly(nn.Module):
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         """``[N, C]`` logits of ``x [N, F]`` over ``edge_index [2, E]``."""
         return self.model(x, edge_index).logits
+
+
+class TypedLogitsOnly(nn.Module):
+    """A relation-aware node model's logits (:mod:`study.models.rgcn`), called as
+    ``(x, edge_index, edge_type, node_type)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, x: Tensor, edge_index: Tensor, edge_type: Tensor, node_type: Tensor
+    ) -> Tensor:
+        """``[N, C]`` logits of ``x [N, F]`` over typed edges ``edge_index [2, E]``,
+        ``edge_type [E]``, with ``node_type [N]``."""
+        return self.model(x, edge_index, edge_type, node_type).logits
 
 
 class PointLogitsOnly(nn.Module):
@@ -84,6 +101,8 @@ def logits_only(model: nn.Module) -> nn.Module:
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     params = inspect.signature(model.forward).parameters.values()
     takes = sum(p.kind in positional for p in params)
+    if reads_types(model):
+        return TypedLogitsOnly(model)
     return LogitsOnly(model) if takes >= 2 else PointLogitsOnly(model)
 
 

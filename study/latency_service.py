@@ -123,7 +123,7 @@ def start_cache(parent_run_id: str, seeded: dict[str, Figure]) -> Any:
 def signature(model: nn.Module, task: Task, spec: StudySpec, device: str) -> str:
     """What a latency figure depends on, hashed: the model's architecture (``model.spec``), the
     shapes of the timed input, the device and threads, and the timing settings."""
-    inputs = latency_input(task)
+    inputs = latency_input(task, model=model)
     threads = spec.latency.threads if device == "cpu" else torch.get_num_threads()
     key = {
         "model": getattr(model, "spec", type(model).__name__),
@@ -155,7 +155,7 @@ def measure_figure(model: nn.Module, task: Task, spec: StudySpec, device: str) -
     if s.onnx:
         from study.onnx_runtime import prepare_onnx  # onnxruntime only when asked
 
-        onnx_model, onnx_tags = prepare_onnx(model, latency_input(task), s.threads)
+        onnx_model, onnx_tags = prepare_onnx(model, latency_input(task, model=model), s.threads)
 
     def measure() -> Figure:
         lat = study_latency(model, task, spec, device)

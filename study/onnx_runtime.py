@@ -62,7 +62,9 @@ def export_onnx(model: nn.Module, inputs: Sequence[Tensor], *, threads: int = 1)
         raise OnnxUnavailable(f"onnxruntime is not installed ({err})") from None
     wrapper = logits_only(copy.deepcopy(model).cpu()).eval()  # the caller's model stays put
     args = tuple(t.detach().cpu() for t in inputs)
-    names = ["points"] if len(args) == 1 else ["x", "edge_index"][: len(args)]
+    names = (
+        ["points"] if len(args) == 1 else ["x", "edge_index", "edge_type", "node_type"][: len(args)]
+    )
     with torch.no_grad():
         expected = wrapper(*args).numpy()
     options = ort.SessionOptions()

@@ -24,11 +24,13 @@ from study.catalogs import MODELS, reads_attention
 from study.config import ModelSpec, StudySpec
 from study.context import load_study_task
 from study.data.base import NodeTask, PointCloudTask, Task, io_channels
+from study.data.hetero import relation_names
+from study.distill.typed import relation_weight_vector
 from study.errors import UserInputError, one_line
 from study.layer_map import PairOutOfRange, parse_layer_map, resolve_layer_map
 from study.models import build_model
 from study.models.attention import set_attention_recording
-from study.models.base import ModelOutput
+from study.models.base import ModelOutput, model_inputs
 from study.teachers import load_teacher_weights
 from study.train_config import TrainConfig
 
@@ -57,6 +59,7 @@ def load_and_check(spec: StudySpec, data_root: str | None) -> Task:
     """The study's dataset, after every check this module makes (see the module docstring)."""
     task = in_file(spec, None, load_study_task, spec, data_root)
     check_split_classes(spec, task)
+    check_typed(spec, task)
     check_models(spec, task)
     check_fits_full_batch(spec, task)
     return task
@@ -71,8 +74,14 @@ def probe_input(task: Task) -> Data | torch.Tensor:
     if graph.num_nodes <= PROBE_NODES:
         return graph
     keep = torch.arange(PROBE_NODES)
-    edge_index, _ = subgraph(keep, graph.edge_index, num_nodes=graph.num_nodes)
-    return Data(x=graph.x[:PROBE_NODES], edge_index=edge_index)
+    edge_index, _, kept = subgraph(
+        keep, graph.edge_index, num_nodes=graph.num_nodes, return_edge_mask=True
+    )
+    probe = Data(x=graph.x[:PROBE_NODES], edge_index=edge_index)
+    if "edge_type" in graph:  # a typed graph's probe keeps its types
+        probe.edge_type = graph.edge_type[kept]
+        probe.node_type = graph.node_type[:PROBE_NODES]
+    return probe
 
 
 def check_forward(model: nn.Module, probe: Data | torch.Tensor, task: Task) -> ModelOutput:
@@ -80,7 +89,7 @@ def check_forward(model: nn.Module, probe: Data | torch.Tensor, task: Task) -> M
     model.eval()
     try:
         with torch.no_grad():
-            inputs = (probe,) if isinstance(probe, torch.Tensor) else (probe.x, probe.edge_index)
+            inputs = (probe,) if isinstance(probe, torch.Tensor) else model_inputs(model, probe)
             out = model(*inputs)
     except UserInputError:
         raise
@@ -176,6 +185,41 @@ def check_attention(spec: StudySpec, teacher_out: ModelOutput, student_out: Mode
                 f"{spec.source}: {key}: the teacher {spec.teacher.model.label} exposes no "
                 "attention; expected teacher_source: gradient (gradient-based edge importance)"
             )
+
+
+def check_typed(spec: StudySpec, task: Task) -> None:
+    """A typed (heterogeneous) graph trains full batch and has no per-relation edge_attention
+    yet: both are refused here, before anything starts, rather than mixing relations."""
+    weights = spec.method_defaults.get("lsp", {}).get("relation_weights")
+    typed = isinstance(task, NodeTask) and "edge_type" in task.train[0]
+    if weights is not None and "lsp" in spec.methods:
+        where = f"{spec.source}: method_defaults.lsp.relation_weights"
+        if not typed:
+            raise UserInputError(f"{where}: applies to a heterogeneous dataset only; remove it")
+        assert isinstance(task, NodeTask)
+        try:
+            relation_weight_vector(weights, relation_names(task.train[0]))
+        except UserInputError as err:
+            raise UserInputError(f"{where}: {err}") from None
+    if not typed:
+        return
+    for role, train in (("teacher", spec.teacher.train), ("student", spec.student.train)):
+        if train.num_neighbors is not None:
+            raise UserInputError(
+                f"{spec.source}: {role}.train.num_neighbors: sampled mini-batches do not carry "
+                "edge types yet; a heterogeneous dataset trains full batch (remove num_neighbors "
+                "and batch_size)"
+            )
+    if spec.dimension("student.batch_size") is not None:
+        raise UserInputError(
+            f"{spec.source}: search.student.batch_size: a heterogeneous dataset trains full "
+            "batch (sampled mini-batches do not carry edge types yet); remove it"
+        )
+    if "edge_attention" in spec.methods:
+        raise UserInputError(
+            f"{spec.source}: methods: edge_attention has no per-relation form yet and would mix "
+            "relations in one attention distribution; use lsp (per relation) or remove it"
+        )
 
 
 def check_split_classes(spec: StudySpec, task: Task) -> None:

@@ -174,7 +174,7 @@ def measure(client: Any, name: str, version: Any, task: Any, spec: Any, runtime:
         try:
             lat = onnx_latency(
                 model,
-                latency_input(task),
+                latency_input(task, model=model),
                 repeats=spec.latency.repeats,
                 warmup=spec.latency.warmup,
                 threads=spec.latency.threads,

@@ -17,6 +17,9 @@ The request (JSON-serialisable; MLflow's named-tensor ``inputs`` form)::
                                "nodes": [i, ...]}}                     # B target node ids (< N)
     point clouds:  {"inputs": {"points": [[[x, y, z], ...], ...]}}      # B clouds x P points
 
+A relation-aware model of a typed graph (:mod:`study.models.rgcn`) also takes ``"edge_type"``
+(``[E]``, the relation of each edge) and ``"node_type"`` (``[N]``), ids as in its training data.
+
 The client sends the graph the model needs: the target nodes' k-hop neighbourhood (k = the
 model's layers; an MLP reads ``x`` only but takes an ``edge_index``, which may be empty). The
 response is ``{"predictions": [[p_1, ..., p_C], ...]}``, one row per target node (per cloud):
@@ -37,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from study.errors import UserInputError
+from study.models.base import reads_types
 
 #: What ``MLmodel`` names as the loader; MLflow imports it and calls :func:`_load_pyfunc`.
 LOADER_MODULE = "study.pyfunc_model"
@@ -54,14 +58,24 @@ EXAMPLE_MAX_TARGETS = 4
 # --------------------------------------------------------------------------------------------
 # The request
 # --------------------------------------------------------------------------------------------
-def node_request(x: Tensor, edge_index: Tensor, nodes: Tensor) -> dict[str, np.ndarray]:
+def node_request(
+    x: Tensor,
+    edge_index: Tensor,
+    nodes: Tensor,
+    edge_type: Tensor | None = None,
+    node_type: Tensor | None = None,
+) -> dict[str, np.ndarray]:
     """A node model's request as named arrays (``x`` float32, ``edge_index`` and ``nodes``
-    int64), as the pyfunc's ``predict`` takes it."""
-    return {
+    int64; a typed graph's ``edge_type`` and ``node_type`` int64), as ``predict`` takes it."""
+    request = {
         "x": x.detach().cpu().to(torch.float32).numpy(),
         "edge_index": edge_index.detach().cpu().to(torch.int64).numpy(),
         "nodes": nodes.detach().cpu().to(torch.int64).numpy(),
     }
+    for key, types in (("edge_type", edge_type), ("node_type", node_type)):
+        if types is not None:
+            request[key] = types.detach().cpu().to(torch.int64).numpy()
+    return request
 
 
 def node_example(
@@ -72,6 +86,8 @@ def node_example(
     *,
     max_nodes: int = EXAMPLE_MAX_NODES,
     max_targets: int = EXAMPLE_MAX_TARGETS,
+    edge_type: Tensor | None = None,
+    node_type: Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """A small request cut from a graph: a few ``candidates`` (e.g. test nodes) as targets with
     their ``hops``-hop neighbourhood, relabelled, at most ``max_nodes`` nodes when possible.
@@ -103,10 +119,16 @@ def node_example(
         if not order:
             raise UserInputError("no candidate target node for the input example")
         chosen = order[:1]
-    sub, sub_edges, mapping, _ = k_hop_subgraph(
+    sub, sub_edges, mapping, kept = k_hop_subgraph(
         chosen, hops, edge_index, relabel_nodes=True, num_nodes=num_nodes
     )
-    return node_request(x[sub], sub_edges, mapping)
+    return node_request(
+        x[sub],
+        sub_edges,
+        mapping,
+        None if edge_type is None else edge_type[kept],
+        None if node_type is None else node_type[sub],
+    )
 
 
 def point_example(points: Tensor, count: int = 1) -> dict[str, np.ndarray]:
@@ -128,6 +150,11 @@ def signature(example: Mapping[str, np.ndarray], num_outputs: int) -> Any:
             TensorSpec(np.dtype("float32"), (-1, example["x"].shape[1]), "x"),
             TensorSpec(np.dtype("int64"), (2, -1), "edge_index"),
             TensorSpec(np.dtype("int64"), (-1,), "nodes"),
+        ]
+        inputs += [
+            TensorSpec(np.dtype("int64"), (-1,), key)
+            for key in ("edge_type", "node_type")
+            if key in example
         ]
     outputs: list[Any] = [TensorSpec(np.dtype("float32"), (-1, num_outputs), PROBABILITIES)]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
@@ -175,7 +202,17 @@ def predict_probabilities(
             for key, ids in (("edge_index", edges), ("nodes", nodes)):
                 if ids.size and (ids.min() < 0 or ids.max() >= n):
                     raise _bad_request(f"request: {key!r} holds ids outside 0..{n - 1} (N = {n})")
-            logits = model(torch.from_numpy(x), torch.from_numpy(edges)).logits
+            args = [torch.from_numpy(x), torch.from_numpy(edges)]
+            if reads_types(model):  # a typed graph's relations and node types
+                edge_type = _array(request, "edge_type", np.int64, 1)
+                node_type = _array(request, "node_type", np.int64, 1)
+                if edge_type.shape[0] != edges.shape[1] or node_type.shape[0] != n:
+                    raise _bad_request(
+                        f"request: 'edge_type' needs {edges.shape[1]} entries (one per edge) "
+                        f"and 'node_type' {n} (one per node)"
+                    )
+                args += [torch.from_numpy(edge_type), torch.from_numpy(node_type)]
+            logits = model(*args).logits
             logits = logits[torch.from_numpy(nodes)]
         probs = torch.sigmoid(logits) if probabilities == "sigmoid" else logits.softmax(dim=-1)
     return probs.to(torch.float32).numpy()
@@ -277,9 +314,19 @@ def task_example(task: Any, model: nn.Module) -> dict[str, np.ndarray]:
         return point_example(task.test.points)
     graph = task.test[0]
     hops = sum(isinstance(m, MessagePassing) for m in model.modules())
+    hops = getattr(model, "num_layers", hops) if reads_types(model) else hops
     candidates = graph.mask.nonzero().flatten()
     if candidates.numel() == 0:
         candidates = torch.arange(graph.x.size(0))
+    if reads_types(model) and "edge_type" in graph:
+        return node_example(
+            graph.x,
+            graph.edge_index,
+            candidates,
+            hops,
+            edge_type=graph.edge_type,
+            node_type=graph.node_type,
+        )
     return node_example(graph.x, graph.edge_index, candidates, hops)
 
 

@@ -88,6 +88,7 @@ def load_teacher(
     out_channels: int | None = None,
     arch: str | None = None,
     dataset: str | None = None,
+    types: Mapping[str, int] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild and load a teacher; check it fits the data it is about to be used on.
 
@@ -96,6 +97,8 @@ def load_teacher(
         in_channels / out_channels: the dataset's feature and class counts, checked if given.
         arch: the architecture the caller expects (``gat``, ``dgcnn``), checked if given.
         dataset: the dataset the caller uses, checked if given.
+        types: a typed graph's type counts (:func:`study.data.base.io_channels`), checked
+            against a relation-aware teacher's spec if given.
 
     Returns:
         ``(model in eval mode, checkpoint dict without the weights)``.
@@ -111,7 +114,10 @@ def load_teacher(
             f"{path}: checkpoint was trained on {payload['dataset']!r}, "
             f"expected dataset {dataset!r}"
         )
-    for key, want in (("in_channels", in_channels), ("out_channels", out_channels)):
+    checks = [("in_channels", in_channels), ("out_channels", out_channels)]
+    if types is not None and "num_relations" in spec:
+        checks += [(k, types.get(k)) for k in ("num_node_types", "num_relations")]
+    for key, want in checks:
         if want is not None and spec.get(key) != want:
             raise UserInputError(
                 f"{path}: spec.{key}: checkpoint has {spec.get(key)}, the data needs {want}"
@@ -129,7 +135,12 @@ def load_teacher(
 
 
 def load_teacher_weights(
-    path: str | os.PathLike, model_kwargs: dict[str, Any], *, in_channels: int, out_channels: int
+    path: str | os.PathLike,
+    model_kwargs: dict[str, Any],
+    *,
+    in_channels: int,
+    out_channels: int,
+    types: Mapping[str, int] | None = None,
 ) -> nn.Module:
     """The study's teacher from ``teacher.checkpoint``: a checkpoint of this project (which
     carries its own spec; checked against the data) or the user's plain ``state_dict`` of the
@@ -143,9 +154,15 @@ def load_teacher_weights(
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         arch = model_kwargs.get("arch")
         model, _ = load_teacher(
-            path, in_channels=in_channels, out_channels=out_channels, arch=arch or USER_ARCH
+            path,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            arch=arch or USER_ARCH,
+            types=types,
         )
-        study_spec = build_model(**model_kwargs, in_channels=in_channels, out_channels=out_channels)
+        study_spec = build_model(
+            **model_kwargs, in_channels=in_channels, out_channels=out_channels, types=types
+        )
         _check_same_spec(path, getattr(model, "spec"), getattr(study_spec, "spec"))  # noqa: B009
         return model
     if not isinstance(payload, Mapping) or not all(
@@ -156,7 +173,9 @@ def load_teacher_weights(
             f"torch.save(model.state_dict(), path) writes) or a checkpoint of "
             f"`distill-study teacher`, got a {type(payload).__name__}"
         )
-    model = build_model(**model_kwargs, in_channels=in_channels, out_channels=out_channels)
+    model = build_model(
+        **model_kwargs, in_channels=in_channels, out_channels=out_channels, types=types
+    )
     if isinstance(model, HookedModel):
         model.load_user_state_dict(payload, str(path))
     else:

@@ -36,9 +36,10 @@ from tqdm.auto import tqdm
 from study.data.augment import augment_pointcloud
 from study.data.base import NodeTask, PointCloudSet, PointCloudTask, Task
 from study.distill.methods import DistillMethod, build_method
+from study.distill.typed import graph_types
 from study.inference import INFERENCE_CHUNK_NODES, layerwise_forward
 from study.metrics import multiclass_auroc, node_scores
-from study.models.base import ModelOutput
+from study.models.base import ModelOutput, model_inputs
 from study.sampling import NeighborSampler, SampledSubgraph
 from study.train_config import DistillConfig, TrainConfig
 
@@ -135,7 +136,7 @@ def forward(model: nn.Module, batch: Data | Tensor) -> ModelOutput:
     """Run a model on a node-task graph (``Data``) or a point-cloud tensor ``[B, P, 3]``."""
     if isinstance(batch, Tensor):
         return model(batch)
-    return model(batch.x, batch.edge_index)
+    return model(*model_inputs(model, batch))
 
 
 def _node_batches(
@@ -766,6 +767,9 @@ def _train_steps(
         term = None
         if cache is not None:
             t_out, precomputed = cache.outputs(graphs, device)
+            types = graph_types(data)
+            # A typed graph's terms read its types; any other graph's call is unchanged.
+            typed = {} if types is None else {"types": types}
             term = method.term(
                 out,
                 t_out,
@@ -773,6 +777,7 @@ def _train_steps(
                 precomputed=precomputed,
                 adapters=run.adapters,
                 multilabel=multilabel,
+                **typed,
             )
         yield hard, term
 

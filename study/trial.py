@@ -290,7 +290,7 @@ def _log_student(
             result.model,
             Path(tmp) / "student",
             metadata=metadata,
-            example_inputs=latency_input(task),
+            example_inputs=latency_input(task, model=result.model),
         )
         add_task_pyfunc(folder, task, result.model)
         client.log_artifacts(run_id, str(folder), artifact_path=tr.STUDENT_ARTIFACT_DIR)

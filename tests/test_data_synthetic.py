@@ -108,6 +108,7 @@ def test_registry_names_and_options() -> None:
         "ppi",
         "modelnet40",
         "synthetic_sbm",
+        "synthetic_hetero",
         "synthetic_shapes",
         "synthetic_temporal",
     }

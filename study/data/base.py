@@ -68,17 +68,28 @@ class PointCloudTask:
 Task = NodeTask | PointCloudTask
 
 
-class IOChannels(TypedDict):
-    """The input and output widths a model is built with."""
+class IOChannels(TypedDict, total=False):
+    """The input and output widths a model is built with; ``types`` only for a typed graph
+    (:mod:`study.data.hetero`): ``{"num_node_types", "num_relations"}``, which relation-aware
+    architectures are sized by and every other one ignores."""
 
     in_channels: int
     out_channels: int
+    types: dict[str, int]
 
 
 def io_channels(task: Task) -> IOChannels:
-    """``{"in_channels", "out_channels"}`` a model needs for ``task`` (3 coordinates per point)."""
+    """``{"in_channels", "out_channels"}`` a model needs for ``task`` (3 coordinates per point),
+    and ``types`` for a typed (heterogeneous) graph."""
     if isinstance(task, PointCloudTask):
         return {"in_channels": 3, "out_channels": task.num_classes}
+    graph = task.train[0]
+    if "edge_type" in graph and "node_type_names" in graph:
+        types = {
+            "num_node_types": len(graph.node_type_names),
+            "num_relations": len(graph.edge_type_names),
+        }
+        return {"in_channels": task.num_features, "out_channels": task.num_classes, "types": types}
     return {"in_channels": task.num_features, "out_channels": task.num_classes}
 
 
@@ -95,6 +106,8 @@ def data_fingerprint(task: Task) -> str:
             tensors = [part.points, part.labels]
         else:
             tensors = [t for g in part for t in (g.x, g.edge_index, g.y, g.mask)]
+            # Typed graphs: the same edges under other relations are other data.
+            tensors += [t for g in part if "edge_type" in g for t in (g.node_type, g.edge_type)]
         for tensor in tensors:
             digest.update(str(tuple(tensor.shape)).encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

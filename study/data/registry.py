@@ -74,18 +74,22 @@ def load_dataset(
     base_dir: str | os.PathLike = ".",
     root: str | os.PathLike | None = None,
     split: Mapping[str, Any] | None = None,
+    target_node_type: str | None = None,
 ) -> NodeTask | PointCloudTask:
     """The dataset a study names: a catalog entry, a user's graph file or a user's function
     (exactly one of ``name``, ``path``, ``factory``); ``metric`` overrides the headline score
     (node tasks: :mod:`study.metrics`; point clouds: accuracy, mean_class_accuracy, auroc);
-    ``split``: a temporal graph's chronological cuts (``dataset.split``)."""
+    ``split``: a temporal graph's chronological cuts (``dataset.split``);
+    ``target_node_type``: the classified node type of a user's ``HeteroData``."""
     from study.data import user
 
     options = dict(options or {})
     if path is not None:
-        return user.load_dataset_file(path, metric, split)
+        return user.load_dataset_file(path, metric, split, target_node_type)
     if factory is not None:
-        return user.load_dataset_factory(factory, options, base_dir, metric, split)
+        return user.load_dataset_factory(
+            factory, options, base_dir, metric, split, target_node_type
+        )
     if name is None:
         raise UserInputError("dataset: give one of name, path or factory")
     task = load_task(name, root=root, split=split, **options)

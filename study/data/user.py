@@ -7,7 +7,10 @@ Two shapes are accepted, from ``dataset: {path: FILE}`` (a ``torch.save`` file, 
 - one ``torch_geometric.data.Data``, a transductive graph: ``x [N, F]`` float, ``edge_index
   [2, E]`` long, ``y`` and boolean ``train_mask``, ``val_mask``, ``test_mask`` ``[N]``;
 - ``{"train": [Data, ...], "val": [...], "test": [...]}``, an inductive task over several graphs
-  (like PPI): every node of a graph is scored in its split; masks are not needed.
+  (like PPI): every node of a graph is scored in its split; masks are not needed;
+- one ``torch_geometric.data.HeteroData`` with ``dataset.target_node_type`` naming the node type
+  that is classified (it carries ``y`` and the three masks): a typed graph
+  (:mod:`study.data.hetero`).
 
 A ``Data`` with ``node_time [N]`` and ``edge_time [E]`` (and no masks) is a temporal graph: it is
 split chronologically by the study file's ``dataset.split`` (:mod:`study.data.temporal`), each
@@ -28,7 +31,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
+from torch_geometric.data import Data, HeteroData
 
 from study.catalog import check_options, import_factory
 from study.data.base import NodeTask
@@ -42,15 +45,28 @@ MASKS = tuple(f"{s}_mask" for s in SPLITS)
 
 
 def safe_globals() -> list[Any]:
-    """What ``torch.load(..., weights_only=True)`` must allow to read a PyG ``Data``."""
+    """What ``torch.load(..., weights_only=True)`` must allow to read a PyG ``Data`` or
+    ``HeteroData`` (its global store pickles as a ``BaseStorage``): data containers only."""
     from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
-    from torch_geometric.data.storage import EdgeStorage, GlobalStorage, NodeStorage
+    from torch_geometric.data.storage import BaseStorage, EdgeStorage, GlobalStorage, NodeStorage
 
-    return [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage, NodeStorage, EdgeStorage]
+    return [
+        Data,
+        HeteroData,
+        DataEdgeAttr,
+        DataTensorAttr,
+        BaseStorage,
+        GlobalStorage,
+        NodeStorage,
+        EdgeStorage,
+    ]
 
 
 def load_dataset_file(
-    path: str | os.PathLike, metric: str | None = None, split: Mapping[str, Any] | None = None
+    path: str | os.PathLike,
+    metric: str | None = None,
+    split: Mapping[str, Any] | None = None,
+    target_node_type: str | None = None,
 ) -> NodeTask:
     """Read a graph file written by ``torch.save`` (see the module docstring)."""
     source = str(path)
@@ -63,11 +79,20 @@ def load_dataset_file(
     except Exception as exc:  # a foreign pickle, a truncated file, another format
         raise UserInputError(
             f"{source}: not a graph file torch.load(weights_only=True) can read "
-            f"(expected a torch_geometric Data or a dict of train/val/test lists; "
+            f"(expected a torch_geometric Data, a HeteroData or a dict of train/val/test lists; "
             f"{unsafe_load_reason(exc)})",
             key="dataset.path",
         ) from None
-    return _keyed("dataset.path", task_from_graphs, obj, source, Path(path).stem, metric, split)
+    return _keyed(
+        "dataset.path",
+        task_from_graphs,
+        obj,
+        source,
+        Path(path).stem,
+        metric,
+        split,
+        target_node_type,
+    )
 
 
 def load_dataset_factory(
@@ -76,6 +101,7 @@ def load_dataset_factory(
     base_dir: str | os.PathLike,
     metric: str | None,
     split: Mapping[str, Any] | None = None,
+    target_node_type: str | None = None,
 ) -> NodeTask:
     """Call the user's ``module:function`` with ``options`` and check what it returns."""
     function = _keyed("dataset.factory", import_factory, factory, base_dir)
@@ -86,7 +112,9 @@ def load_dataset_factory(
         raise UserInputError(f"{factory} raised {one_line(exc)}", key="dataset.factory") from None
     source = f"what {factory} returned"
     name = factory.partition(":")[2]
-    return _keyed("dataset.factory", task_from_graphs, obj, source, name, metric, split)
+    return _keyed(
+        "dataset.factory", task_from_graphs, obj, source, name, metric, split, target_node_type
+    )
 
 
 def _keyed(key: str, function: Any, *args: Any) -> Any:
@@ -103,9 +131,37 @@ def task_from_graphs(
     name: str,
     metric: str | None,
     split: Mapping[str, Any] | None = None,
+    target_node_type: str | None = None,
 ) -> NodeTask:
     """A :class:`NodeTask` from one ``Data`` with masks, one temporal ``Data`` (split by
-    ``split``, ``dataset.split``) or a dict of split lists."""
+    ``split``, ``dataset.split``), a dict of split lists, or a ``HeteroData`` with
+    ``target_node_type`` (its node type that is classified)."""
+    if isinstance(obj, HeteroData):
+        if target_node_type is None:
+            raise UserInputError(
+                f"{source}: a HeteroData needs dataset.target_node_type, the node type to "
+                f"classify (one of: {', '.join(sorted(obj.node_types))})",
+                key="dataset.target_node_type",
+            )
+        if split is not None:
+            raise UserInputError(
+                f"{source}: dataset.split is for a temporal Data, not a HeteroData",
+                key="dataset.split",
+            )
+        from study.data.hetero import hetero_task
+
+        return hetero_task(
+            obj,
+            target_node_type,
+            name=name,
+            where=source,
+            metric=_metric(metric, multilabel=False),
+        )
+    if target_node_type is not None:
+        raise UserInputError(
+            f"{source}: dataset.target_node_type is for a HeteroData, got {_describe(obj)}",
+            key="dataset.target_node_type",
+        )
     if isinstance(obj, Data) and is_temporal(obj):
         _check_graph(obj, source)
         _, num_classes = _labels(obj, source)

@@ -9,6 +9,7 @@ method is a :class:`DistillMethod` subclass whose factory takes its validated sc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -39,6 +40,14 @@ from study.distill.fitnet import FitNetAdapter, fitnet_loss
 from study.distill.kd import kd_loss
 from study.distill.lsp import local_structure, lsp_loss, union_edges
 from study.distill.params import validate_params
+from study.distill.typed import (
+    GraphTypes,
+    graph_types,
+    per_type_mean,
+    relation_local_structure,
+    relation_lsp_loss,
+    relation_weight_vector,
+)
 from study.errors import UserInputError
 from study.layer_map import LAST, UNIFORM, resolve_layer_map
 from study.models.attention import has_attention, set_attention_recording
@@ -121,6 +130,9 @@ class DistillMethod:
                 nothing was precomputed (point clouds).
             adapters: what :meth:`make_adapters` built.
             multilabel: per-label sigmoid outputs (PPI) instead of one softmax per row.
+
+        On a typed (heterogeneous) graph the loop also passes ``types=``
+        (:class:`~study.distill.typed.GraphTypes`); on any other graph it passes no such key.
         """
         raise NotImplementedError
 
@@ -153,13 +165,21 @@ class KnowledgeDistillation(DistillMethod):
         return 1.0 - self.alpha, self.alpha
 
     def term(
-        self, student: ModelOutput, teacher: ModelOutput, *, multilabel: bool, **_: Any
+        self,
+        student: ModelOutput,
+        teacher: ModelOutput,
+        *,
+        multilabel: bool,
+        types: GraphTypes | None = None,
+        **_: Any,
     ) -> Tensor:
         if student.logits is None or teacher.logits is None:
             raise ValueError("kd needs the logits of both models (a forward ran with_logits=False)")
-        return kd_loss(
-            student.logits, teacher.logits, temperature=self.temperature, multilabel=multilabel
-        )
+        s_logits, t_logits = student.logits, teacher.logits
+        if types is not None:  # only the target type has classes
+            keep = types.node_type == types.target_type
+            s_logits, t_logits = s_logits[keep], t_logits[keep]
+        return kd_loss(s_logits, t_logits, temperature=self.temperature, multilabel=multilabel)
 
 
 def resolve_pairs(layer_map: LayerMapValue, student_layers: int, teacher_layers: int) -> LayerMap:
@@ -225,14 +245,24 @@ class FitNet(_LayerPairs):
         teacher: ModelOutput,
         *,
         adapters: nn.ModuleList | None,
+        types: GraphTypes | None = None,
         **_: Any,
     ) -> Tensor:
         if adapters is None:
             raise ValueError("fitnet needs its adapters (make_adapters)")
-        terms = [
-            fitnet_loss(z_s, z_t, adapters[i]) for i, z_s, z_t in self._pairs(student, teacher)
-        ]
+        terms = []
+        for i, z_s, z_t in self._pairs(student, teacher):
+            adapter = adapters[i]
+            if types is None:
+                terms.append(fitnet_loss(z_s, z_t, adapter))
+                continue
+            loss = functools.partial(_fitnet_with, adapter)
+            terms.append(per_type_mean(loss, z_s, z_t, types.node_type, types.num_node_types))
         return torch.stack(terms).sum()
+
+
+def _fitnet_with(adapter: nn.Module, z_s: Tensor, z_t: Tensor) -> Tensor:
+    return fitnet_loss(z_s, z_t, adapter)
 
 
 class AttentionTransfer(_LayerPairs):
@@ -242,8 +272,27 @@ class AttentionTransfer(_LayerPairs):
         super().__init__(params.lambda_, params.layer_map)
         self.p = params.p
 
-    def term(self, student: ModelOutput, teacher: ModelOutput, **_: Any) -> Tensor:
-        terms = [at_loss(z_s, z_t, p=self.p) for _, z_s, z_t in self._pairs(student, teacher)]
+    def term(
+        self,
+        student: ModelOutput,
+        teacher: ModelOutput,
+        *,
+        types: GraphTypes | None = None,
+        **_: Any,
+    ) -> Tensor:
+        if types is None:
+            terms = [at_loss(z_s, z_t, p=self.p) for _, z_s, z_t in self._pairs(student, teacher)]
+        else:  # maps normalised over the nodes of one type, averaged over the types
+            terms = [
+                per_type_mean(
+                    lambda a, b: at_loss(a, b, p=self.p),
+                    z_s,
+                    z_t,
+                    types.node_type,
+                    types.num_node_types,
+                )
+                for _, z_s, z_t in self._pairs(student, teacher)
+            ]
         return torch.stack(terms).sum()
 
 
@@ -267,6 +316,7 @@ class LocalStructurePreserving(_LayerPairs):
         self.kernel = params.kernel
         self.direction = params.direction
         self.lsp_until_epoch = params.lsp_until_epoch
+        self.relation_weights = params.relation_weights
         if kernel_params is None:
             kernel_params = validate_params(f"kernel {self.kernel!r}", KERNELS.get(self.kernel), {})
         #: By the names study files use: what :func:`lsp_loss` takes as ``**kernel_params``.
@@ -281,7 +331,22 @@ class LocalStructurePreserving(_LayerPairs):
     def precompute(self, teacher: ModelOutput, graph: Data) -> list[Tensor]:
         """The teacher's ``[E]`` log local structure of every layer the map may pair
         (:func:`teacher_layers_read`: one per pair of an explicit map, every layer for
-        ``uniform``, whose pairs depend on the student's depth)."""
+        ``uniform``, whose pairs depend on the student's depth); on a typed graph, per relation
+        (:func:`~study.distill.typed.relation_local_structure`)."""
+        types = graph_types(graph)
+        if types is not None:
+            return [
+                relation_local_structure(
+                    teacher.hidden[t],
+                    graph.edge_index,
+                    types.edge_type,
+                    types.num_relations,
+                    kernel=self.kernel,
+                    num_nodes=graph.num_nodes,
+                    **self.kernel_params,
+                )
+                for t in teacher_layers_read(self.layer_map, len(teacher.hidden))
+            ]
         return [
             local_structure(
                 teacher.hidden[t],
@@ -300,6 +365,7 @@ class LocalStructurePreserving(_LayerPairs):
         *,
         edge_index: Tensor | None,
         precomputed: list[Tensor],
+        types: GraphTypes | None = None,
         **_: Any,
     ) -> Tensor:
         terms = []
@@ -323,8 +389,32 @@ class LocalStructurePreserving(_LayerPairs):
             if edge_index is None:
                 raise ValueError("lsp on a fixed graph needs its edge_index")
             log_t = precomputed[read.index(t_idx)] if precomputed else None
+            if types is not None:  # one distribution per (target, relation), never mixed
+                terms.append(
+                    relation_lsp_loss(
+                        z_s,
+                        z_t,
+                        edge_index,
+                        types.edge_type,
+                        types.num_relations,
+                        weights=self._weights(types),
+                        teacher_log_ls=log_t,
+                        **kwargs,
+                    )
+                )
+                continue
+            if self.relation_weights is not None:
+                raise UserInputError(
+                    "lsp.relation_weights applies to heterogeneous (typed) graphs only",
+                    key="relation_weights",
+                )
             terms.append(lsp_loss(z_s, z_t, edge_index, teacher_log_ls=log_t, **kwargs))
         return torch.stack(terms).sum()
+
+    def _weights(self, types: GraphTypes) -> list[float] | None:
+        if self.relation_weights is None:
+            return None  # uniform 1/R
+        return relation_weight_vector(self.relation_weights, types.relation_names)
 
 
 class EdgeAttention(DistillMethod):

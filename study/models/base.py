@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from torch import Tensor
+from torch import Tensor, nn
+from torch_geometric.data import Data
 
 
 @dataclass
@@ -34,3 +35,17 @@ class ModelOutput:
     hidden: list[Tensor]
     edge_indices: list[Tensor] | None = field(default=None)
     attention: Callable[[], list[tuple[Tensor, Tensor]]] | None = field(default=None)
+
+
+def reads_types(model: nn.Module) -> bool:
+    """Whether ``model`` is relation-aware (``reads_types``, see :mod:`study.models.rgcn`): it
+    takes ``(x, edge_index, edge_type, node_type)``."""
+    return bool(getattr(model, "reads_types", False))
+
+
+def model_inputs(model: nn.Module, graph: Data) -> tuple[Tensor, ...]:
+    """The forward arguments of ``model`` on a node graph: ``(x, edge_index)``, plus
+    ``(edge_type, node_type)`` for a relation-aware model on a typed graph."""
+    if reads_types(model) and "edge_type" in graph:
+        return (graph.x, graph.edge_index, graph.edge_type, graph.node_type)
+    return (graph.x, graph.edge_index)

@@ -37,6 +37,7 @@ def build_model(
     options: Mapping[str, Any] | None = None,
     hidden: Sequence[str] = (),
     base_dir: str | os.PathLike | None = None,
+    types: Mapping[str, int] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a model: a catalog architecture (from a paper preset or sizes) or a user's factory.
@@ -56,6 +57,9 @@ def build_model(
             DGCNN: ``edge_channels, emb_dims, mlp, k``) or free sizes (the entry's schema:
             GAT ``width, depth, heads``; DGCNN ``width, depth, k, emb_dims, mlp``; GCN,
             GraphSAGE, MLP ``width, depth``), plus ``dropout`` etc.
+        types: a typed graph's ``{"num_node_types", "num_relations"}`` (see
+            :func:`study.data.base.io_channels`): sizes a relation-aware architecture (``rgcn``),
+            ignored by the others (they see the relations collapsed into one graph).
 
     Returns:
         The model, with ``model.spec`` set: ``build_model(**model.spec)`` rebuilds it.
@@ -90,6 +94,13 @@ def build_model(
         return _build_gat(in_channels, out_channels, kwargs)
     if arch == "dgcnn":
         return _build_dgcnn(in_channels, out_channels, kwargs)
+    if entry.info.get("typed", False):
+        # A spec (build_model(**model.spec)) carries its type counts; a study's sizes do not.
+        counts: dict[str, Any] = {
+            k: kwargs.pop(k) for k in ("num_node_types", "num_relations") if k in kwargs
+        }
+        counts.update(types or {})
+        return entry.load()(in_channels, out_channels, **_free_sizes(arch, kwargs), **counts)
     # Sizes left out take the entry's schema defaults: one source for them, built-in or plugin.
     return entry.load()(in_channels, out_channels, **_free_sizes(arch, kwargs))
 
