@@ -25,11 +25,9 @@ from study.config import StudySpec
 from study.data.base import NodeTask, Task
 from study.inference import LayerwiseModel, supports_layerwise
 from study.latency import LatencyResult, measure_latency
-from study.sampling import NeighborSampler
+from study.sampling import ALL_NEIGHBOURS, NeighborSampler
 from study.tracking import SERVE_BATCH_SIZES, serve_metric
 
-#: A fan-out no in-degree reaches: the sampler then keeps every incoming edge (exact fetch).
-ALL_NEIGHBOURS = 2**62
 #: Targets are drawn (without replacement, seeded) from the test split's nodes.
 TARGET_SEED = 0
 
