@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from study.models.base import ModelOutput
-from study.sampling import ALL_NEIGHBOURS, CSR, NeighborSampler
+from study.sampling import ALL_NEIGHBOURS, CSR, NeighborSampler, SampledSubgraph
 
 #: Target nodes per chunk of layer-wise inference: a chunk's edges are about this times the
 #: mean in-degree, so 16k nodes at degree 10 is 160k edges (a few MB per feature channel
@@ -267,16 +267,30 @@ def _khop(
     parts = []
     for chunk in targets.split(per_chunk):
         sub = sampler.sample(chunk, gen)
-        h, edges = x[sub.n_id].to(dev), sub.edge_index
-        for index in range(hops):
-            # Layer l is needed at nodes within hops - 1 - l of a target (the first rows: the
-            # sampler numbers nodes hop by hop), over every edge into them.
-            keep = sum(sub.num_sampled_nodes[: hops - index])
-            local, w = model.chunk_edges(edges[:, edges[1] < keep], sub.n_id, keep, state)
-            w = None if w is None else w.to(dev)
-            h = model.layer(index, h, local.to(dev), w, keep)
-        parts.append(model.readout(h).cpu())
+        parts.append(subgraph_logits(model, x[sub.n_id].to(dev), sub, state, dev).cpu())
     return torch.cat(parts)
+
+
+def subgraph_logits(
+    model: LayerwiseModel,
+    x: Tensor,
+    sub: SampledSubgraph,
+    state: Tensor | None,
+    device: torch.device,
+) -> Tensor:
+    """``[B, C]`` logits of ``sub``'s seeds from its exact k-hop subgraph (sampled with every
+    neighbour, k the model's layers): ``x [N_s, F]`` its nodes' features on ``device``,
+    ``state`` the model's :meth:`~LayerwiseModel.chunk_state` of the whole graph."""
+    hops, edges = model.num_layers, sub.edge_index
+    h = x
+    for index in range(hops):
+        # Layer l is needed at nodes within hops - 1 - l of a seed (the first rows: the sampler
+        # numbers nodes hop by hop), over every edge into them.
+        keep = sum(sub.num_sampled_nodes[: hops - index])
+        local, w = model.chunk_edges(edges[:, edges[1] < keep], sub.n_id, keep, state)
+        w = None if w is None else w.to(device)
+        h = model.layer(index, h, local.to(device), w, keep)
+    return model.readout(h)
 
 
 _NO_EDGES = torch.empty((2, 0), dtype=torch.long)
