@@ -9,7 +9,11 @@ with sampled mini-batches (``study.train.teacher_outputs`` once, then the sample
 validation score evaluated on the device and again on CPU (they must agree), latency by
 ``study.latency.measure_until_stable`` (CUDA synchronised after every call) for the GCN and an
 MLP student on the device and on one CPU thread, and ``study.serving_latency`` for 1 and 256
-target nodes. Peak device memory per phase is ``torch.cuda.max_memory_allocated``.
+target nodes. Peak device memory per phase is ``torch.cuda.max_memory_allocated``. Then the
+typed and timed graphs: ``synthetic_hetero`` (RGCN teacher; RGCN student with per-relation LSP,
+MLP student with KD on the target type) and ``synthetic_temporal`` (GCN teacher on the train
+snapshot; GCN student with LSP, full batch and sampled), each student's validation score on the
+device against CPU.
 
     python3 benchmarks/bench_cuda_paths.py [--quick] [--device cuda] [--nodes 100000]
         [--epochs 5]
@@ -25,6 +29,8 @@ import common
 import torch
 from bench_large_graph import CLASSES, LSP, STUDENT, TEACHER, build_task
 
+from study.data.base import io_channels
+from study.data.registry import load_task
 from study.latency import measure_until_stable
 from study.models import build_model
 from study.serving_latency import serving_latency
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "serve_b256_ms": serve[256].p50_ms,
                 }
             )
+    kinds = kinds_on_device(device, epochs)
     common.print_table(
         f"{NAME}: {nodes} nodes, {nodes * 10} edges, {device}", rows,
         ["phase", "epoch_s", "val_score", "wall_s", "peak_device_mib"],
@@ -130,6 +137,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.print_table(
         f"{NAME}: latency (whole graph; serving 1 and 256 targets with their fetch)", latency,
         ["student", "device", "p50_ms", "ci_rel", "stable", "serve_b1_ms", "serve_b256_ms"],
+    )  # fmt: skip
+    common.print_table(
+        f"{NAME}: heterogeneous and temporal graphs on {device}", kinds,
+        ["dataset", "student", "method", "mode", "val_score", "val_score_cpu", "epoch_s"],
     )  # fmt: skip
     print(f"\nvalidation score on {device} {on_device:.4f}, on cpu {on_cpu:.4f}: agree={agree}")
     payload = {
@@ -141,9 +152,65 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "training": rows,
         "latency": latency,
         "val_score_device_vs_cpu": {"device": on_device, "cpu": on_cpu, "agree": agree},
+        "typed_and_temporal": kinds,
     }
     common.write_json(args.out, payload)
     return payload
+
+
+#: Per dataset: the teacher, then (student, method, LSP/KD params, sampled?) trained from it.
+KINDS: dict[str, tuple[dict[str, Any], list[tuple[dict[str, Any], str, dict[str, Any], bool]]]] = {
+    "synthetic_hetero": (
+        {"arch": "rgcn", "width": 64, "depth": 2},
+        [
+            ({"arch": "rgcn", "width": 16, "depth": 2}, "lsp", LSP, False),
+            ({"arch": "mlp", "width": 32, "depth": 2}, "kd", {}, False),
+        ],
+    ),
+    "synthetic_temporal": (
+        {"arch": "gcn", "width": 64, "depth": 2},
+        [
+            ({"arch": "gcn", "width": 16, "depth": 2}, "lsp", LSP, False),
+            ({"arch": "gcn", "width": 16, "depth": 2}, "lsp", LSP, True),
+        ],
+    ),
+}
+
+
+def kinds_on_device(device: torch.device, epochs: int) -> list[dict[str, Any]]:
+    """Teacher and students of :data:`KINDS` trained on ``device``; each student's validation
+    score there and on CPU (they must agree)."""
+    rows = []
+    for dataset, (teacher_spec, students) in KINDS.items():
+        task = load_task(dataset)
+        io = io_channels(task)
+        full = TrainConfig(epochs=epochs, lr=0.01, weight_decay=0.0, device=str(device))
+        sampled = TrainConfig(
+            epochs=epochs, lr=0.01, weight_decay=0.0, batch_size=64, num_neighbors=(5, 5),
+            device=str(device),
+        )  # fmt: skip
+        torch.manual_seed(0)
+        teacher = train_teacher(build_model(**teacher_spec, **io), task, full).model
+        for spec, method, params, is_sampled in students:
+            cfg = sampled if is_sampled else full
+            given = teacher_outputs(teacher, task, str(device)) if is_sampled else None
+            res = distill_student(
+                build_model(**spec, **io), teacher, task, cfg, DistillConfig(method, params),
+                teacher_outputs=given,
+            )  # fmt: skip
+            cpu = evaluate(res.model.cpu(), task, "val", "cpu", with_auroc=False)["score"]
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "student": f"{spec['arch']} w{spec['width']}",
+                    "method": method,
+                    "mode": "mini-batch" if is_sampled else "full batch",
+                    "val_score": res.val_score,
+                    "val_score_cpu": cpu,
+                    "epoch_s": res.train_seconds / epochs,
+                }
+            )
+    return rows
 
 
 if __name__ == "__main__":

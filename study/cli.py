@@ -79,7 +79,16 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int) -> None:
         "--optimizer", choices=["adam", "sgd"], default="adam", help="adam or sgd (default: adam)"
     )
     g.add_argument(
-        "--batch-size", type=int, default=32, help="graphs (PPI) or clouds per batch (default: 32)"
+        "--batch-size",
+        type=int,
+        default=32,
+        help="graphs (PPI) or clouds per batch, seed nodes with --num-neighbors (default: 32)",
+    )
+    g.add_argument(
+        "--num-neighbors",
+        default=None,
+        help="node tasks: train on sampled mini-batches with this fan-out per layer, "
+        "comma-separated (e.g. 10,5); --batch-size then counts seed nodes (default: full batch)",
     )
     g.add_argument(
         "--seed", type=int, default=0, help="seed of the initial weights and training (default: 0)"
@@ -425,7 +434,43 @@ def _train_config(args: argparse.Namespace):  # noqa: ANN202 - TrainConfig impor
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
+        num_neighbors=_fanouts(args.num_neighbors),
     )
+
+
+def _fanouts(text: str | None) -> tuple[int, ...] | None:
+    """``--num-neighbors 10,5`` as ``(10, 5)``; ``None`` when not given (full batch)."""
+    if text is None:
+        return None
+    try:
+        fanouts = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        fanouts = ()
+    if not fanouts or min(fanouts) < 1:
+        raise UserInputError(
+            f"--num-neighbors: expected positive integers separated by commas, one per layer "
+            f"(e.g. 10,5), got {text!r}"
+        )
+    return fanouts
+
+
+def _check_fanouts_flag(cfg: Any, model: Any, task: Any, method: str = "none") -> None:
+    """``--num-neighbors`` fits: a node task, one fan-out per layer, a method that samples."""
+    if cfg.num_neighbors is None:
+        return
+    from study.data.base import NodeTask
+
+    given = f"--num-neighbors {','.join(map(str, cfg.num_neighbors))}"
+    if not isinstance(task, NodeTask):
+        raise UserInputError(f"{given}: sampled mini-batches apply to node tasks only")
+    if method == "edge_attention":
+        raise UserInputError(f"{given}: method edge_attention trains full batch only")
+    depth = getattr(model, "num_layers", None)
+    if depth is not None and len(cfg.num_neighbors) != depth:
+        raise UserInputError(
+            f"{given}: expected one fan-out per layer of the model ({depth} layers), got "
+            f"{len(cfg.num_neighbors)}"
+        )
 
 
 def _print_metrics(metrics: dict[str, Any], as_json: bool) -> None:
@@ -452,6 +497,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     check_arch("--arch", args.arch, task.kind, args.dataset)
     seed_everything(cfg.seed)  # --seed fixes the initial weights too, not only the training
     model = build_model(**_model_kwargs(args), **io_channels(task))
+    _check_fanouts_flag(cfg, model, task)
     result = train_teacher(model, task, cfg, progress=not args.no_progress)
     metrics = {
         "val_score": result.val_score,
@@ -513,6 +559,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     check_arch(f"--teacher {args.teacher}", meta["arch"], task.kind, args.dataset)
     seed_everything(cfg.seed)  # --seed fixes the initial weights too, not only the training
     student = build_model(**_model_kwargs(args), **io_channels(task))
+    _check_fanouts_flag(cfg, student, task, distill.method)
     result = distill_student(student, teacher, task, cfg, distill, progress=not args.no_progress)
     metrics = {
         "method": distill.method,

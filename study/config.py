@@ -65,7 +65,11 @@ only to the architectures that take it (``heads``: gat, ``k``: dgcnn). Either co
 searched ``lsp.kernel``/``student.arch``, or an error against the fixed one. Float parameters
 take every kind, integers ``int``/``logint``/``choice``, names and booleans ``choice``, a
 ``layer_map`` ``choice`` only (``last``, ``uniform`` or lists of pairs, held as their JSON text
-so that Optuna sees plain values: :mod:`study.layer_map`). ``grid``
+so that Optuna sees plain values: :mod:`study.layer_map`), and ``student.num_neighbors`` a
+``choice`` of fan-out lists (``{choice: [[10, 5], [15, 10]]}``, likewise JSON text, each checked
+as ``train.num_neighbors``; searching it turns mini-batch mode on, the first choice standing for
+the study-level value where ``student.train.num_neighbors`` is null; each list must fit every
+searched ``student.depth``, checked by the pre-flight). ``grid``
 needs choices only and is enumerated per method (:func:`grid_configs`), ``num_samples`` [1]
 repeating it; otherwise ``num_samples`` [10] counts configurations, each run once per seed.
 ``num_samples`` is at most :data:`MAX_NUM_SAMPLES` (100,000) and a study at most
@@ -760,6 +764,7 @@ def _search_params() -> dict[str, Any]:
         "student.lr": _Train,
         "student.weight_decay": _Train,
         "student.batch_size": _Train,
+        "student.num_neighbors": _Train,
     }
     for e in cat.MODELS:
         out.update({f"student.{k}": e.params for k in e.param_names() if f"student.{k}" not in out})
@@ -770,8 +775,14 @@ def _search_params() -> dict[str, Any]:
 
 def _searchable(schema: Any, key: str) -> bool:
     """Whether a search dimension may sample the parameter: one value (:func:`_scalar`), or a
-    ``layer_map`` (a ``choice`` of names and explicit pairs, see :mod:`study.layer_map`)."""
-    return key == "layer_map" or _scalar(schema, key)
+    list held as its JSON text in a ``choice``: a ``layer_map`` (names and explicit pairs, see
+    :mod:`study.layer_map`) or a ``num_neighbors`` fan-out list."""
+    return key in _LIST_CHOICES or _scalar(schema, key)
+
+
+#: List-valued keys a ``choice`` may search: each value is kept as its JSON text (Optuna's
+#: categorical choices must be plain values) and read back where it is used.
+_LIST_CHOICES = ("layer_map", "num_neighbors")
 
 
 def _scalar(schema: Any, key: str) -> bool:
@@ -785,7 +796,7 @@ def _scalar(schema: Any, key: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 _CONDITIONING = ("student.arch", "lsp.kernel")
-_TRAIN_DIMS = ("lr", "weight_decay", "batch_size")
+_TRAIN_DIMS = ("lr", "weight_decay", "batch_size", "num_neighbors")
 
 
 def parse_study_spec(data: Any, source: str) -> StudySpec:
@@ -831,6 +842,15 @@ def parse_study_spec(data: Any, source: str) -> StudySpec:
             f"only the nsga2 searcher has a population, the algorithm is {searcher.algorithm}",
         )
     search = _parse_search(chk, top.search, methods, defaults, student[0], dataset, searcher)
+    fanout_dim = next((d for d in search if d.name == "student.num_neighbors"), None)
+    if fanout_dim is not None and student[1].num_neighbors is None:
+        # A searched fan-out turns mini-batch mode on for every trial: the study-level value
+        # (which every check of mini-batch mode reads) is the first choice.
+        student = (
+            student[0],
+            replace(student[1], num_neighbors=fanouts_of(fanout_dim.args[0])),
+            *student[2:],
+        )
     _check_attention(chk, methods, defaults, search, teacher[0], student[0])
     _check_trials(chk, searcher, methods, search, len(top.seeds))
     objectives = _parse_objectives(chk, top.objectives)
@@ -1109,10 +1129,32 @@ def _param_check(chk: _Check, name: str, arch: str | None) -> tuple[Callable[...
         return chk.plain, DIMENSION_KINDS
     if name == "student.arch":
         return (lambda v, p: chk.name(v, p, "architecture", cat.MODELS.names())), ("choice",)
+    if name == "student.num_neighbors":
+        return (lambda v, p: _fanout_text(chk, v, p)), ("choice",)
     schema = _search_params()[name]
     if prefix == "student" and arch is not None and key in cat.MODELS.get(arch).param_names():
         schema = cat.MODELS.get(arch).params
     return (lambda v, p: chk.param(schema, key, v, p)), _kinds(schema, key)
+
+
+def _fanout_text(chk: _Check, value: Any, path: str) -> str:
+    """A searched fan-out list (a list, or its JSON text as the searcher hands it back),
+    checked as ``train.num_neighbors`` is, as canonical JSON text (``"[15, 10]"``)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    if not isinstance(value, list):
+        chk.expected(
+            path, "a list of fan-outs, one positive integer per layer (e.g. [15, 10])", value
+        )
+    return json.dumps(list(chk.param(_Train, "num_neighbors", value, path)))
+
+
+def fanouts_of(text: str) -> tuple[int, ...]:
+    """The fan-out tuple of a searched ``student.num_neighbors`` value (its JSON text)."""
+    return tuple(int(k) for k in json.loads(text))
 
 
 def _parse_dimension(chk: _Check, name: str, raw: Any, check: Any, kinds: Any) -> Dimension:
@@ -1128,16 +1170,18 @@ def _parse_dimension(chk: _Check, name: str, raw: Any, check: Any, kinds: Any) -
             chk.expected(f"{path}.choice", "a non-empty list", args)
         out: list[Any] = []
         pairs = name.endswith(".layer_map")  # a choice of maps: names or lists of pairs
+        lists = pairs or name.partition(".")[2] in _LIST_CHOICES  # values are lists (as text)
         for i, value in enumerate(args):
             where = f"{path}.choice[{i}]"
-            if isinstance(value, Mapping) or (isinstance(value, list) and not pairs):
+            if isinstance(value, Mapping) or (isinstance(value, list) and not lists):
                 chk.expected(where, "a single value", value)
             out.append(layer_map_text(check(value, where)) if pairs else check(value, where))
             if any(_same(out[-1], v) for v in out[:-1]):
                 chk.fail(where, f"value {_show(value)} is listed twice")
         return Dimension(name, kind, tuple(out))
     if "int" not in kinds:
-        chk.fail(path, f"{kind} does not fit a name; use {{choice: [...]}}")
+        what = "a list" if name.partition(".")[2] in _LIST_CHOICES else "a name"
+        chk.fail(path, f"{kind} does not fit {what}; use {{choice: [...]}}")
     if kind not in kinds:
         chk.fail(
             path, f"{kind} gives fractional values, but {name} is an integer; use int or logint"
@@ -1387,6 +1431,9 @@ def resolve_trial(spec: StudySpec, params: Mapping[str, Any]) -> TrialPlan:
     ours = {d.key: sampled[d.name] for d in spec.search if d.method is None and d.name in sampled}
     arch = ours.pop("arch", spec.student.model.arch)
     train = {k: ours.pop(k) for k in _TRAIN_DIMS if k in ours}
+    fanouts = train.pop("num_neighbors", None)  # JSON text, as the searcher holds it
+    if fanouts is not None:
+        train["num_neighbors"] = fanouts_of(fanouts)
     student = spec.student.model_for(arch, {k.removeprefix("options."): v for k, v in ours.items()})
     student_train = replace(spec.student.train, seed=int(seed), **train)
     values = dict(spec.method_defaults[method])
@@ -1404,6 +1451,8 @@ def resolve_trial(spec: StudySpec, params: Mapping[str, Any]) -> TrialPlan:
     )
     if "batch_size" in train:  # only when searched: other studies keep their config ids
         flat["student.batch_size"] = student_train.batch_size
+    if fanouts is not None:  # likewise; a list, as layer maps are logged
+        flat["student.num_neighbors"] = list(fanouts_of(fanouts))
     flat["seed"] = int(seed)
     distill = DistillConfig(method=method, params=values)
     return TrialPlan(method, int(seed), student, student_train, distill, flat, config_id(flat))

@@ -8,10 +8,10 @@ read, so the peak beyond the ``[N, F]`` layer outputs is one chunk's edges (PyG'
 ``examples/reddit.py`` ``inference`` does the same with a full-neighbour loader). The result
 equals the full forward: every target sees all its incoming edges.
 
-Models opt in by exposing ``num_layers``, ``prepare``, ``layer`` and ``readout`` (the built-in
-GAT, GCN, GraphSAGE and MLP do; see :class:`LayerwiseModel`). Any other model (a user's own,
-whose layers this code cannot see) runs one full forward under ``no_grad``: no autograd graph,
-but its whole-graph activations at once.
+Models opt in by exposing ``num_layers``, ``prepare``, ``layer``, ``readout``, ``chunk_state``
+and ``chunk_edges`` (the built-in GAT, GCN, GraphSAGE and MLP do; see :class:`LayerwiseModel`).
+Any other model (a user's own, whose layers this code cannot see) runs one full forward under
+``no_grad``: no autograd graph, but its whole-graph activations at once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from study.models.base import ModelOutput
-from study.sampling import CSR
+from study.sampling import ALL_NEIGHBOURS, CSR, NeighborSampler, SampledSubgraph
 
 #: Target nodes per chunk of layer-wise inference: a chunk's edges are about this times the
 #: mean in-degree, so 16k nodes at degree 10 is 160k edges (a few MB per feature channel
@@ -37,6 +37,8 @@ class LayerwiseModel(Protocol):
 
     ``forward`` must equal: ``h = x``; for each layer ``h = layer(l, h, edge_index)``, the
     outputs of all but the last layer being the hidden features; ``logits = readout(h)``.
+    ``chunk_state`` (from the whole graph's CSR) and ``chunk_edges`` (per chunk) give a layer
+    the edges and weights it reads; ``prepare`` does the same for a whole graph at once.
     """
 
     reads_graph: bool
@@ -56,6 +58,12 @@ class LayerwiseModel(Protocol):
     ) -> Tensor: ...
 
     def readout(self, x: Tensor) -> Tensor: ...
+
+    def chunk_state(self, rowptr: Tensor, col: Tensor) -> Tensor | None: ...
+
+    def chunk_edges(
+        self, edge_index: Tensor, node_ids: Tensor, num_targets: int, state: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]: ...
 
 
 def supports_layerwise(model: nn.Module) -> bool:
@@ -79,9 +87,9 @@ def chunk_subgraph(csr: CSR, start: int, stop: int) -> tuple[Tensor, Tensor, Ten
     dst = torch.repeat_interleave(torch.arange(width), deg)
     outside = (src < start) | (src >= stop)
     extra = torch.unique(src[outside])
-    local_src = src - start
+    local_src = (src - start).long()
     local_src[outside] = width + torch.searchsorted(extra, src[outside])
-    return extra, torch.stack([local_src, dst]), torch.arange(lo, hi)
+    return extra.long(), torch.stack([local_src, dst]), torch.arange(lo, hi)
 
 
 @torch.no_grad()
@@ -92,6 +100,8 @@ def layerwise_forward(
     *,
     chunk_nodes: int = INFERENCE_CHUNK_NODES,
     device: str | torch.device = "cpu",
+    csr: CSR | None = None,
+    keep_hidden: bool = True,
 ) -> ModelOutput:
     """The model's outputs on a whole graph, layer by layer in chunks of target nodes.
 
@@ -101,6 +111,10 @@ def layerwise_forward(
         edge_index: ``[2, E]`` edges ``j -> i``.
         chunk_nodes: target nodes per chunk.
         device: where each chunk runs.
+        csr: ``edge_index``'s :class:`CSR` when the caller already holds one (the sampler's):
+            not built again.
+        keep_hidden: ``False``: each hidden layer's ``[N, F_l]`` is freed once the next is
+            computed (evaluation reads only the logits); ``hidden`` is then ``[logits]``.
 
     Returns:
         ``ModelOutput`` on the CPU with ``logits [N, C]`` and the hidden features, equal (up to
@@ -116,33 +130,49 @@ def layerwise_forward(
                 hidden=[h.cpu() for h in out.hidden],
             )
         return _layerwise(
-            cast(LayerwiseModel, model), x, edge_index, chunk_nodes, torch.device(device)
+            cast(LayerwiseModel, model),
+            x,
+            edge_index,
+            chunk_nodes,
+            torch.device(device),
+            csr,
+            keep_hidden,
         )
     finally:
         model.train(was_training)
 
 
 def _layerwise(
-    model: LayerwiseModel, x: Tensor, edge_index: Tensor, chunk_nodes: int, dev: torch.device
+    model: LayerwiseModel,
+    x: Tensor,
+    edge_index: Tensor,
+    chunk_nodes: int,
+    dev: torch.device,
+    csr: CSR | None,
+    keep_hidden: bool,
 ) -> ModelOutput:
     n = x.size(0)
-    csr, weight = None, None
+    state = None
     if model.reads_graph:
-        edges, edge_weight = model.prepare(edge_index, n)
-        csr = CSR.from_edge_index(edges, n)
-        weight = None if edge_weight is None else edge_weight[csr.perm]
+        # The graph's own edges, grouped once; what a layer adds (GCN's self-loops and
+        # whole-graph normalisation) is made per chunk from ``state``, not as a second
+        # whole-graph edge list.
+        csr = csr if csr is not None else CSR.from_edge_index(edge_index, n)
+        state = model.chunk_state(csr.rowptr, csr.col)
     hidden: list[Tensor] = []
     h = x
     for index in range(model.num_layers):
         out: Tensor | None = None
         for start in range(0, n, chunk_nodes):
             stop = min(start + chunk_nodes, n)
-            if csr is None:
+            if not model.reads_graph or csr is None:
                 part = model.layer(index, h[start:stop].to(dev), _NO_EDGES.to(dev))
             else:
-                extra, local, entries = chunk_subgraph(csr, start, stop)
+                extra, local, _ = chunk_subgraph(csr, start, stop)
+                node_ids = torch.cat([torch.arange(start, stop), extra])
+                local, w = model.chunk_edges(local, node_ids, stop - start, state)
                 inputs = torch.cat([h[start:stop], h[extra]]).to(dev)
-                w = None if weight is None else weight[entries].to(dev)
+                w = None if w is None else w.to(dev)
                 # Bipartite: only the chunk's own outputs are computed, not its sources'.
                 part = model.layer(index, inputs, local.to(dev), w, stop - start)
             if out is None:  # allocated once its width is known: no list of chunks to concat
@@ -150,10 +180,117 @@ def _layerwise(
             out[start:stop] = part.cpu()
         assert out is not None, "a graph without nodes"
         h = out
-        if index < model.num_layers - 1:
+        if index < model.num_layers - 1 and keep_hidden:
             hidden.append(h)
     logits = model.readout(h)
     return ModelOutput(logits=logits, hidden=hidden or [logits])
+
+
+@torch.no_grad()
+def target_logits(
+    model: nn.Module,
+    x: Tensor,
+    edge_index: Tensor,
+    targets: Tensor,
+    *,
+    chunk_nodes: int = INFERENCE_CHUNK_NODES,
+    device: str | torch.device = "cpu",
+    csr: CSR | None = None,
+) -> Tensor:
+    """``[T, C]`` logits of ``targets [T]`` (global ids) only, in eval mode, without autograd.
+
+    Evaluation scores a split's labelled nodes, often a few percent of the graph. When the
+    targets' whole ``L``-hop neighbourhoods cost less than ``L`` layer-wise passes over every
+    node (:func:`khop_is_cheaper`), each chunk of targets runs on its exact ``L``-hop subgraph
+    (every incoming edge, as serving fetches it): memory is a chunk's neighbourhood, nothing
+    ``[N, F]``. Otherwise :func:`layerwise_forward` runs and its rows are taken. Either way the
+    result equals ``model(x, edge_index).logits[targets]`` up to float rounding.
+    """
+    n = x.size(0)
+    if supports_layerwise(model) and targets.numel() > 0:
+        layered = cast(LayerwiseModel, model)
+        hops = layered.num_layers if layered.reads_graph else 0
+        degree = edge_index.shape[1] / max(n, 1)
+        if khop_is_cheaper(targets.numel(), n, degree, hops):
+            if hops > 0 and csr is None:
+                csr = CSR.from_edge_index(edge_index, n)
+            was_training = model.training
+            model.eval()
+            try:
+                return _khop(layered, x, targets, csr, hops, degree, chunk_nodes, device)
+            finally:
+                model.train(was_training)
+    out = layerwise_forward(
+        model, x, edge_index, chunk_nodes=chunk_nodes, device=device, csr=csr, keep_hidden=False
+    )
+    assert out.logits is not None, "a model without logits"
+    return out.logits[targets]
+
+
+def khop_reach(degree: float, hops: int) -> float:
+    """Expected nodes in one target's ``hops``-hop neighbourhood at mean in-degree ``degree``
+    (``1 + d + ... + d^hops``; an overestimate where neighbourhoods overlap)."""
+    return sum(degree**h for h in range(hops + 1))
+
+
+def khop_is_cheaper(num_targets: int, num_nodes: int, degree: float, hops: int) -> bool:
+    """Whether per-target neighbourhoods read fewer node rows than ``hops`` layer-wise passes
+    (each reading every node and its ``degree`` sources): ``T * reach <= hops * N * (1 + d)``.
+    A model that reads no graph (``hops = 0``) always runs on the targets alone."""
+    return num_targets * khop_reach(degree, hops) <= max(hops, 1) * num_nodes * (1.0 + degree)
+
+
+def _khop(
+    model: LayerwiseModel,
+    x: Tensor,
+    targets: Tensor,
+    csr: CSR | None,
+    hops: int,
+    degree: float,
+    chunk_nodes: int,
+    device: str | torch.device,
+) -> Tensor:
+    dev = torch.device(device)
+    if hops == 0 or csr is None:
+        parts = []
+        for chunk in targets.split(chunk_nodes):
+            h = x[chunk].to(dev)
+            for index in range(model.num_layers):
+                h = model.layer(index, h, _NO_EDGES.to(dev))
+            parts.append(model.readout(h).cpu())
+        return torch.cat(parts)
+    state = model.chunk_state(csr.rowptr, csr.col)
+    sampler = NeighborSampler.from_csr(csr, [ALL_NEIGHBOURS] * hops)
+    gen = torch.Generator()  # unused: every neighbour is kept
+    # As many targets per chunk as make about the rows one layer-wise chunk reads.
+    per_chunk = max(1, int(chunk_nodes * (1.0 + degree) / khop_reach(degree, hops)))
+    parts = []
+    for chunk in targets.split(per_chunk):
+        sub = sampler.sample(chunk, gen)
+        parts.append(subgraph_logits(model, x[sub.n_id].to(dev), sub, state, dev).cpu())
+    return torch.cat(parts)
+
+
+def subgraph_logits(
+    model: LayerwiseModel,
+    x: Tensor,
+    sub: SampledSubgraph,
+    state: Tensor | None,
+    device: torch.device,
+) -> Tensor:
+    """``[B, C]`` logits of ``sub``'s seeds from its exact k-hop subgraph (sampled with every
+    neighbour, k the model's layers): ``x [N_s, F]`` its nodes' features on ``device``,
+    ``state`` the model's :meth:`~LayerwiseModel.chunk_state` of the whole graph."""
+    hops, edges = model.num_layers, sub.edge_index
+    h = x
+    for index in range(hops):
+        # Layer l is needed at nodes within hops - 1 - l of a seed (the first rows: the sampler
+        # numbers nodes hop by hop), over every edge into them.
+        keep = sum(sub.num_sampled_nodes[: hops - index])
+        local, w = model.chunk_edges(edges[:, edges[1] < keep], sub.n_id, keep, state)
+        w = None if w is None else w.to(device)
+        h = model.layer(index, h, local.to(device), w, keep)
+    return model.readout(h)
 
 
 _NO_EDGES = torch.empty((2, 0), dtype=torch.long)

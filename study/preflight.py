@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import torch
@@ -21,7 +22,7 @@ from torch_geometric.data import Data
 from torch_geometric.utils import subgraph
 
 from study.catalogs import MODELS, reads_attention
-from study.config import ModelSpec, StudySpec
+from study.config import ModelSpec, StudySpec, fanouts_of
 from study.context import load_study_task
 from study.data.base import NodeTask, PointCloudTask, Task, io_channels
 from study.data.hetero import relation_names
@@ -210,11 +211,12 @@ def check_typed(spec: StudySpec, task: Task) -> None:
                 "edge types yet; a heterogeneous dataset trains full batch (remove num_neighbors "
                 "and batch_size)"
             )
-    if spec.dimension("student.batch_size") is not None:
-        raise UserInputError(
-            f"{spec.source}: search.student.batch_size: a heterogeneous dataset trains full "
-            "batch (sampled mini-batches do not carry edge types yet); remove it"
-        )
+    for searched in ("student.batch_size", "student.num_neighbors"):
+        if spec.dimension(searched) is not None:
+            raise UserInputError(
+                f"{spec.source}: search.{searched}: a heterogeneous dataset trains full batch "
+                "(sampled mini-batches do not carry edge types yet); remove it"
+            )
     if "edge_attention" in spec.methods:
         raise UserInputError(
             f"{spec.source}: methods: edge_attention has no per-relation form yet and would mix "
@@ -286,7 +288,9 @@ def check_models(spec: StudySpec, task: Task) -> None:
         student_out = in_file(spec, "student", check_forward, student, probe, task)
         check_attention(spec, teacher_out, student_out)
         check_layer_maps(spec, teacher_out, student_out)
-        check_fanouts(spec, "student", spec.student.train, student, task)
+        for key, fanouts in student_fanouts(spec):
+            train = replace(spec.student.train, num_neighbors=fanouts)
+            check_fanouts(spec, "student", train, student, task, key=key)
 
 
 def builtin_variants(spec: StudySpec) -> list[tuple[ModelSpec, dict[str, Any] | None]]:
@@ -306,14 +310,34 @@ def builtin_variants(spec: StudySpec) -> list[tuple[ModelSpec, dict[str, Any] | 
     return out
 
 
+def student_fanouts(spec: StudySpec) -> list[tuple[str, tuple[int, ...] | None]]:
+    """``(key, fan-outs)`` a student trial may train with: each choice of a searched
+    ``student.num_neighbors``, else the study's ``student.train.num_neighbors``."""
+    dim = next((d for d in spec.search if d.name == "student.num_neighbors"), None)
+    if dim is None:
+        return [("student.train.num_neighbors", spec.student.train.num_neighbors)]
+    return [
+        (f"search.student.num_neighbors.choice[{i}]", fanouts_of(text))
+        for i, text in enumerate(dim.args)
+    ]
+
+
 def check_fanouts(
-    spec: StudySpec, role: str, train: TrainConfig, model: nn.Module, task: Task
+    spec: StudySpec,
+    role: str,
+    train: TrainConfig,
+    model: nn.Module,
+    task: Task,
+    *,
+    key: str | None = None,
 ) -> None:
-    """Mini-batch mode (``<role>.train.num_neighbors``): node tasks only, and one fan-out per
-    layer of the model (a model whose layers are not known, a user's own, is not checked)."""
+    """Mini-batch mode (``<role>.train.num_neighbors``, or ``key`` that gave it): node tasks
+    only, and one fan-out per layer of the model (a model whose layers are not known, a user's
+    own, is not checked). A searched depth is checked at each value against every fan-out
+    choice: a study that searches both needs each fan-out list to fit every depth."""
     if train.num_neighbors is None:
         return
-    where = f"{spec.source}: {role}.train.num_neighbors"
+    where = f"{spec.source}: {key or f'{role}.train.num_neighbors'}"
     if isinstance(task, PointCloudTask):
         raise UserInputError(f"{where}: sampled mini-batches apply to node tasks only; remove it")
     if role == "student" and "edge_attention" in spec.methods:
@@ -325,9 +349,16 @@ def check_fanouts(
         )
     depth = getattr(model, "num_layers", None)
     if depth is not None and len(train.num_neighbors) != depth:
+        searched = role == "student" and any(d.name == "student.depth" for d in spec.search)
+        both = (
+            "; search.student.depth and this fan-out are chosen independently, so every "
+            "fan-out list must fit every searched depth"
+            if searched
+            else ""
+        )
         raise UserInputError(
             f"{where}: expected one fan-out per layer of the {role} ({depth} layers), got "
-            f"{list(train.num_neighbors)} ({len(train.num_neighbors)} entries)"
+            f"{list(train.num_neighbors)} ({len(train.num_neighbors)} entries){both}"
         )
 
 

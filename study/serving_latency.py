@@ -23,13 +23,11 @@ from torch_geometric.data import Data
 
 from study.config import StudySpec
 from study.data.base import NodeTask, Task
-from study.inference import LayerwiseModel, supports_layerwise
+from study.inference import LayerwiseModel, subgraph_logits, supports_layerwise
 from study.latency import LatencyResult, measure_latency
-from study.sampling import NeighborSampler
+from study.sampling import ALL_NEIGHBOURS, NeighborSampler
 from study.tracking import SERVE_BATCH_SIZES, serve_metric
 
-#: A fan-out no in-degree reaches: the sampler then keeps every incoming edge (exact fetch).
-ALL_NEIGHBOURS = 2**62
 #: Targets are drawn (without replacement, seeded) from the test split's nodes.
 TARGET_SEED = 0
 
@@ -44,10 +42,9 @@ def fetch_hops(model: nn.Module) -> int | None:
 
 
 class ServingIndex:
-    """A stored graph ready to answer requests for a model: its incoming-edge index over the
-    edges the model's layers read (:meth:`~study.models.stack.ConvStack.prepare`: GCN's
-    self-loops and whole-graph normalisation weights, as a graph store keeps degrees), built
-    once before any request.
+    """A stored graph ready to answer requests for a model: its incoming-edge index and what the
+    model's layers read of the whole graph (:meth:`~study.models.stack.ConvStack.chunk_state`:
+    GCN's whole-graph degrees, as a graph store keeps them), built once before any request.
 
     Args:
         model: a layer-wise model (:func:`study.inference.supports_layerwise`).
@@ -61,12 +58,12 @@ class ServingIndex:
         self.model = cast(LayerwiseModel, model)
         self.x = graph.x
         self.sampler: NeighborSampler | None = None
-        self.weight: Tensor | None = None
+        self.state: Tensor | None = None
         if hops > 0:
-            edges, self.weight = self.model.prepare(graph.edge_index, graph.num_nodes)
             self.sampler = NeighborSampler(
-                edges, graph.num_nodes, [ALL_NEIGHBOURS] * hops, use_pyg=False
+                graph.edge_index, graph.num_nodes, [ALL_NEIGHBOURS] * hops, use_pyg=False
             )
+            self.state = self.model.chunk_state(self.sampler.csr.rowptr, self.sampler.csr.col)
         self._gen = torch.Generator()  # unused when every neighbour is kept; sample() wants one
 
     def request(self, targets: Tensor, device: str = "cpu") -> Callable[[], Tensor]:
@@ -83,17 +80,7 @@ class ServingIndex:
                     h = model.layer(index, h, no_edges)
                 return model.readout(h)
             sub = self.sampler.sample(targets, self._gen)
-            h, edges = self.x[sub.n_id].to(dev), sub.edge_index.to(dev)
-            weight = None if self.weight is None else self.weight[sub.e_id].to(dev)
-            layers = model.num_layers
-            for index in range(layers):
-                # Layer l is needed only at nodes within layers - 1 - l hops of a target (the
-                # first rows: the sampler numbers nodes hop by hop), over the edges into them.
-                keep = sum(sub.num_sampled_nodes[: layers - index])
-                into = edges[1] < keep
-                w = None if weight is None else weight[into]
-                h = model.layer(index, h, edges[:, into], w, keep)
-            return model.readout(h)
+            return subgraph_logits(model, self.x[sub.n_id].to(dev), sub, self.state, dev)
 
         return call
 

@@ -37,10 +37,10 @@ from study.data.augment import augment_pointcloud
 from study.data.base import NodeTask, PointCloudSet, PointCloudTask, Task
 from study.distill.methods import DistillMethod, build_method
 from study.distill.typed import graph_types
-from study.inference import INFERENCE_CHUNK_NODES, layerwise_forward
+from study.inference import INFERENCE_CHUNK_NODES, layerwise_forward, target_logits
 from study.metrics import multiclass_auroc, node_scores
 from study.models.base import ModelOutput, model_inputs
-from study.sampling import NeighborSampler, SampledSubgraph
+from study.sampling import CSR, NeighborSampler, SampledSubgraph
 from study.train_config import DistillConfig, TrainConfig
 
 
@@ -203,6 +203,7 @@ def evaluate(
     *,
     with_auroc: bool = True,
     chunk_nodes: int | None = None,
+    known_csr: tuple[Tensor, CSR] | None = None,
 ) -> dict[str, float]:
     """Score ``model`` on one split of ``task``: :func:`split_scores` of :func:`split_logits`.
 
@@ -212,9 +213,12 @@ def evaluate(
     ``mean_class_accuracy`` and one-vs-rest macro AUROC, the headline one of them.
     All fractions in [0, 1]. ``with_auroc=False`` leaves AUROC out: the per-epoch validation
     reads only the headline, and PPI's 121-label AUROC costs 0.4 s a call. ``chunk_nodes``
-    runs node models layer-wise in chunks of that many nodes (bounded memory, same scores).
+    runs node models layer-wise in chunks of that many nodes (bounded memory, same scores);
+    ``known_csr``: ``(edge_index, its CSR)``, reused by a split graph with those very edges.
     """
-    logits, y = split_logits(model, task, split, device, chunk_nodes=chunk_nodes)
+    logits, y = split_logits(
+        model, task, split, device, chunk_nodes=chunk_nodes, known_csr=known_csr
+    )
     return split_scores(task, logits, y, with_auroc=with_auroc)
 
 
@@ -226,10 +230,12 @@ def split_logits(
     device: str = "cpu",
     *,
     chunk_nodes: int | None = None,
+    known_csr: tuple[Tensor, CSR] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(logits, targets)`` of ``model`` on the scored examples of one split, on the CPU, in
     eval mode (restored after): the labelled nodes (``[N, C]``; targets ``[N]``, or ``[N, C]``
-    multi-label) or every cloud (``[B, C]``, ``[B]``). ``chunk_nodes``: as :func:`evaluate`."""
+    multi-label) or every cloud (``[B, C]``, ``[B]``). ``chunk_nodes``, ``known_csr``: as
+    :func:`evaluate`."""
     was_training = model.training
     model.eval()
     dev = torch.device(device)
@@ -244,10 +250,17 @@ def split_logits(
         all_logits, targets = [], []
         for graph in getattr(task, split):
             if chunk_nodes is not None:
-                out = layerwise_forward(
-                    model, graph.x, graph.edge_index, chunk_nodes=chunk_nodes, device=dev
+                # Only the scored nodes' logits, by their neighbourhoods or layer-wise.
+                scored = target_logits(
+                    model,
+                    graph.x,
+                    graph.edge_index,
+                    graph.mask.nonzero().view(-1),
+                    chunk_nodes=chunk_nodes,
+                    device=dev,
+                    csr=_same_edges_csr(graph.edge_index, known_csr),
                 )
-                all_logits.append(_logits(out)[graph.mask])
+                all_logits.append(scored)
                 targets.append(graph.y[graph.mask])
                 continue
             data = graph_on(graph, dev)
@@ -256,6 +269,15 @@ def split_logits(
         return torch.cat(all_logits), torch.cat(targets)
     finally:
         model.train(was_training)
+
+
+def _same_edges_csr(edge_index: Tensor, known: tuple[Tensor, CSR] | None) -> CSR | None:
+    """``known``'s CSR when ``edge_index`` is its very tensor (a transductive split: one graph)."""
+    if known is None:
+        return None
+    edges, csr = known
+    same = edges.data_ptr() == edge_index.data_ptr() and edges.shape == edge_index.shape
+    return csr if same and edges.stride() == edge_index.stride() else None
 
 
 def split_scores(
@@ -335,13 +357,15 @@ def teacher_outputs(
     device: str = "cpu",
     *,
     chunk_nodes: int = INFERENCE_CHUNK_NODES,
+    csr: CSR | None = None,
 ) -> ModelOutput:
     """The frozen teacher's ``[N, C]`` logits and ``[N, F_l]`` hidden features on every node of
     :func:`training_graph`, by layer-wise inference without autograd (CPU tensors): what every
-    sampled distillation step reads instead of running the teacher."""
+    sampled distillation step reads instead of running the teacher. ``csr``: the training
+    graph's, when the caller holds it (not built again)."""
     graph = training_graph(task)
     return layerwise_forward(
-        teacher, graph.x, graph.edge_index, chunk_nodes=chunk_nodes, device=device
+        teacher, graph.x, graph.edge_index, chunk_nodes=chunk_nodes, device=device, csr=csr
     )
 
 
@@ -352,6 +376,11 @@ class _Sampling:
     graph: Data
     sampler: NeighborSampler
     teacher: ModelOutput | None
+
+    def known_csr(self) -> tuple[Tensor, CSR] | None:
+        """The training graph's edges and the sampler's CSR of them (evaluation reuses it)."""
+        csr = self.sampler.csr_or_none()
+        return None if csr is None else (self.graph.edge_index, csr)
 
 
 def _rows(out: ModelOutput, index: Tensor | slice, device: torch.device) -> ModelOutput:
@@ -426,7 +455,7 @@ def _sampling(
     if method.needs_teacher:
         if given is None:
             assert teacher is not None
-            given = teacher_outputs(teacher, task, cfg.device)
+            given = teacher_outputs(teacher, task, cfg.device, csr=sampler.csr_or_none())
         if given.hidden[0].shape[0] != graph.num_nodes:
             raise ValueError(
                 f"teacher_outputs cover {given.hidden[0].shape[0]} nodes, the training graph "
@@ -614,6 +643,7 @@ def fit(
     )
     run = _start(model, task, cfg, method, cache, device, sampling)
     chunk = INFERENCE_CHUNK_NODES if sampling is not None else None
+    known = None if sampling is None else sampling.known_csr()
     if resume is not None:
         run.restore(resume)
     multilabel = isinstance(task, NodeTask) and task.multilabel
@@ -627,7 +657,7 @@ def fit(
         run.elapsed += time.perf_counter() - t0
         if (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1:
             record["epoch_val_score"] = evaluate(
-                model, task, "val", cfg.device, with_auroc=False, chunk_nodes=chunk
+                model, task, "val", cfg.device, with_auroc=False, chunk_nodes=chunk, known_csr=known
             )["score"]
             run.keep_if_best(record["epoch_val_score"], epoch)
         run.history.append(record)
@@ -637,7 +667,7 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, record, functools.partial(run.snapshot, epoch))
     bar.close()
-    return _finish(run, task, cfg, chunk)
+    return _finish(run, task, cfg, chunk, known)
 
 
 def _start(
@@ -709,11 +739,19 @@ def _optimise(
     }
 
 
-def _finish(run: _Run, task: Task, cfg: TrainConfig, chunk_nodes: int | None) -> TrainResult:
+def _finish(
+    run: _Run,
+    task: Task,
+    cfg: TrainConfig,
+    chunk_nodes: int | None,
+    known_csr: tuple[Tensor, CSR] | None = None,
+) -> TrainResult:
     """Back to the best validation model, scored on the test split."""
     if run.best_state is not None:
         run.model.load_state_dict(run.best_state)
-    test_metrics = evaluate(run.model, task, "test", cfg.device, chunk_nodes=chunk_nodes)
+    test_metrics = evaluate(
+        run.model, task, "test", cfg.device, chunk_nodes=chunk_nodes, known_csr=known_csr
+    )
     return TrainResult(
         model=run.model,
         val_score=run.best_val,
@@ -796,11 +834,11 @@ def _sampled_steps(
     the labelled nodes only."""
     graph = sampling.graph
     teacher = sampling.teacher if method.active(epoch) else None
-    if teacher is not None:
-        pool = torch.arange(graph.num_nodes)
+    if teacher is not None:  # every node: the permutation itself (no [N] pool to index)
+        order = torch.randperm(graph.num_nodes, generator=run.gen)
     else:
         pool = graph.mask.nonzero().view(-1)
-    order = pool[torch.randperm(pool.numel(), generator=run.gen)]
+        order = pool[torch.randperm(pool.numel(), generator=run.gen)]
     for seeds in order.split(cfg.batch_size):
         sub = sampling.sampler.sample(seeds, run.gen)
         yield sampled_step(run.model, graph, sub, teacher, method, run.adapters, multilabel, device)

@@ -367,3 +367,43 @@ def test_run_ends_by_suggesting_report_and_select() -> None:
     assert select + "--max-latency-ms 10.1 --out exports/quickstart" in lines
     # Without finished trials the budget is left to the user.
     assert "--max-latency-ms MS" in "\n".join(next_steps("s", "sqlite:///x.db", None))
+
+
+def test_teacher_and_distill_train_on_sampled_mini_batches(
+    capsys: pytest.CaptureFixture, tmp_path: Path, sbm_teacher_file: Path
+) -> None:
+    mini = ["--num-neighbors", "4,3", "--batch-size", "64", "--epochs", "2"]
+    out = tmp_path / "t.pt"
+    argv = ["teacher", "--dataset", "synthetic_sbm", *mini, "--out", str(out), *FAST]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert 0.0 <= json.loads(capsys.readouterr().out)["test_score"] <= 1.0
+    code = main(_distill_argv(sbm_teacher_file, *mini, "--method", "lsp"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out)["distill_loss"] > 0  # the term ran on the sampled edges
+
+
+@pytest.mark.parametrize(
+    ("flag", "extra", "needle"),
+    [
+        ("4,0", [], "expected positive integers separated by commas"),
+        ("4,x", [], "got '4,x'"),
+        ("4", [], "(2 layers), got 1"),
+        ("4,3", ["--method", "edge_attention"], "edge_attention trains full batch only"),
+    ],
+)
+def test_bad_num_neighbors_flag_is_one_line(
+    capsys: pytest.CaptureFixture, sbm_teacher_file: Path, flag: str, extra: list, needle: str
+) -> None:
+    code = main(_distill_argv(sbm_teacher_file, "--epochs", "1", "--num-neighbors", flag, *extra))
+    _assert_usage_error(capsys, code, "--num-neighbors", needle)
+
+
+def test_num_neighbors_on_point_clouds_is_refused(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    out = tmp_path / "t.pt"
+    argv = ["teacher", "--dataset", "synthetic_shapes", "--arch", "dgcnn", "--epochs", "1"]
+    code = main([*argv, "--num-neighbors", "4,3", "--out", str(out), *FAST])
+    _assert_usage_error(capsys, code, "node tasks only")
+    assert not out.exists()

@@ -80,3 +80,34 @@ def test_sampling_is_deterministic_under_a_seed() -> None:
 def test_bad_fanouts_are_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         NeighborSampler(random_graph(), 300, [3, 0], use_pyg=False)
+
+
+def test_csr_is_int32_and_equals_a_stable_argsort_across_build_slices(monkeypatch) -> None:
+    import study.sampling as sampling
+
+    edge_index = random_graph(e=3001)
+    monkeypatch.setattr(sampling, "CSR_BUILD_EDGES", 128)  # 24 slices of the counting sort
+    csr = CSR.from_edge_index(edge_index, 300)
+    assert csr.col.dtype == csr.perm.dtype == torch.int32  # ids fit: half of int64's bytes
+    perm = torch.argsort(edge_index[1], stable=True)
+    assert torch.equal(csr.perm.long(), perm)
+    assert torch.equal(csr.col.long(), edge_index[0][perm])
+    assert csr.rowptr.tolist() == [0, *torch.bincount(edge_index[1], minlength=300).cumsum(0)]
+    assert sampling.index_dtype(10, 2**31) == torch.long  # past int32: int64 ids
+
+
+def test_int32_sampler_with_every_neighbour_is_the_k_hop_subgraph() -> None:
+    n, edge_index = 300, random_graph()
+    sampler = NeighborSampler(edge_index, n, [2**62, 2**62], use_pyg=False)
+    assert sampler.csr.col.dtype == torch.int32
+    seeds = torch.tensor([3, 99, 250])
+    sub = sampler.sample(seeds, torch.Generator())
+    assert sub.n_id.dtype == sub.edge_index.dtype == sub.e_id.dtype == torch.long
+    subset, _, _, _ = k_hop_subgraph(seeds, 2, edge_index, num_nodes=n)
+    assert set(sub.n_id.tolist()) == set(subset.tolist())
+    # Every edge into a node within one hop of a seed, each once.
+    inner = torch.zeros(n, dtype=torch.bool)
+    inner[sub.n_id[: sum(sub.num_sampled_nodes[:2])]] = True
+    assert sorted(sub.e_id.tolist()) == inner[edge_index[1]].nonzero().view(-1).tolist()
+    again = NeighborSampler.from_csr(sampler.csr, [2**62, 2**62]).sample(seeds, torch.Generator())
+    assert torch.equal(again.n_id, sub.n_id) and torch.equal(again.e_id, sub.e_id)

@@ -54,6 +54,29 @@ def test_a_request_answers_its_targets_as_the_whole_graph_would(arch: str, hops:
     torch.testing.assert_close(served, whole[targets], rtol=1e-5, atol=1e-5)
 
 
+def test_the_index_keeps_one_csr_and_gcn_degrees_not_a_normalised_edge_copy(monkeypatch) -> None:
+    from study.models.gcn import GCN
+
+    def no_copy(*args: object) -> None:
+        raise AssertionError("prepare copies every edge")
+
+    monkeypatch.setattr(GCN, "prepare", no_copy)
+    graph = task().test[0]
+    loops = torch.arange(0, 300, 5).repeat(2, 1)  # self-loops: GCN replaces them by its own
+    graph = Data(x=graph.x, edge_index=torch.cat([graph.edge_index, loops], dim=1))
+    torch.manual_seed(0)
+    model = build_model("gcn", in_channels=6, out_channels=3, width=4, depth=2).eval()
+    index = ServingIndex(model, graph)
+    assert index.sampler is not None and index.sampler.csr.col.dtype == torch.int32
+    assert index.state is not None and index.state.shape == (300,)  # deg^-1/2 per node
+    targets = torch.tensor([0, 5, 7])
+    with torch.no_grad():
+        served = index.request(targets)()
+        whole = model(graph.x, graph.edge_index).logits
+    assert whole is not None
+    torch.testing.assert_close(served, whole[targets], rtol=1e-5, atol=1e-5)
+
+
 def test_serving_latency_per_batch_size_and_its_metric_names() -> None:
     model = build_model("gcn", in_channels=6, out_channels=3, width=4, depth=2)
     results = serving_latency(model, task(), repeats=2, warmup=0, batch_sizes=(1, 256))

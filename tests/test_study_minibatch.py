@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from study import tracking as tr
 from study.cli import main
+from study.config import resolve_trial
 from study.errors import UserInputError
 from study.preflight import check_fits_full_batch
 from study.runner import load_study, run_study
@@ -49,6 +50,32 @@ def _train(role: str, **train: object) -> dict:
                 "search": {"student.depth": {"choice": [2, 3]}},
             },
             "student.train.num_neighbors: expected one fan-out per layer of the student (3",
+        ),
+        (
+            {"search": {"student.num_neighbors": {"choice": [[4, 3], [4, 0]]}}},
+            "search.student.num_neighbors.choice[1][1]: expected an integer >= 1, got 0",
+        ),
+        (
+            {"search": {"student.num_neighbors": {"int": [1, 4]}}},
+            "search.student.num_neighbors: int does not fit a list; use {choice: [...]}",
+        ),
+        (
+            {"search": {"student.num_neighbors": {"choice": [4]}}},
+            "search.student.num_neighbors.choice[0]: expected a list of fan-outs",
+        ),
+        (
+            {"search": {"student.num_neighbors": {"choice": [[4, 3], [5, 3, 2]]}}},
+            "search.student.num_neighbors.choice[1]: expected one fan-out per layer of the "
+            "student (2 layers), got [5, 3, 2]",
+        ),
+        (
+            {
+                "search": {
+                    "student.depth": {"choice": [2, 3]},
+                    "student.num_neighbors": {"choice": [[4, 3]]},
+                }
+            },
+            "(3 layers), got [4, 3] (2 entries); search.student.depth and this fan-out",
         ),
     ],
 )
@@ -89,6 +116,24 @@ def test_graph_too_large_for_full_batch_is_refused_with_the_keys_to_set(tmp_path
         check_fits_full_batch(spec, task, available=edges * 100)
 
 
+def test_searched_fanouts_parse_to_text_choices_and_resolve_per_trial(tmp_path: Path) -> None:
+    search = {"student.num_neighbors": {"choice": [[4, 3], "[2, 2]"]}}  # a list or its text
+    spec, _ = load_study(write_study(tmp_path, "fan", search=search))
+    (dim,) = spec.search
+    assert dim.args == ("[4, 3]", "[2, 2]")  # plain values for the searcher
+    assert spec.student.train.num_neighbors == (4, 3)  # mini-batch mode on: the first choice
+    plan = resolve_trial(spec, {"method": "lsp", "seed": 0, "student.num_neighbors": "[2, 2]"})
+    assert plan.student_train.num_neighbors == (2, 2)
+    assert plan.params["student.num_neighbors"] == [2, 2]  # logged as the list [2, 2]
+    other = resolve_trial(spec, {"method": "lsp", "seed": 0, "student.num_neighbors": "[4, 3]"})
+    assert other.config_id != plan.config_id
+    with pytest.raises(UserInputError, match=r"params\.student\.num_neighbors: expected one of"):
+        resolve_trial(spec, {"method": "lsp", "seed": 0, "student.num_neighbors": "[3, 3]"})
+    # Not searched: the params and config ids of existing studies are unchanged.
+    fixed, _ = load_study(write_study(tmp_path, "fixed", search={}))
+    assert "student.num_neighbors" not in resolve_trial(fixed, {"method": "lsp", "seed": 0}).params
+
+
 @ray.remote(num_cpus=0)
 def _mapping_of(tensor: torch.Tensor) -> str:
     """The line of the worker's memory map that holds ``tensor``'s data."""
@@ -110,7 +155,10 @@ def test_minibatch_study_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.Monk
         teacher=_train("teacher", **MINI),
         student=_train("student", **MINI),
         methods=["kd", "lsp"],
-        search={"student.batch_size": {"choice": [32, 64]}},
+        search={
+            "student.batch_size": {"choice": [32, 64]},
+            "student.num_neighbors": {"choice": [[4, 3], [2, 2]]},
+        },
         searcher={"algorithm": "random", "num_samples": 2, "max_concurrent": 2, "seed": 0},
     )
     try:
@@ -122,13 +170,16 @@ def test_minibatch_study_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.Monk
     assert "plasma" in mapping, mapping
     assert outcome.complete and len(outcome.trials) == 2, outcome.trials
     client = MlflowClient(uri)
+    fanouts: set[str] = set()
     for row in outcome.trials:
         run = client.get_run(row["mlflow_run_id"])
         assert run.info.status == "FINISHED"
         assert 0.0 <= run.data.metrics[tr.METRIC_VAL] <= 1.0
         assert run.data.params["student.batch_size"] in ("32", "64")
+        fanouts.add(run.data.params["student.num_neighbors"])
         history = client.get_metric_history(run.info.run_id, "distill_loss")
         assert history and all(m.value > 0 for m in history)
+    assert fanouts == {"[4, 3]", "[2, 2]"}  # the searcher's seed gives the trials both
     # The teacher's outputs were computed once for the study and shared by both trials.
     cached = list((tmp_path / "cache" / "teacher-outputs").glob("*.pt"))
     key = f"-{outcome.teacher_run_id}"

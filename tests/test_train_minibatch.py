@@ -180,3 +180,26 @@ def test_minibatch_runs_are_reproducible_under_a_seed() -> None:
         model = build_model("sage", in_channels=F, out_channels=C, width=8, depth=2)
         losses.append([h["train_loss"] for h in train_teacher(model, task, cfg).history])
     assert losses[0] == losses[1]
+
+
+def test_one_csr_serves_sampling_teacher_outputs_and_every_evaluation(monkeypatch) -> None:
+    from study.sampling import CSR
+
+    built = []
+    original = CSR.from_edge_index.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[CSR], edge_index: Tensor, num_nodes: int) -> CSR:
+        built.append(num_nodes)
+        return original(cls, edge_index, num_nodes)
+
+    monkeypatch.setattr(CSR, "from_edge_index", classmethod(counting))
+    task = node_task()
+    torch.manual_seed(0)
+    teacher = build_model("sage", in_channels=F, out_channels=C, width=8, depth=2)
+    student = build_model("gcn", in_channels=F, out_channels=C, width=6, depth=2)
+    cfg = TrainConfig(epochs=2, lr=0.01, batch_size=64, num_neighbors=(4, 3))
+    result = distill_student(student, teacher, task, cfg, DistillConfig("lsp", {"lambda": 1.0}))
+    assert built == [N]  # the sampler's; teacher outputs, 2 validations and the test reuse it
+    full = evaluate(result.model, task, "test")  # full batch: no CSR at all
+    assert built == [N]
+    assert result.test_score == pytest.approx(full["score"])

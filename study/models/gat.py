@@ -130,6 +130,16 @@ class GAT(nn.Module):
         whole: nothing to precompute."""
         return edge_index, None
 
+    def chunk_state(self, rowptr: Tensor, col: Tensor) -> Tensor | None:
+        """Nothing: see :meth:`prepare`."""
+        return None
+
+    def chunk_edges(
+        self, edge_index: Tensor, node_ids: Tensor, num_targets: int, state: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """A chunk's edges as they are: ``GATConv`` adds the targets' self-loops itself."""
+        return edge_index, None
+
     def layer(
         self,
         index: int,

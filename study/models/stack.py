@@ -99,6 +99,19 @@ class ConvStack(nn.Module):
         run on pieces of the graph (layer-wise inference); plain layers need nothing more."""
         return edge_index, None
 
+    def chunk_state(self, rowptr: Tensor, col: Tensor) -> Tensor | None:
+        """What :meth:`chunk_edges` needs of the whole graph (its incoming edges as a CSR:
+        ``rowptr [N + 1]``, ``col [E]``); plain layers need nothing."""
+        return None
+
+    def chunk_edges(
+        self, edge_index: Tensor, node_ids: Tensor, num_targets: int, state: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """A chunk's edges (and weights) as :meth:`layer` reads them, from its incoming edges
+        ``edge_index [2, E_c]`` in local ids (``node_ids [M]`` their global ids, the first
+        ``num_targets`` the chunk's targets): plain layers read them as they are."""
+        return edge_index, None
+
     def layer(
         self,
         index: int,
