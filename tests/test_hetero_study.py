@@ -123,6 +123,13 @@ def _hetero_file(folder: Path) -> Path:
             "student.train.num_neighbors: sampled mini-batches do not carry edge types",
         ),
         (
+            {
+                "student": {"arch": "rgcn", "width": 8, "train": {"epochs": 2, "batch_size": 16}},
+                "search": {"student.num_neighbors": {"choice": [[4, 4], [2, 2]]}},
+            },
+            "num_neighbors: sampled mini-batches do not carry edge types",
+        ),
+        (
             {"dataset": {"name": "synthetic_hetero", "target_node_type": "user"}},
             "dataset.target_node_type: only for a user's HeteroData",
         ),
