@@ -81,6 +81,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "training",
         "latency",
         "val_score_device_vs_cpu.agree",
+        "typed_and_temporal",
         "config.nodes",
     ),
     "bench_latency": (
