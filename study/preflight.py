@@ -21,7 +21,7 @@ from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.utils import subgraph
 
-from study.catalogs import MODELS, reads_attention
+from study.catalogs import MODELS, reads_attention, reads_types
 from study.config import ModelSpec, StudySpec, fanouts_of
 from study.context import load_study_task
 from study.data.base import NodeTask, PointCloudTask, Task, io_channels
@@ -189,8 +189,9 @@ def check_attention(spec: StudySpec, teacher_out: ModelOutput, student_out: Mode
 
 
 def check_typed(spec: StudySpec, task: Task) -> None:
-    """A typed (heterogeneous) graph trains full batch and has no per-relation edge_attention
-    yet: both are refused here, before anything starts, rather than mixing relations."""
+    """A typed (heterogeneous) graph trains full batch (the sampler does not carry edge types),
+    and edge_attention's gradient teacher must be callable on ``(x, edge_index)``: both are
+    refused here, before anything starts. (edge_attention itself works per relation.)"""
     weights = spec.method_defaults.get("lsp", {}).get("relation_weights")
     typed = isinstance(task, NodeTask) and "edge_type" in task.train[0]
     if weights is not None and "lsp" in spec.methods:
@@ -217,10 +218,17 @@ def check_typed(spec: StudySpec, task: Task) -> None:
                 f"{spec.source}: search.{searched}: a heterogeneous dataset trains full batch "
                 "(sampled mini-batches do not carry edge types yet); remove it"
             )
-    if "edge_attention" in spec.methods:
+    teacher_arch = spec.teacher.model.arch
+    if (
+        "edge_attention" in spec.methods
+        and "gradient" in _teacher_sources(spec, "edge_attention")
+        and teacher_arch is not None
+        and reads_types(teacher_arch)
+    ):
         raise UserInputError(
-            f"{spec.source}: methods: edge_attention has no per-relation form yet and would mix "
-            "relations in one attention distribution; use lsp (per relation) or remove it"
+            f"{spec.source}: method_defaults.edge_attention.teacher_source: gradient importance "
+            f"calls the teacher on (x, edge_index), but {teacher_arch} reads edge and node types; "
+            "use a gat teacher (teacher_source: attention) for edge_attention on this dataset"
         )
 
 

@@ -202,3 +202,59 @@ def test_lsp_relation_weights_by_name() -> None:
         relation_weight_vector({"near": 1.0}, names)  # two relations are called near
     with pytest.raises(UserInputError, match="heterogeneous"):
         method.term(student, teacher, **common)
+
+
+def _gat_like_log_attention(seed: int, heads: int) -> Tensor:
+    """``[E, H]`` log-attention as a graph-attention layer gives it: a softmax over each
+    target's incoming edges of every relation together."""
+    from study.models.attention import scatter_log_softmax_2d
+
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(EDGES.shape[1], heads, generator=g, dtype=torch.float64)
+    return scatter_log_softmax_2d(scores, EDGES[1], 6)
+
+
+def _dense_relation_attention(log_s: Tensor, log_t: Tensor, weights: list[float]) -> Tensor:
+    """The definition with loops: per relation and target, each side's head-averaged attention
+    restricted to the target's edges of that relation and renormalised; KL(s || t); mean over
+    the targets; weighted sum over relations."""
+    p_s, p_t = log_s.exp().mean(-1), log_t.exp().mean(-1)  # heads averaged in probability
+    total = log_s.new_zeros(())
+    for r in range(R):
+        per_node = []
+        for i in range(6):
+            idx = [e for e in range(EDGES.shape[1]) if EDGES[1, e] == i and TYPES[e] == r]
+            if not idx:
+                continue
+            s, t = p_s[idx] / p_s[idx].sum(), p_t[idx] / p_t[idx].sum()
+            per_node.append((s * (s.log() - t.log())).sum())
+        if per_node:
+            total = total + weights[r] * torch.stack(per_node).mean()
+    return total
+
+
+def test_relation_attention_matches_the_dense_definition_with_gradients() -> None:
+    from study.distill.typed import relation_attention_loss
+
+    log_s = _gat_like_log_attention(0, heads=2).requires_grad_(True)
+    log_t = _gat_like_log_attention(1, heads=3)
+    weights = [0.5, 0.2, 0.3]
+    got = relation_attention_loss(log_s, log_t, EDGES, TYPES, R, weights=weights, num_nodes=6)
+    want = _dense_relation_attention(log_s, log_t, weights)
+    assert torch.allclose(got, want, atol=1e-12) and got > 0
+    (g_got,) = torch.autograd.grad(got, log_s)
+    (g_want,) = torch.autograd.grad(_dense_relation_attention(log_s, log_t, weights), log_s)
+    assert torch.allclose(g_got, g_want, atol=1e-12)
+    uniform = relation_attention_loss(log_s, log_t, EDGES, TYPES, R, num_nodes=6)
+    assert torch.allclose(uniform, _dense_relation_attention(log_s, log_t, [1 / R] * R))
+
+
+def test_relation_attention_differs_from_attention_over_mixed_relations() -> None:
+    from study.distill.edge_attention import edge_attention_loss
+    from study.distill.typed import relation_attention_loss
+
+    log_s, log_t = _gat_like_log_attention(0, 1), _gat_like_log_attention(1, 1)
+    typed = relation_attention_loss(log_s, log_t, EDGES, TYPES, R, weights=[1.0] * R)
+    one = relation_attention_loss(log_s, log_t, EDGES, torch.zeros_like(TYPES), 1)
+    assert torch.allclose(one, edge_attention_loss(log_s, log_t, EDGES, num_nodes=6))
+    assert not torch.allclose(typed, one)

@@ -129,3 +129,45 @@ def test_pyfunc_request_of_an_rgcn_carries_the_types(task) -> None:
     example = task_example(task, model)
     assert {"edge_type", "node_type"} <= set(example)
     assert example["edge_type"].shape[0] == example["edge_index"].shape[1]
+
+
+def test_gat_student_learns_each_relations_attention_from_a_gat_teacher(task) -> None:
+    # edge_attention on a typed graph: the GATs attend over every incoming edge; the term
+    # compares their attention renormalised within each relation (study.distill.typed).
+    from study.distill.methods import build_method
+    from study.distill.typed import graph_types, relation_attention_loss
+    from study.models.attention import set_attention_recording
+
+    cfg = TrainConfig(epochs=3, lr=0.02, seed=0)
+    seed_everything(0)
+    teacher = build_model("gat", width=8, depth=2, heads=2, **io_channels(task))
+    t = train_teacher(teacher, task, cfg)
+    student = build_model("gat", width=4, depth=2, heads=1, **io_channels(task))
+    r = distill_student(student, t.model, task, cfg, DistillConfig(method="edge_attention"))
+    assert all(h["distill_loss"] > 0.0 for h in r.history)
+    # The method's term on the typed graph is the per-relation loss of the two layers' attention.
+    graph, method = task.train[0], build_method(DistillConfig(method="edge_attention"))
+    method.prepare(r.model, t.model)
+    set_attention_recording(r.model, True)
+    with torch.no_grad():
+        out_t, out_s = t.model(graph.x, graph.edge_index), r.model(graph.x, graph.edge_index)
+    types = graph_types(graph)
+    assert types is not None
+    term = method.term(
+        out_s, out_t, edge_index=graph.edge_index, precomputed=method.precompute(out_t, graph),
+        types=types,
+    )  # fmt: skip
+    from study.distill.edge_attention import to_graph_layout
+
+    n, want = graph.num_nodes, torch.zeros(())
+    # The default layer_map "uniform" pairs the two attention layers of each side in order.
+    layers = zip(out_s.attention(), out_t.attention(), strict=True)
+    for (edges_s, log_s), (edges_t, log_t) in layers:
+        per_s = to_graph_layout(graph.edge_index, n, edges_s, log_s)[0]
+        per_t = to_graph_layout(graph.edge_index, n, edges_t, log_t)[0]
+        known = ~(per_s.isnan().any(-1) | per_t.isnan().any(-1))
+        want = want + relation_attention_loss(
+            per_s[known], per_t[known], graph.edge_index[:, known], types.edge_type[known],
+            types.num_relations, num_nodes=n,
+        )  # fmt: skip
+    assert torch.allclose(term, want) and term > 0

@@ -106,11 +106,11 @@ def _hetero_file(folder: Path) -> Path:
         (
             {
                 "methods": ["none", "edge_attention"],
-                "teacher": {"arch": "gat", "width": 4, "heads": 2, "train": {"epochs": 2}},
+                "method_defaults": {"edge_attention": {"teacher_source": "gradient"}},
                 "student": {"arch": "gat", "width": 4, "heads": 1, "train": {"epochs": 2}},
                 "search": {},
             },
-            "methods: edge_attention has no per-relation form yet",
+            "gradient importance calls the teacher on (x, edge_index), but rgcn reads edge",
         ),
         (
             {

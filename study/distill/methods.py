@@ -44,6 +44,7 @@ from study.distill.typed import (
     GraphTypes,
     graph_types,
     per_type_mean,
+    relation_attention_loss,
     relation_local_structure,
     relation_lsp_loss,
     relation_weight_vector,
@@ -486,6 +487,7 @@ class EdgeAttention(DistillMethod):
         *,
         edge_index: Tensor | None,
         precomputed: list[Tensor],
+        types: GraphTypes | None = None,
         **_: Any,
     ) -> Tensor:
         if edge_index is None or not precomputed:
@@ -498,6 +500,23 @@ class EdgeAttention(DistillMethod):
         terms = []
         for s, t in resolve_pairs(self.layer_map, len(layers), self._teacher_layers):
             k = read.index(t)
+            if types is not None:  # one distribution per (target, relation), never mixed
+                log_s = to_graph_layout(edge_index, n, *layers[s])[0]  # graph edges only
+                log_t = precomputed[2 * k]
+                known = ~(torch.isnan(log_s).any(-1) | torch.isnan(log_t).any(-1))
+                terms.append(
+                    relation_attention_loss(
+                        log_s[known],
+                        log_t[known],
+                        edge_index[:, known],
+                        types.edge_type[known],
+                        types.num_relations,
+                        num_nodes=n,
+                        direction=self.direction,
+                        heads=self.heads,
+                    )
+                )
+                continue
             edges_t, log_t = from_graph_layout(edge_index, n, *precomputed[2 * k : 2 * k + 2])
             edges, log_s, log_t = align_attention(*layers[s], edges_t, log_t, n, floor=self.floor)
             terms.append(

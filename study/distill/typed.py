@@ -7,6 +7,10 @@ to avoid, so:
 - LSP: local structures are distributions over the incoming edges of one relation only,
   ``LS^r_ij = softmax_{j' -> i, type r} K(z_i, z_j)``; the loss is
   ``sum_r w_r * mean_{i with an r-edge} KL(LS^r_i,s || LS^r_i,t)``, ``w_r = 1 / R`` (uniform);
+- edge_attention: each side's attention (heads averaged first, unless mapped one to one)
+  renormalised over the incoming edges of one relation (the distribution given the relation),
+  then ``sum_r w_r * KL`` as for LSP; a layer's own self-loops belong to no relation and drop
+  out;
 - FitNet and AT: the per-type loss (AT's maps normalised over the nodes of one type), averaged
   over the node types present;
 - KD: the target type's nodes only (the others have no classes).
@@ -24,9 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from study.distill.edge_attention import edge_attention_loss, mean_heads
 from study.distill.kernels import edge_kernel
 from study.distill.lsp import _check_edge_index, lsp_loss, scatter_log_softmax
 from study.errors import UserInputError
+from study.models.attention import scatter_log_softmax_2d
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,57 @@ def relation_lsp_loss(
             continue
         log_t = None if teacher_log_ls is None else teacher_log_ls[keep]
         term = lsp_loss(z_s, z_t, edge_index[:, keep], teacher_log_ls=log_t, **lsp_kwargs)
+        total = total + w[r] * term
+    return total
+
+
+def relation_attention_loss(
+    log_s: Tensor,
+    log_t: Tensor,
+    edge_index: Tensor,
+    edge_type: Tensor,
+    num_relations: int,
+    *,
+    weights: Sequence[float] | None = None,
+    num_nodes: int | None = None,
+    **attention_kwargs: Any,
+) -> Tensor:
+    """Type-aware edge-attention distillation: ``sum_r w_r * edge_attention_loss`` on relation
+    ``r``'s edges alone, each side's attention renormalised over each target's ``r``-edges.
+
+    Args:
+        log_s: ``[E, H_s]`` the student's log-attention on ``edge_index`` (a distribution over
+            each target's incoming edges of every relation, as a graph-attention layer gives).
+        log_t: ``[E, H_t]`` the teacher's on the same edges.
+        edge_index: ``[2, E]`` edges ``j -> i``.
+        edge_type: ``[E]`` relation of each edge.
+        num_relations: ``R``.
+        weights: ``R`` weights ``w_r``; ``None``: uniform ``1 / R``.
+        num_nodes: ``N``.
+        **attention_kwargs: ``direction`` and ``heads`` of
+            :func:`study.distill.edge_attention.edge_attention_loss`.
+
+    Returns:
+        A scalar; a relation without edges adds nothing.
+    """
+    w = [1.0 / num_relations] * num_relations if weights is None else list(weights)
+    if len(w) != num_relations:
+        raise ValueError(f"relation_attention_loss: {len(w)} weights for {num_relations} relations")
+    n = int(edge_index.max()) + 1 if num_nodes is None else num_nodes
+    if attention_kwargs.get("heads", "mean") == "mean":
+        # The head-averaged distribution is the one conditioned on the relation (averaging
+        # per-head conditionals would weigh a head that barely attends to r like the others).
+        log_s, log_t = mean_heads(log_s), mean_heads(log_t)
+    total = log_s.sum() * 0.0  # attached to the student's graph even with no edge at all
+    for r in range(num_relations):
+        keep = edge_type == r
+        if w[r] == 0.0 or not bool(keep.any()):
+            continue
+        edges = edge_index[:, keep]
+        # Conditioning on the relation: the attention renormalised over the target's r-edges.
+        cond_s = scatter_log_softmax_2d(log_s[keep], edges[1], n)
+        cond_t = scatter_log_softmax_2d(log_t[keep], edges[1], n)
+        term = edge_attention_loss(cond_s, cond_t, edges, num_nodes=n, **attention_kwargs)
         total = total + w[r] * term
     return total
 
