@@ -44,7 +44,9 @@ def _add_model_args(
 ) -> None:
     g = p.add_argument_group(f"{who} model")
     g.add_argument(
-        "--arch", default="gat", help="gat, gcn, sage, mlp (node tasks) or dgcnn (point clouds)"
+        "--arch",
+        default="gat",
+        help="gat, gcn, sage, mlp, rgcn (typed graphs) for node tasks, or dgcnn (point clouds)",
     )
     g.add_argument(
         "--preset",
@@ -458,11 +460,16 @@ def _check_fanouts_flag(cfg: Any, model: Any, task: Any, method: str = "none") -
     """``--num-neighbors`` fits: a node task, one fan-out per layer, a method that samples."""
     if cfg.num_neighbors is None:
         return
-    from study.data.base import NodeTask
+    from study.data.base import NodeTask, is_typed
 
     given = f"--num-neighbors {','.join(map(str, cfg.num_neighbors))}"
     if not isinstance(task, NodeTask):
         raise UserInputError(f"{given}: sampled mini-batches apply to node tasks only")
+    if is_typed(task.train[0]):  # as the study's pre-flight (check_typed) refuses it
+        raise UserInputError(
+            f"{given}: sampled mini-batches do not carry edge types yet; a heterogeneous "
+            "dataset trains full batch"
+        )
     if method == "edge_attention":
         raise UserInputError(f"{given}: method edge_attention trains full batch only")
     depth = getattr(model, "num_layers", None)

@@ -24,8 +24,10 @@ The keys (``search_spaces/quickstart.yaml`` shows them with comments; defaults i
                                 #   accuracy mean_class_accuracy auroc (point clouds)
       split: {train_until: 0.6, val_until: 0.8, by: quantile}  # temporal graphs only (node_time,
                                 #   edge_time): chronological cuts; by: quantile | time
+      target_node_type: user    # a user's HeteroData (path, factory) only: the classified type
     teacher:                    # required: built-in keys or factory keys
-      arch: gat                 # a MODELS entry (gat gcn sage mlp: node tasks; dgcnn: clouds)
+      arch: gat                 # a MODELS entry (gat gcn sage mlp, rgcn on typed graphs: node
+                                #   tasks; dgcnn: clouds)
       preset: null              # a preset of the arch (ppi_teacher, ...): then only dropout
       width: 8                  # the arch's size keys (width depth heads k emb_dims mlp
       dropout: 0.6              #   dropout), defaults from its schema
@@ -164,7 +166,7 @@ class DatasetSpec:
     base_dir: str = ""
     #: A user's HeteroData (path or factory): the node type that is classified.
     target_node_type: str | None = None
-    split: dict[str, Any] | None = None  # a temporal graph's cuts (TemporalSplit), as given
+    split: dict[str, Any] | None = None  # a temporal graph's cuts (TemporalSplit), every one set
 
     @property
     def label(self) -> str:

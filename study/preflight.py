@@ -24,7 +24,7 @@ from torch_geometric.utils import subgraph
 from study.catalogs import MODELS, reads_attention, reads_types
 from study.config import ModelSpec, StudySpec, fanouts_of
 from study.context import load_study_task
-from study.data.base import NodeTask, PointCloudTask, Task, io_channels
+from study.data.base import NodeTask, PointCloudTask, Task, io_channels, is_typed
 from study.data.hetero import relation_names
 from study.distill.typed import relation_weight_vector
 from study.errors import UserInputError, one_line
@@ -193,7 +193,7 @@ def check_typed(spec: StudySpec, task: Task) -> None:
     and edge_attention's gradient teacher must be callable on ``(x, edge_index)``: both are
     refused here, before anything starts. (edge_attention itself works per relation.)"""
     weights = spec.method_defaults.get("lsp", {}).get("relation_weights")
-    typed = isinstance(task, NodeTask) and "edge_type" in task.train[0]
+    typed = isinstance(task, NodeTask) and is_typed(task.train[0])
     if weights is not None and "lsp" in spec.methods:
         where = f"{spec.source}: method_defaults.lsp.relation_weights"
         if not typed:
@@ -413,12 +413,19 @@ def check_fits_full_batch(spec: StudySpec, task: Task, available: int | None = N
         need = edges * per_edge * copies
         if need > free:
             runs = f" x {copies} trials at once" if copies > 1 else ""
+            remedy = (
+                "a heterogeneous graph trains full batch only (the sampler does not carry edge "
+                "types yet): use a machine with more memory or fewer trials at once "
+                "(searcher.max_concurrent)"
+                if is_typed(task.train[0])
+                else f"train on sampled mini-batches: set {role}.train.num_neighbors (one "
+                f"fan-out per layer, e.g. [15, 10]) and {role}.train.batch_size (seed nodes per "
+                "step, e.g. 1024)"
+            )
             raise UserInputError(
                 f"{spec.source}: {role}.train: full-batch training on {edges:,} edges needs "
                 f"about {need / 2**30:.1f} GiB ({per_edge} bytes per edge{runs}), but "
-                f"{free / 2**30:.1f} GiB is available; train on sampled mini-batches: set "
-                f"{role}.train.num_neighbors (one fan-out per layer, e.g. [15, 10]) and "
-                f"{role}.train.batch_size (seed nodes per step, e.g. 1024)"
+                f"{free / 2**30:.1f} GiB is available; {remedy}"
             )
 
 

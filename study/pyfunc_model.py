@@ -211,6 +211,16 @@ def predict_probabilities(
                         f"request: 'edge_type' needs {edges.shape[1]} entries (one per edge) "
                         f"and 'node_type' {n} (one per node)"
                     )
+                spec = getattr(model, "spec", {})
+                for key, ids, count in (
+                    ("edge_type", edge_type, spec.get("num_relations")),
+                    ("node_type", node_type, spec.get("num_node_types")),
+                ):  # a negative id would index from the end and mix relations silently
+                    if count is not None and ids.size and (ids.min() < 0 or ids.max() >= count):
+                        raise _bad_request(
+                            f"request: {key!r} holds ids outside 0..{count - 1} (the model "
+                            f"has {count})"
+                        )
                 args += [torch.from_numpy(edge_type), torch.from_numpy(node_type)]
             logits = model(*args).logits
             logits = logits[torch.from_numpy(nodes)]

@@ -407,3 +407,14 @@ def test_num_neighbors_on_point_clouds_is_refused(
     code = main([*argv, "--num-neighbors", "4,3", "--out", str(out), *FAST])
     _assert_usage_error(capsys, code, "node tasks only")
     assert not out.exists()
+
+
+def test_num_neighbors_on_a_heterogeneous_graph_is_refused(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    # The sampler drops edge and node types: training would silently collapse the relations.
+    out = tmp_path / "t.pt"
+    argv = ["teacher", "--dataset", "synthetic_hetero", "--arch", "rgcn", "--epochs", "1"]
+    code = main([*argv, "--num-neighbors", "4,3", "--out", str(out), *FAST])
+    _assert_usage_error(capsys, code, "--num-neighbors 4,3", "do not carry edge types")
+    assert not out.exists()

@@ -126,6 +126,12 @@ def test_pyfunc_request_of_an_rgcn_carries_the_types(task) -> None:
     plain = {k: v for k, v in request.items() if k not in ("edge_type", "node_type")}
     with pytest.raises(MlflowException, match="missing 'edge_type'"):
         predict_probabilities(model, plain)
+    for key, bad in (("edge_type", -1), ("edge_type", 99), ("node_type", 3)):
+        wrong = dict(request)
+        wrong[key] = request[key].copy()
+        wrong[key][0] = bad
+        with pytest.raises(MlflowException, match=f"'{key}' holds ids outside"):
+            predict_probabilities(model, wrong)
     example = task_example(task, model)
     assert {"edge_type", "node_type"} <= set(example)
     assert example["edge_type"].shape[0] == example["edge_index"].shape[1]

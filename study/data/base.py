@@ -78,13 +78,19 @@ class IOChannels(TypedDict, total=False):
     types: dict[str, int]
 
 
+def is_typed(graph: Data) -> bool:
+    """Whether ``graph`` is a typed (heterogeneous) graph of :mod:`study.data.hetero`: it
+    carries ``node_type [N]`` and ``edge_type [E]``."""
+    return "edge_type" in graph and "node_type" in graph
+
+
 def io_channels(task: Task) -> IOChannels:
     """``{"in_channels", "out_channels"}`` a model needs for ``task`` (3 coordinates per point),
     and ``types`` for a typed (heterogeneous) graph."""
     if isinstance(task, PointCloudTask):
         return {"in_channels": 3, "out_channels": task.num_classes}
     graph = task.train[0]
-    if "edge_type" in graph and "node_type_names" in graph:
+    if is_typed(graph):
         types = {
             "num_node_types": len(graph.node_type_names),
             "num_relations": len(graph.edge_type_names),

@@ -20,8 +20,6 @@ collapsed into one, which is what the type-aware study compares them against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, HeteroData
@@ -32,27 +30,6 @@ from study.data.synthetic import _first_per_class
 from study.errors import UserInputError
 
 MASKS = ("train_mask", "val_mask", "test_mask")
-
-
-@dataclass(frozen=True)
-class TypeCounts:
-    """What a relation-aware model is sized by: ``num_node_types`` and ``num_relations``."""
-
-    num_node_types: int
-    num_relations: int
-
-
-def is_typed(graph: Data) -> bool:
-    """Whether ``graph`` is a typed graph made by :func:`typed_graph` (it has ``edge_type``)."""
-    return "edge_type" in graph and "node_type" in graph
-
-
-def type_counts(task: NodeTask) -> TypeCounts | None:
-    """The type counts of a typed task, ``None`` for a homogeneous one."""
-    graph = task.train[0]
-    if not is_typed(graph):
-        return None
-    return TypeCounts(len(graph.node_type_names), len(graph.edge_type_names))
 
 
 def relation_names(graph: Data) -> list[str]:

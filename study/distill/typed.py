@@ -6,7 +6,8 @@ to avoid, so:
 
 - LSP: local structures are distributions over the incoming edges of one relation only,
   ``LS^r_ij = softmax_{j' -> i, type r} K(z_i, z_j)``; the loss is
-  ``sum_r w_r * mean_{i with an r-edge} KL(LS^r_i,s || LS^r_i,t)``, ``w_r = 1 / R`` (uniform);
+  ``sum_r w_r * mean_{i with an r-edge} KL(LS^r_i,s || LS^r_i,t)``, ``w_r = 1 / R`` (uniform)
+  or the study file's ``lsp.relation_weights``;
 - edge_attention: each side's attention (heads averaged first, unless mapped one to one)
   renormalised over the incoming edges of one relation (the distribution given the relation),
   then ``sum_r w_r * KL`` as for LSP; a layer's own self-loops belong to no relation and drop
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from study.data.base import is_typed
 from study.distill.edge_attention import edge_attention_loss, mean_heads
 from study.distill.kernels import edge_kernel
 from study.distill.lsp import _check_edge_index, lsp_loss, scatter_log_softmax
@@ -59,7 +61,7 @@ class GraphTypes:
 def graph_types(graph: Any) -> GraphTypes | None:
     """:class:`GraphTypes` of a typed ``Data`` (``edge_type``, ``node_type``, ``*_names``,
     ``target_type``), ``None`` for a homogeneous graph."""
-    if "edge_type" not in graph or "node_type" not in graph:
+    if not is_typed(graph):
         return None
     return GraphTypes(
         node_type=graph.node_type,

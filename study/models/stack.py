@@ -122,7 +122,8 @@ class ConvStack(nn.Module):
     ) -> Tensor:
         """Layer ``index`` on ``x [N, F]``: dropout, the layer, ReLU unless it is the last.
 
-        ``edge_weight`` comes from :meth:`prepare` (``None``: the layer's own behaviour).
+        ``edge_weight`` comes from :meth:`chunk_edges` or :meth:`prepare` (``None``: the layer's
+        own behaviour).
         ``num_targets``: only the first that many nodes' outputs are wanted (every edge points
         at one of them); the layer then runs bipartite, ``[num_targets, F_out]``, so that the
         other nodes' per-node work is not done (layer-wise inference, serving)."""
