@@ -25,7 +25,7 @@ from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 
 from study.data.base import NodeTask
-from study.data.planetoid import graph_view
+from study.data.planetoid import transductive_task
 from study.data.synthetic import _first_per_class
 from study.errors import UserInputError
 
@@ -157,16 +157,9 @@ def hetero_task(
         if bool((masks[i] & masks[j]).any()):
             raise UserInputError(f"{where}: {target}.{MASKS[i]} and {MASKS[j]} overlap")
     num_classes = int(graph.y[graph.node_type == graph.target_type].max()) + 1
-    return NodeTask(
-        name=name,
-        num_features=int(graph.x.shape[1]),
-        num_classes=num_classes,
-        multilabel=False,
-        train=[graph_view(graph, masks[0], 0)],
-        val=[graph_view(graph, masks[1], 0)],
-        test=[graph_view(graph, masks[2], 0)],
-        metric=metric,
-    )
+    task = transductive_task(name, graph, masks[0], masks[1], masks[2], num_classes)
+    task.metric = metric
+    return task
 
 
 def _pick(
