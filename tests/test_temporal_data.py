@@ -127,6 +127,21 @@ def test_a_user_temporal_graph_file_is_split_chronologically(tmp_path: Path) -> 
     assert main(["validate", str(path)]) == 0
 
 
+def test_a_never_scored_node_may_carry_any_label(tmp_path: Path) -> None:
+    # Unlabelled nodes (node_time NaN) often hold y = -1: only scored nodes' ids are read.
+    data = small_temporal()
+    data.y[-1] = -1
+    torch.save(data, tmp_path / "graph.pt")
+    task = load_dataset(
+        path=str(tmp_path / "graph.pt"), split={"train_until": 3, "val_until": 6, "by": "time"}
+    )
+    assert task.num_classes == 2
+    data.y[0] = -1  # a scored node with a negative id is still refused
+    torch.save(data, tmp_path / "graph.pt")
+    with pytest.raises(UserInputError, match="class ids >= 0"):
+        load_dataset(path=str(tmp_path / "graph.pt"))
+
+
 def _edge_time_short() -> Data:
     data = small_temporal()
     data.edge_time = data.edge_time[:-1]

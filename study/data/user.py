@@ -164,7 +164,10 @@ def task_from_graphs(
         )
     if isinstance(obj, Data) and is_temporal(obj):
         _check_graph(obj, source)
-        _, num_classes = _labels(obj, source)
+        node_time = obj.get("node_time")
+        timed = isinstance(node_time, Tensor) and node_time.shape == (obj.num_nodes,)
+        scored = ~torch.isnan(node_time.float()) if timed else None  # checked in full below
+        _, num_classes = _labels(obj, source, scored)
         return chronological_task(
             obj, split, name=name, source=source, metric=metric, num_classes=num_classes
         )
@@ -190,19 +193,24 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _labels(graph: Data, where: str) -> tuple[bool, int]:
-    """(multilabel, number of classes) from ``y``, after checking it."""
+def _labels(graph: Data, where: str, scored: Tensor | None = None) -> tuple[bool, int]:
+    """(multilabel, number of classes) from ``y``, after checking it; ``scored [N]`` bool: the
+    nodes that can be scored (a temporal graph's labelled ones), the only ones whose class ids
+    are read (others may hold anything, e.g. -1)."""
     y = graph.get("y")
     if not isinstance(y, Tensor):
         raise UserInputError(f"{where}.y: missing (expected [N] class ids or [N, C] 0/1 labels)")
     n = graph.num_nodes
     if y.dim() == 1 and not y.is_floating_point() and y.dtype != torch.bool:
-        if y.shape[0] != n or (n and int(y.min()) < 0):
+        ids = y if scored is None or y.shape[0] != n else y[scored]
+        if y.shape[0] != n or (len(ids) and int(ids.min()) < 0):
             raise UserInputError(
-                f"{where}.y: expected {n} class ids >= 0 (one per node), got shape "
-                f"{tuple(y.shape)}" + (f", min {int(y.min())}" if len(y) else "")
+                f"{where}.y: expected {n} class ids >= 0 (one per node"
+                + ("" if scored is None else " with a node_time")
+                + f"), got shape {tuple(y.shape)}"
+                + (f", min {int(ids.min())}" if len(ids) else "")
             )
-        return False, int(y.max()) + 1 if n else 0
+        return False, int(ids.max()) + 1 if len(ids) else 0
     if y.dim() == 2 and y.shape[0] == n:
         if not bool(((y == 0) | (y == 1)).all()):
             raise UserInputError(f"{where}.y: a 2-D y is multi-label and must hold only 0 and 1")
