@@ -125,7 +125,7 @@ def test_registry_presets_and_errors() -> None:
     model = build_model("gat", in_channels=50, out_channels=121, preset="ppi_student")
     assert count_parameters(model) == 185_958
     with pytest.raises(
-        UserInputError, match=r"unknown architecture 'gin' \(valid: dgcnn, gat, gcn, mlp, sage\)"
+        UserInputError, match=r"unknown architecture 'gin' \(valid: dgcnn, gat, gcn, mlp, rgcn, sage\)"
     ):
         build_model("gin", in_channels=5, out_channels=3)
     with pytest.raises(UserInputError, match="valid: ppi_student, ppi_teacher"):
