@@ -9,7 +9,8 @@ any Axes; :mod:`analysis.report` uses ``matplotlib.figure.Figure`` (Agg canvas, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -80,6 +81,18 @@ def _datasets(frame: pd.DataFrame) -> list[str] | None:
     return frame["dataset"].dropna().unique().tolist() if "dataset" in frame.columns else None
 
 
+def method_colors(labels: Iterable[str]) -> dict[str, Any]:
+    """A colour per method label, the same in every figure of every report: the catalog's
+    methods in catalog order take the palette's colours in turn; other labels (a plugin's) the
+    next ones, by name."""
+    known = list(dict.fromkeys(METHOD_LABELS.values()))
+    present = set(labels)
+    extra = sorted(present - set(known))
+    palette = sns.color_palette(n_colors=len(known) + len(extra))
+    colors = dict(zip([*known, *extra], palette, strict=True))
+    return {label: colors[label] for label in [*known, *extra] if label in present}
+
+
 def plot_pareto(
     summary: pd.DataFrame,
     front: pd.DataFrame,
@@ -111,6 +124,7 @@ def plot_pareto(
     data["y"] = pd.to_numeric(data[y_mean], errors="coerce") * scale
     methods = data["method"] if "method" in data.columns else pd.Series("all", index=data.index)
     data["method"] = methods.map(lambda m: METHOD_LABELS.get(m, m)).astype(str)
+    colors = method_colors(data["method"].unique())
     has_size = "num_params_mean" in data.columns and data["num_params_mean"].notna().any()
     # Only a mix of architectures gets markers: one arch would add a legend section of one entry.
     archs = data[ARCH_COLUMN].dropna().unique() if ARCH_COLUMN in data.columns else []
@@ -137,6 +151,8 @@ def plot_pareto(
             x="x",
             y="y",
             hue="method",
+            hue_order=list(colors),
+            palette=colors,
             size="params" if has_size else None,
             style=style,
             style_order=sorted(data[style].unique()) if style else None,

@@ -258,6 +258,31 @@ def test_plot_pareto_marks_student_architectures_apart():
     assert "student arch" not in [t.get_text() for t in ax.get_legend().texts]
 
 
+def test_a_method_has_one_colour_in_every_figure():
+    from matplotlib.colors import to_rgb
+
+    from analysis.plots import method_colors
+
+    def legend_colours(summary: pd.DataFrame) -> dict[str, tuple]:
+        ax = Figure().add_subplot()
+        plot_pareto(summary, pareto_front(summary), ax)
+        legend = ax.get_legend()
+        return {
+            t.get_text(): to_rgb(h.get_facecolor()[0] if hasattr(h, "get_facecolor") else
+                                 h.get_color())
+            for t, h in zip(legend.texts, legend.legend_handles, strict=False)
+            if t.get_text() in ("KD", "student alone", "LSP")
+        }  # fmt: skip
+
+    both = _arch_summary(["gat"] * 6)  # none and kd
+    kd_only = both.loc[both["method"] == "kd"].assign(method=["kd", "lsp", "kd"])  # KD first
+    first, second = legend_colours(both), legend_colours(kd_only)
+    assert first["KD"] == second["KD"]  # KD's colour does not depend on which methods are shown
+    assert first["KD"] != first["student alone"] and second["KD"] != second["LSP"]
+    assert method_colors(["KD", "LSP"])["KD"] == method_colors(["LSP", "mine", "KD"])["KD"]
+    assert "mine" in method_colors(["mine"])  # a plugin's method gets a colour too
+
+
 def test_plot_hyperparameter_and_curves():
     table = pd.DataFrame(
         {
