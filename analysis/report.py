@@ -303,9 +303,19 @@ def _add_serving_fronts(rep: _Report, summary: pd.DataFrame, datasets: list[obje
     if lat not in summary.columns or summary[lat].isna().all():
         return
     for ds in datasets:
-        s_ds = summary.loc[(summary["dataset"] == ds) & summary[lat].notna()]
+        in_ds = summary["dataset"] == ds
+        s_ds = summary.loc[in_ds & summary[lat].notna()]
         if s_ds.empty:
             continue
+        unmeasured = summary.loc[in_ds & summary[lat].isna()]
+        archs = unmeasured.get("student_arch", pd.Series(dtype=object)).dropna().unique()
+        left_out = (
+            f" {len(unmeasured)} configurations have no serving figure and are not drawn "
+            f"(student arch: {', '.join(sorted(map(str, archs))) or 'unknown'}; serving is "
+            "timed for models with a layer-wise path only)."
+            if len(unmeasured)
+            else ""
+        )
         front = pareto_front(s_ds, {f"{METRIC_VAL}_mean": "max", lat: "min"})
         metrics = [METRIC_TEST, METRIC_VAL, METRIC_LATENCY_P50]
         metrics += [METRIC_SERVE_B1_P50, METRIC_SERVE_B256_P50]
@@ -324,7 +334,7 @@ def _add_serving_fronts(rep: _Report, summary: pd.DataFrame, datasets: list[obje
             "neighbourhood the model reads (none for an MLP), run it, return the predictions; "
             f"p50 over the study's repeats for one node ({METRIC_SERVE_B1_P50}) and for 256 "
             f"({METRIC_SERVE_B256_P50}), beside the whole-graph {METRIC_LATENCY_P50}. "
-            f"{len(front)} of {len(s_ds)} configurations are on this front.",
+            f"{len(front)} of {len(s_ds)} configurations are on this front.{left_out}",
         )
         rep.figure(
             f"serving_{_slug(ds)}",

@@ -406,3 +406,21 @@ def test_header_counts_flagged_latency_figures_and_window_spread(tmp_path: Path)
         "- Latency figures of 3 trials: 2 not stable to the study's tolerance, 1 not timed "
         "quietly; the p50s of a figure's timing windows spread by 20% (median) to 30% (max)"
     ) in text
+
+
+def test_serving_section_names_the_configurations_it_cannot_draw(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    base = {"val_score": 0.8, "test_score": 0.8, "latency_ms_p50": 2.0}
+    trials = [
+        {"method": "kd", "dataset": "cora", "config_id": "mlp", "student_arch": "mlp",
+         "metrics": {**base, "serve_b1_ms_p50": 0.05}},
+        {"method": "kd", "dataset": "cora", "config_id": "rgcn", "student_arch": "rgcn",
+         "metrics": base},
+    ]  # fmt: skip
+    fill_study(uri, "serving", trials)
+    out = tmp_path / "rep"
+    write_report("serving", out, tracking_uri=uri)
+    text = (out / "README.md").read_text()
+    drawn = "1 of 1 configurations are on this front. 1 configurations have no serving figure"
+    assert drawn in text
+    assert "(student arch: rgcn; serving is timed for models with a layer-wise path only)" in text
