@@ -8,7 +8,7 @@ read, so the peak beyond the ``[N, F]`` layer outputs is one chunk's edges (PyG'
 ``examples/reddit.py`` ``inference`` does the same with a full-neighbour loader). The result
 equals the full forward: every target sees all its incoming edges.
 
-Models opt in by exposing ``num_layers``, ``prepare``, ``layer``, ``readout``, ``chunk_state``
+Models opt in by exposing ``num_layers``, ``layer``, ``readout``, ``chunk_state``
 and ``chunk_edges`` (the built-in GAT, GCN, GraphSAGE and MLP do; see :class:`LayerwiseModel`).
 Any other model (a user's own, whose layers this code cannot see) runs one full forward under
 ``no_grad``: no autograd graph, but its whole-graph activations at once.
@@ -38,15 +38,13 @@ class LayerwiseModel(Protocol):
     ``forward`` must equal: ``h = x``; for each layer ``h = layer(l, h, edge_index)``, the
     outputs of all but the last layer being the hidden features; ``logits = readout(h)``.
     ``chunk_state`` (from the whole graph's CSR) and ``chunk_edges`` (per chunk) give a layer
-    the edges and weights it reads; ``prepare`` does the same for a whole graph at once.
+    the edges and weights it reads.
     """
 
     reads_graph: bool
 
     @property
     def num_layers(self) -> int: ...
-
-    def prepare(self, edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor | None]: ...
 
     def layer(
         self,

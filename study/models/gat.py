@@ -125,13 +125,9 @@ class GAT(nn.Module):
         """Number of ``GATConv`` layers."""
         return len(self.convs)
 
-    def prepare(self, edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor | None]:
-        """Attention normalises over each target's incoming edges, which a chunk of targets has
-        whole: nothing to precompute."""
-        return edge_index, None
-
     def chunk_state(self, rowptr: Tensor, col: Tensor) -> Tensor | None:
-        """Nothing: see :meth:`prepare`."""
+        """Nothing: attention normalises over each target's incoming edges, which a chunk of
+        targets has whole."""
         return None
 
     def chunk_edges(

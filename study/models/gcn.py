@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv
-from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from study.models.stack import ConvStack
 
@@ -22,14 +21,9 @@ class GCN(ConvStack):
     arch = "gcn"
     make_conv = staticmethod(GCNConv)
 
-    def prepare(self, edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor | None]:
-        """Self-loops and ``D^-1/2 (A + I) D^-1/2`` weights from the WHOLE graph's degrees: a
-        chunk of it sees only some edges of each source, so it cannot normalise by itself."""
-        edge_index, weight = gcn_norm(edge_index, None, num_nodes, add_self_loops=True)
-        return edge_index, weight
-
     def chunk_state(self, rowptr: Tensor, col: Tensor) -> Tensor:
-        """``[N]`` ``deg^-1/2`` of ``A + I`` from the whole graph, as ``gcn_norm`` computes it:
+        """``[N]`` ``deg^-1/2`` of ``A + I`` from the WHOLE graph (a chunk sees only some edges of
+        each source, so it cannot normalise by itself), as ``gcn_norm`` computes it:
         it replaces existing self-loops by one per node, so ``deg`` = in-edges from other
         nodes + 1. Counted over slices of targets (no ``[E]`` temporary)."""
         n = rowptr.numel() - 1
@@ -50,8 +44,8 @@ class GCN(ConvStack):
         self, edge_index: Tensor, node_ids: Tensor, num_targets: int, state: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
         """The chunk's edges without self-loops, one self-loop per target, and
-        ``D^-1/2 (A + I) D^-1/2`` weights from the whole graph's ``state`` (:meth:`prepare`'s
-        edges into these targets, the same weights)."""
+        ``D^-1/2 (A + I) D^-1/2`` weights from the whole graph's ``state`` (``gcn_norm``'s edges
+        into these targets, the same weights)."""
         assert state is not None
         kept = edge_index[:, node_ids[edge_index[0]] != node_ids[edge_index[1]]]
         loops = torch.arange(num_targets).repeat(2, 1)

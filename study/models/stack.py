@@ -94,11 +94,6 @@ class ConvStack(nn.Module):
                 hidden.append(x)
         return ModelOutput(logits=x, hidden=hidden or [x])
 
-    def prepare(self, edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor | None]:
-        """The whole graph's edges (and per-edge weights) as :meth:`layer` reads them when it is
-        run on pieces of the graph (layer-wise inference); plain layers need nothing more."""
-        return edge_index, None
-
     def chunk_state(self, rowptr: Tensor, col: Tensor) -> Tensor | None:
         """What :meth:`chunk_edges` needs of the whole graph (its incoming edges as a CSR:
         ``rowptr [N + 1]``, ``col [E]``); plain layers need nothing."""
@@ -122,8 +117,7 @@ class ConvStack(nn.Module):
     ) -> Tensor:
         """Layer ``index`` on ``x [N, F]``: dropout, the layer, ReLU unless it is the last.
 
-        ``edge_weight`` comes from :meth:`chunk_edges` or :meth:`prepare` (``None``: the layer's
-        own behaviour).
+        ``edge_weight`` comes from :meth:`chunk_edges` (``None``: the layer's own behaviour).
         ``num_targets``: only the first that many nodes' outputs are wanted (every edge points
         at one of them); the layer then runs bipartite, ``[num_targets, F_out]``, so that the
         other nodes' per-node work is not done (layer-wise inference, serving)."""
