@@ -7,8 +7,8 @@ degree`` directed edges drawn uniformly, ``--features`` Gaussian features with a
 runs in a fresh process (``--one``) that builds the graph, records its RSS, resets the peak
 (``/proc/self/clear_refs``) and runs the product's own code: ``study.train.train_teacher`` for
 one epoch, or the teacher's outputs as a study gets them in mini-batch mode
-(``study.teacher_outputs.shared_teacher_outputs``: layer-wise inference once, saved, then
-memory-mapped; its pages count in RSS as batches read them) then
+(``study.teacher_outputs.shared_teacher_outputs``: layer-wise inference once into files, whose
+rows each step reads back; ``study/mapped.py``) then
 ``study.train.distill_student`` with LSP for one epoch. The teacher of the student run has
 random weights: its outputs cost the same as a trained teacher's. "Beyond graph" is the peak
 RSS minus the RSS once the graph exists. Seconds per epoch include the validation pass
@@ -97,7 +97,7 @@ def run_one(args: Any, spec: str) -> dict[str, Any]:
         out.update(epoch_s=result.train_seconds, val_score=result.val_score)
     else:
         given = None
-        if mode == "minibatch":  # as a study does: computed once, saved, memory-mapped
+        if mode == "minibatch":  # as a study does: computed once into files, read by rows
             start = time.perf_counter()
             cache = Path(tempfile.mkdtemp(prefix="bench-teacher-outputs-"))
             given = shared_teacher_outputs(
@@ -136,10 +136,13 @@ def capped_epoch(
     """An LSP epoch too long to run whole here: ``max_steps`` of its sampled steps (the
     product's sampler and ``study.train.sampled_step``, Adam) and its layer-wise validation
     pass, timed; seconds per epoch = mean step time x steps per epoch + the validation pass."""
+    from study import allocator
     from study.distill.methods import build_method
+    from study.inference import INFERENCE_CHUNK_NODES
     from study.sampling import NeighborSampler
     from study.train import evaluate, sampled_step, training_graph
 
+    allocator.bound_freed_memory()  # as study.train.fit does in sampled mode
     graph = training_graph(task)
     sampler = NeighborSampler(graph.edge_index, graph.num_nodes, cfg.num_neighbors)
     method = build_method(DistillConfig("lsp", LSP))
@@ -160,7 +163,13 @@ def capped_epoch(
     start = time.perf_counter()
     known = (graph.edge_index, sampler.csr)  # fit reuses the sampler's CSR the same way
     val = evaluate(
-        student, task, "val", cfg.device, with_auroc=False, chunk_nodes=16384, known_csr=known
+        student,
+        task,
+        "val",
+        cfg.device,
+        with_auroc=False,
+        chunk_nodes=INFERENCE_CHUNK_NODES,
+        known_csr=known,
     )
     eval_s = time.perf_counter() - start
     return {

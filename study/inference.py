@@ -16,6 +16,7 @@ Any other model (a user's own, whose layers this code cannot see) runs one full 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, cast, runtime_checkable
 
 import torch
@@ -25,10 +26,32 @@ from study.models.base import ModelOutput
 from study.sampling import ALL_NEIGHBOURS, CSR, NeighborSampler, SampledSubgraph
 
 #: Target nodes per chunk of layer-wise inference: a chunk's edges are about this times the
-#: mean in-degree, so 16k nodes at degree 10 is 160k edges (a few MB per feature channel
-#: group), far below any graph that needs the chunking and large enough to amortise the
-#: per-call overhead.
-INFERENCE_CHUNK_NODES = 16384
+#: mean in-degree (4k nodes at degree 10: 40k edges and up to 45k input rows), and k-hop
+#: evaluation reads about as many rows per chunk (:func:`_khop`), near what one sampled
+#: training step holds (a 1,024-seed batch with fan-out [10, 5]: ~54k nodes), so evaluation
+#: does not set a mini-batch run's peak; 16k set it at 3M nodes (about 200 MiB per chunk).
+INFERENCE_CHUNK_NODES = 4096
+
+
+class RowStore(Protocol):
+    """A layer's ``[N, F]`` output kept outside the process's memory (a file,
+    :class:`study.mapped.MappedArray`): written a chunk of rows at a time, read by rows."""
+
+    @property
+    def tensor(self) -> Tensor: ...
+
+    def rows(self, index: Tensor) -> Tensor: ...
+
+    def write(self, start: int, values: Tensor) -> None: ...
+
+
+#: Makes the :class:`RowStore` of a ``[N, F]`` output of layer-wise inference by name
+#: (``hidden0``, ..., ``logits``).
+Allocate = Callable[[str, tuple[int, int]], RowStore]
+
+
+def _take(h: Tensor | RowStore, index: Tensor) -> Tensor:
+    return h[index] if isinstance(h, Tensor) else h.rows(index)
 
 
 @runtime_checkable
@@ -36,7 +59,8 @@ class LayerwiseModel(Protocol):
     """What :func:`layerwise_forward` needs of a model (see :class:`study.models.stack.ConvStack`).
 
     ``forward`` must equal: ``h = x``; for each layer ``h = layer(l, h, edge_index)``, the
-    outputs of all but the last layer being the hidden features; ``logits = readout(h)``.
+    outputs of all but the last layer being the hidden features; ``logits = readout(h)``, a
+    function of each row alone (it runs per chunk).
     ``chunk_state`` (from the whole graph's CSR) and ``chunk_edges`` (per chunk) give a layer
     the edges and weights it reads.
     """
@@ -100,6 +124,7 @@ def layerwise_forward(
     device: str | torch.device = "cpu",
     csr: CSR | None = None,
     keep_hidden: bool = True,
+    allocate: Allocate | None = None,
 ) -> ModelOutput:
     """The model's outputs on a whole graph, layer by layer in chunks of target nodes.
 
@@ -113,6 +138,9 @@ def layerwise_forward(
             not built again.
         keep_hidden: ``False``: each hidden layer's ``[N, F_l]`` is freed once the next is
             computed (evaluation reads only the logits); ``hidden`` is then ``[logits]``.
+        allocate: makes each layer's ``[N, F_l]`` output (``hidden<l>``) and the logits
+            outside memory (default: tensors in memory); the next layer reads its rows back.
+            Not called for a model without the layer-wise path.
 
     Returns:
         ``ModelOutput`` on the CPU with ``logits [N, C]`` and the hidden features, equal (up to
@@ -135,6 +163,7 @@ def layerwise_forward(
             torch.device(device),
             csr,
             keep_hidden,
+            allocate,
         )
     finally:
         model.train(was_training)
@@ -148,6 +177,7 @@ def _layerwise(
     dev: torch.device,
     csr: CSR | None,
     keep_hidden: bool,
+    allocate: Allocate | None,
 ) -> ModelOutput:
     n = x.size(0)
     state = None
@@ -158,30 +188,46 @@ def _layerwise(
         csr = csr if csr is not None else CSR.from_edge_index(edge_index, n)
         state = model.chunk_state(csr.rowptr, csr.col)
     hidden: list[Tensor] = []
-    h = x
+    h: Tensor | RowStore = x
+    last = model.num_layers - 1
     for index in range(model.num_layers):
-        out: Tensor | None = None
+        out: Tensor | RowStore | None = None
         for start in range(0, n, chunk_nodes):
             stop = min(start + chunk_nodes, n)
+            own = _take(h, torch.arange(start, stop))
             if not model.reads_graph or csr is None:
-                part = model.layer(index, h[start:stop].to(dev), _NO_EDGES.to(dev))
+                part = model.layer(index, own.to(dev), _NO_EDGES.to(dev))
             else:
                 extra, local, _ = chunk_subgraph(csr, start, stop)
                 node_ids = torch.cat([torch.arange(start, stop), extra])
                 local, w = model.chunk_edges(local, node_ids, stop - start, state)
-                inputs = torch.cat([h[start:stop], h[extra]]).to(dev)
+                inputs = torch.cat([own, _take(h, extra)]).to(dev)
                 w = None if w is None else w.to(dev)
                 # Bipartite: only the chunk's own outputs are computed, not its sources'.
                 part = model.layer(index, inputs, local.to(dev), w, stop - start)
+            if index == last:
+                part = model.readout(part)  # row-wise: no [N, heads * F] of the last layer
             if out is None:  # allocated once its width is known: no list of chunks to concat
-                out = torch.empty((n, part.shape[1]), dtype=part.dtype)
-            out[start:stop] = part.cpu()
+                shape = (n, int(part.shape[1]))
+                name = "logits" if index == last else f"hidden{index}"
+                out = (
+                    torch.empty(shape, dtype=part.dtype)
+                    if allocate is None
+                    else allocate(name, shape)
+                )
+            if isinstance(out, Tensor):
+                out[start:stop] = part.cpu()
+            else:
+                out.write(start, part.cpu())
         assert out is not None, "a graph without nodes"
         h = out
-        if index < model.num_layers - 1 and keep_hidden:
-            hidden.append(h)
-    logits = model.readout(h)
-    return ModelOutput(logits=logits, hidden=hidden or [logits])
+        if index < last and keep_hidden:
+            hidden.append(_whole(h))
+    return ModelOutput(logits=_whole(h), hidden=hidden or [_whole(h)])
+
+
+def _whole(h: Tensor | RowStore) -> Tensor:
+    return h if isinstance(h, Tensor) else h.tensor
 
 
 @torch.no_grad()

@@ -29,36 +29,46 @@ class CSR:
 
     Attributes:
         rowptr: ``[N + 1]`` offsets (int64).
-        col: ``[E]`` source node of each edge, edges sorted by target (int32 where ids fit,
-            see :func:`index_dtype`).
-        perm: ``[E]`` original edge id of each entry of ``col`` (same dtype).
+        col: ``[E]`` source node of each edge, edges sorted by target: ``edge_index[0]`` itself
+            where the edges already are (no copy), else int32 where ids fit
+            (see :func:`index_dtype`).
+        perm: ``[E]`` original edge id of each entry of ``col`` (``col``'s dtype), or ``None``
+            where ``edge_index`` is sorted by target: entry ``i`` is edge ``i``.
     """
 
     rowptr: Tensor
     col: Tensor
-    perm: Tensor
+    perm: Tensor | None
 
     @property
     def num_nodes(self) -> int:
         return int(self.rowptr.numel() - 1)
 
+    def edge_ids(self, entries: Tensor) -> Tensor:
+        """``[M]`` int64 columns in the original ``edge_index`` of ``entries [M]`` of ``col``."""
+        return entries.long() if self.perm is None else self.perm[entries].long()
+
     @classmethod
     def from_edge_index(cls, edge_index: Tensor, num_nodes: int) -> CSR:
         """Group ``edge_index [2, E]`` (source row 0, target row 1) by target.
 
-        ``col`` and ``perm`` are int32 where ids fit (half of int64's ``16 E`` bytes). Built
-        as a counting sort over slices of :data:`CSR_BUILD_EDGES` edges: beyond the result it
-        holds one ``[N]`` cursor and one slice's temporaries, not a whole-graph argsort (about
-        ``30 E`` bytes at its peak). Each target's edges keep their input order, as a
-        stable sort would (deterministic ids).
+        Edges already sorted by target (as the loaders store them, :func:`sort_by_target`)
+        cost only ``rowptr``: ``col`` is a view of ``edge_index[0]``. Otherwise ``col`` and
+        ``perm`` are int32 where ids fit (half of int64's ``16 E`` bytes), built as a counting
+        sort over slices of :data:`CSR_BUILD_EDGES` edges: beyond the result it holds one
+        ``[N]`` cursor and one slice's temporaries, not a whole-graph argsort (about ``30 E``
+        bytes at its peak). Each target's edges keep their input order, as a stable sort
+        would (deterministic ids).
         """
         source, target = edge_index[0], edge_index[1]
         num_edges = int(target.numel())
-        dtype = index_dtype(num_nodes, num_edges)
         counts = torch.bincount(target, minlength=num_nodes)
         rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
         torch.cumsum(counts, 0, out=rowptr[1:])
         del counts
+        if is_sorted_by_target(target):
+            return cls(rowptr, source, None)
+        dtype = index_dtype(num_nodes, num_edges)
         cursor = rowptr[:-1].clone()  # the next free entry of each target
         col = torch.empty(num_edges, dtype=dtype)
         perm = torch.empty(num_edges, dtype=dtype)
@@ -73,6 +83,23 @@ class CSR:
             # Each target's cursor moves past its last entry (no [N] count per slice).
             cursor.scatter_reduce_(0, sorted_part, pos + 1, reduce="amax")
         return cls(rowptr, col, perm)
+
+
+def is_sorted_by_target(target: Tensor) -> bool:
+    """Whether ``target [E]`` is nondecreasing (checked in slices: no ``[E]`` temporary)."""
+    step = CSR_BUILD_EDGES
+    for lo in range(0, max(int(target.numel()) - 1, 0), step):
+        part = target[lo : lo + step + 1]  # one past the slice: its boundary pair too
+        if bool((part[1:] < part[:-1]).any()):
+            return False
+    return True
+
+
+def target_order(edge_index: Tensor, num_nodes: int) -> Tensor | None:
+    """``[E]`` int64 permutation that sorts ``edge_index [2, E]`` by target, each target's
+    edges in input order (a stable sort), or ``None`` where it already is sorted."""
+    perm = CSR.from_edge_index(edge_index, num_nodes).perm
+    return None if perm is None else perm.long()
 
 
 #: Edges per slice of :meth:`CSR.from_edge_index`'s counting sort: a slice's temporaries are
@@ -197,7 +224,7 @@ class NeighborSampler:
         self.csr = CSR.from_edge_index(edge_index, self.num_nodes)
         # Global -> local id map, kept between batches and reset after each: O(N) once, not
         # an O(N) allocation per batch.
-        self._local = torch.full((self.num_nodes,), -1, dtype=self.csr.col.dtype)
+        self._local = _local_ids(self.csr)
 
     @classmethod
     def from_csr(cls, csr: CSR, num_neighbors: Sequence[int]) -> NeighborSampler:
@@ -207,7 +234,7 @@ class NeighborSampler:
         sampler.num_nodes = csr.num_nodes
         sampler.use_pyg = False
         sampler.csr = csr
-        sampler._local = torch.full((csr.num_nodes,), -1, dtype=csr.col.dtype)
+        sampler._local = _local_ids(csr)
         return sampler
 
     def csr_or_none(self) -> CSR | None:
@@ -242,7 +269,7 @@ class NeighborSampler:
         return SampledSubgraph(
             nodes,
             edge_index,
-            self.csr.perm[entry].long(),
+            self.csr.edge_ids(entry),
             int(seeds.numel()),
             tuple(int(part.numel()) for part in n_id),
         )
@@ -255,6 +282,12 @@ class NeighborSampler:
         edge = out.edge if out.edge is not None else torch.empty(0, dtype=torch.long)
         hops = tuple(int(n) for n in out.num_sampled_nodes or ())
         return SampledSubgraph(out.node, edge_index, edge, int(seeds.numel()), hops)
+
+
+def _local_ids(csr: CSR) -> Tensor:
+    """``[N]`` of -1: the sampler's global -> local id map (int32 where ids fit)."""
+    dtype = index_dtype(csr.num_nodes, int(csr.col.numel()))
+    return torch.full((csr.num_nodes,), -1, dtype=dtype)
 
 
 def pyg_available() -> bool:

@@ -3,21 +3,25 @@ shared by every trial of a study there.
 
 The first trial that needs them runs the teacher's layer-wise inference over the training graph
 (:func:`study.train.teacher_outputs`), under a file lock so that concurrent trials wait instead
-of repeating it, and saves them beside the teacher cache. Every trial then memory-maps the file
-(``torch.load(mmap=True)``): the pages are the OS page cache's, one physical copy for all trial
-processes on the machine, read only where a batch's rows are gathered.
+of repeating it, and writes them beside the teacher cache as one float32 file per layer
+(:mod:`study.mapped`; the pass writes each chunk of targets to the files and reads the next
+layer's inputs back by rows, so it never holds an ``[N, F]`` layer in memory). Every trial
+then reads a batch's rows from the files: their pages are the OS page cache's, one physical
+copy for all trial processes on the machine, none of it in a trial's resident memory.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from study import allocator
 from study.data.base import NodeTask, Task
 from study.distill.methods import build_method
-from study.fileio import atomic_write
+from study.mapped import INDEX_FILE, MappedArray, MappedOutput, open_arrays, seal_arrays
 from study.models.base import ModelOutput
 from study.paths import user_cache_dir
 from study.tracking import file_lock
@@ -26,8 +30,8 @@ from study.train_config import DistillConfig, TrainConfig
 
 
 def teacher_outputs_path(key: str, cache_dir: Path | None = None) -> Path:
-    """Where the teacher outputs cached under ``key`` live on this machine."""
-    return (cache_dir or user_cache_dir() / "teacher-outputs") / f"{key}.pt"
+    """The folder where the teacher outputs cached under ``key`` live on this machine."""
+    return (cache_dir or user_cache_dir() / "teacher-outputs") / key
 
 
 def shared_teacher_outputs(
@@ -37,9 +41,9 @@ def shared_teacher_outputs(
     *,
     device: str = "cpu",
     cache_dir: Path | None = None,
-) -> ModelOutput:
+) -> MappedOutput:
     """The teacher's ``[N, C]`` logits and ``[N, F_l]`` hidden features on the training graph,
-    memory-mapped from this machine's cache (computed there first when missing).
+    in files of this machine's cache (computed there first when missing), read by rows.
 
     Args:
         teacher: the frozen teacher.
@@ -49,16 +53,41 @@ def shared_teacher_outputs(
         device: where the inference runs when the outputs must be computed.
         cache_dir: the folder (default: the user cache's ``teacher-outputs``).
     """
-    path = teacher_outputs_path(key, cache_dir)
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(path.with_name(path.name + ".lock")):
-            if not path.is_file():  # another trial may have written it while this one waited
-                out = teacher_outputs(teacher, task, device)
-                state = {"logits": out.logits, "hidden": out.hidden}
-                atomic_write(path, lambda tmp: torch.save(state, tmp))
-    state = torch.load(path, mmap=True, weights_only=True)
-    return ModelOutput(logits=state["logits"], hidden=list(state["hidden"]))
+    folder = teacher_outputs_path(key, cache_dir)
+    if not (folder / INDEX_FILE).is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(folder.with_name(folder.name + ".lock")):
+            if not (folder / INDEX_FILE).is_file():  # another trial may have written them
+                _write_outputs(teacher, task, device, folder)
+    arrays = open_arrays(folder)
+    hidden = [arrays[name] for name in arrays if name.startswith("hidden")]
+    return MappedOutput(arrays["logits"], hidden or [arrays["logits"]])
+
+
+def _write_outputs(teacher: nn.Module, task: NodeTask, device: str, folder: Path) -> None:
+    """Compute the outputs into a private folder and move it into place whole: a reader sees
+    every file or no folder."""
+    allocator.bound_freed_memory()  # as sampled training does: memory is what it is for
+    staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run of this process id
+    staging.mkdir()
+    arrays: dict[str, MappedArray] = {}
+
+    def allocate(name: str, shape: tuple[int, int]) -> MappedArray:
+        arrays[name] = MappedArray(staging / f"{name}.f32", shape, writable=True)
+        return arrays[name]
+
+    # Each layer is written to its file chunk by chunk and read back by rows: no [N, F] layer
+    # is ever in memory.
+    out = teacher_outputs(teacher, task, device, allocate=allocate)
+    if not arrays:  # a model without the layer-wise path: its full forward, in memory
+        layers = {"logits": out.logits, **{f"hidden{i}": h for i, h in enumerate(out.hidden)}}
+        for name, tensor in layers.items():
+            assert tensor is not None, "a teacher without logits"
+            allocate(name, (int(tensor.shape[0]), int(tensor.shape[1]))).write(0, tensor)
+    seal_arrays(staging, arrays)
+    shutil.rmtree(folder, ignore_errors=True)  # an unsealed folder (no index) is never read
+    os.replace(staging, folder)
 
 
 def trial_teacher_outputs(

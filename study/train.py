@@ -33,11 +33,18 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
+from study import allocator
 from study.data.augment import augment_pointcloud
 from study.data.base import NodeTask, PointCloudSet, PointCloudTask, Task
 from study.distill.methods import DistillMethod, build_method
 from study.distill.typed import graph_types
-from study.inference import INFERENCE_CHUNK_NODES, layerwise_forward, target_logits
+from study.inference import (
+    INFERENCE_CHUNK_NODES,
+    Allocate,
+    layerwise_forward,
+    target_logits,
+)
+from study.mapped import MappedOutput
 from study.metrics import multiclass_auroc, node_scores
 from study.models.base import ModelOutput, model_inputs
 from study.sampling import CSR, NeighborSampler, SampledSubgraph
@@ -358,14 +365,22 @@ def teacher_outputs(
     *,
     chunk_nodes: int = INFERENCE_CHUNK_NODES,
     csr: CSR | None = None,
+    allocate: Allocate | None = None,
 ) -> ModelOutput:
     """The frozen teacher's ``[N, C]`` logits and ``[N, F_l]`` hidden features on every node of
     :func:`training_graph`, by layer-wise inference without autograd (CPU tensors): what every
     sampled distillation step reads instead of running the teacher. ``csr``: the training
-    graph's, when the caller holds it (not built again)."""
+    graph's, when the caller holds it (not built again); ``allocate``: as
+    :func:`~study.inference.layerwise_forward` takes it (file-backed outputs)."""
     graph = training_graph(task)
     return layerwise_forward(
-        teacher, graph.x, graph.edge_index, chunk_nodes=chunk_nodes, device=device, csr=csr
+        teacher,
+        graph.x,
+        graph.edge_index,
+        chunk_nodes=chunk_nodes,
+        device=device,
+        csr=csr,
+        allocate=allocate,
     )
 
 
@@ -385,6 +400,8 @@ class _Sampling:
 
 def _rows(out: ModelOutput, index: Tensor | slice, device: torch.device) -> ModelOutput:
     """``out`` restricted to ``index``'s rows (logits and every hidden layer), on ``device``."""
+    if isinstance(out, MappedOutput) and isinstance(index, Tensor):
+        return out.rows(index, device)  # copied from its files: none of their pages mapped
     logits = None if out.logits is None else out.logits[index].to(device)
     return ModelOutput(logits=logits, hidden=[h[index].to(device) for h in out.hidden])
 
@@ -403,8 +420,9 @@ def sampled_step(
 
     The student runs on the sampled subgraph. The hard loss covers the seeds in
     ``graph.mask``; KD, FitNet and AT compare the seeds' rows with the teacher's; a term that
-    reads edges (LSP) gets every node of the subgraph and the sampled edges whose target is a
-    seed, so its local structures are distributions over those edges for both models.
+    reads edges (LSP) gets the sampled edges whose target is a seed and the rows of the seeds
+    and their first hop (every node those edges join), so its local structures are
+    distributions over those edges for both models.
 
     Args:
         graph: the training graph (``x``, ``y``, ``mask`` indexed by global node id).
@@ -423,7 +441,11 @@ def sampled_step(
     if teacher is None:
         return hard, None
     if method.reads_edges:
-        student, t_out = out, _rows(teacher, sub.n_id, device)
+        # The seeds' sampled edges read only the seeds and their first hop (numbered first):
+        # the teacher's rows of the other nodes are never gathered.
+        keep = sum(sub.num_sampled_nodes[:2]) or sub.n_id.numel()
+        student = _rows(out, slice(0, keep), device)
+        t_out = _rows(teacher, sub.n_id[:keep], device)
         edges: Tensor | None = sub.edge_index[:, sub.seed_edges()].to(device)
     else:
         student = _rows(out, slice(0, sub.num_seeds), device)
@@ -636,6 +658,8 @@ def fit(
     method.prepare(model, teacher)
     device = torch.device(cfg.device)
     sampling = _sampling(task, cfg, teacher, method, teacher_outputs)
+    if sampling is not None:
+        allocator.bound_freed_memory()  # peak memory, not speed, is what sampling is for
     cache = (
         TeacherCache(teacher, method, device)
         if teacher is not None and method.needs_teacher and sampling is None

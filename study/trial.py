@@ -327,7 +327,7 @@ def _train(
     train_cfg = with_device(plan.student_train, device)
     if spec.scheduler is not None:  # scheduler.max_t caps the epochs
         train_cfg = replace(train_cfg, epochs=spec.scheduler.epochs(train_cfg.epochs))
-    # Sampled mini-batches: the teacher's outputs, computed once per machine, memory-mapped.
+    # Sampled mini-batches: the teacher's outputs, computed once per machine into files.
     outs = trial_teacher_outputs(
         teacher, task, train_cfg, plan.distill, f"{ctx.teacher_hash}-{ctx.teacher_run_id}", device
     )

@@ -28,16 +28,20 @@ pytestmark = pytest.mark.skipif(
 _MIB = 1 << 20
 _PAGES_48_MIB = 48 * _MIB // 4096
 
-_PROBE = """
+# What every probe script starts with: its imports, the resident set, a filled tensor.
+_HELPERS = """
 import json, resource, sys
 import torch
 from study import allocator
-applied = allocator.retain_freed_memory() if sys.argv[1] == "call" else None
 def rss():
     line = next(l for l in open("/proc/self/status") if l.startswith("VmRSS:"))
     return int(line.split()[1]) * 1024
 def filled(mib):
     return torch.empty(mib << 18, dtype=torch.float32).fill_(1.0)
+"""
+
+_PROBE = _HELPERS + """
+applied = allocator.retain_freed_memory() if sys.argv[1] == "call" else None
 x = filled(64)
 held = rss(); del x
 released = held - rss()
@@ -49,11 +53,11 @@ print(json.dumps({"applied": applied, "retained": allocator.retained(), "faults"
 """
 
 
-def _probe(mode: str, **env: str) -> dict:
+def _probe(mode: str, script: str = _PROBE, **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items() if k not in allocator.RETAIN_ENV}
     clean.pop(allocator.SWITCH_ENV, None)
     proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode],
+        [sys.executable, "-c", script, mode],
         env={**clean, **env},
         capture_output=True,
         text=True,
@@ -99,3 +103,29 @@ def test_workers_get_the_environment_only_when_asked(monkeypatch: pytest.MonkeyP
     assert allocator.env_for_workers() == {}
     monkeypatch.setenv(allocator.SWITCH_ENV, "1")
     assert allocator.env_for_workers() == allocator.RETAIN_ENV
+
+
+_BOUND_PROBE = _HELPERS + """
+if sys.argv[1] == "retain":
+    allocator.retain_freed_memory()
+applied = allocator.bound_freed_memory() if sys.argv[1] != "none" else None
+x = filled(8)
+del x  # glibc's default: the mmap threshold rises past 8 MiB
+a, b = filled(4), filled(4)  # by default from the heap, a below b
+held = rss()
+del a
+print(json.dumps({"applied": applied, "released": held - rss()}))
+"""
+
+
+def test_bounded_freed_memory_gives_a_freed_block_back_where_the_default_keeps_it() -> None:
+    default = _probe("none", _BOUND_PROBE)
+    assert default["released"] < _MIB, default  # a freed block inside the heap stays resident
+    bound = _probe("bound", _BOUND_PROBE)
+    assert bound["applied"] is True
+    assert bound["released"] >= 4 * _MIB, bound  # mapped on its own, unmapped on free
+
+
+def test_the_opt_in_to_retain_wins_over_bounding() -> None:
+    found = _probe("retain", _BOUND_PROBE, **{allocator.SWITCH_ENV: "1"})
+    assert found["applied"] is False

@@ -111,3 +111,39 @@ def test_int32_sampler_with_every_neighbour_is_the_k_hop_subgraph() -> None:
     assert sorted(sub.e_id.tolist()) == inner[edge_index[1]].nonzero().view(-1).tolist()
     again = NeighborSampler.from_csr(sampler.csr, [2**62, 2**62]).sample(seeds, torch.Generator())
     assert torch.equal(again.n_id, sub.n_id) and torch.equal(again.e_id, sub.e_id)
+
+
+def test_target_sorted_edges_are_their_own_csr_and_sample_alike(monkeypatch) -> None:
+    import study.sampling as sampling
+
+    n, edge_index = 300, random_graph()
+    edge_index = edge_index[:, torch.argsort(edge_index[1], stable=True)]
+    csr = CSR.from_edge_index(edge_index, n)
+    assert csr.perm is None  # no [E] permutation: entry i is edge i
+    assert csr.col.data_ptr() == edge_index[0].data_ptr()  # a view, not a copy
+    monkeypatch.setattr(sampling, "is_sorted_by_target", lambda target: False)
+    copied = CSR.from_edge_index(edge_index, n)  # the counting sort's copy of the same edges
+    assert copied.perm is not None and torch.equal(copied.perm.long(), torch.arange(3000))
+    assert torch.equal(copied.rowptr, csr.rowptr) and torch.equal(copied.col.long(), csr.col)
+    seeds = torch.tensor([5, 17, 200, 42])
+    a = NeighborSampler.from_csr(csr, [4, 3]).sample(seeds, torch.Generator().manual_seed(0))
+    b = NeighborSampler.from_csr(copied, [4, 3]).sample(seeds, torch.Generator().manual_seed(0))
+    assert torch.equal(a.n_id, b.n_id) and torch.equal(a.edge_index, b.edge_index)
+    assert torch.equal(a.e_id, b.e_id)
+    assert torch.equal(a.n_id[a.edge_index], edge_index[:, a.e_id])
+
+
+def test_sortedness_is_checked_across_slice_boundaries(monkeypatch) -> None:
+    import study.sampling as sampling
+
+    monkeypatch.setattr(sampling, "CSR_BUILD_EDGES", 4)
+    target = torch.arange(12)
+    assert sampling.is_sorted_by_target(target)
+    for i in range(1, 12):  # one descent anywhere, a slice boundary included, is found
+        bad = target.clone()
+        bad[i] = bad[i - 1] - 1
+        assert not sampling.is_sorted_by_target(bad), i
+    assert sampling.is_sorted_by_target(torch.empty(0, dtype=torch.long))
+    assert sampling.target_order(torch.tensor([[0, 1], [2, 2]]), 3) is None
+    order = sampling.target_order(torch.tensor([[0, 1, 2], [2, 0, 2]]), 3)
+    assert order is not None and order.tolist() == [1, 0, 2]

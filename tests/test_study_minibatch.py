@@ -14,6 +14,7 @@ from study import tracking as tr
 from study.cli import main
 from study.config import resolve_trial
 from study.errors import UserInputError
+from study.mapped import INDEX_FILE
 from study.preflight import check_fits_full_batch
 from study.runner import load_study, run_study
 from study.teacher_outputs import teacher_outputs_path
@@ -181,7 +182,8 @@ def test_minibatch_study_on_a_local_ray(tmp_path: Path, monkeypatch: pytest.Monk
         assert history and all(m.value > 0 for m in history)
     assert fanouts == {"[4, 3]", "[2, 2]"}  # the searcher's seed gives the trials both
     # The teacher's outputs were computed once for the study and shared by both trials.
-    cached = list((tmp_path / "cache" / "teacher-outputs").glob("*.pt"))
+    cached = [p for p in (tmp_path / "cache" / "teacher-outputs").iterdir() if p.is_dir()]
     key = f"-{outcome.teacher_run_id}"
-    assert len(cached) == 1 and cached[0].stem.endswith(key)
-    assert cached[0] == teacher_outputs_path(cached[0].stem, tmp_path / "cache" / "teacher-outputs")
+    assert len(cached) == 1 and cached[0].name.endswith(key)
+    assert cached[0] == teacher_outputs_path(cached[0].name, tmp_path / "cache" / "teacher-outputs")
+    assert (cached[0] / INDEX_FILE).is_file()  # sealed: every array written

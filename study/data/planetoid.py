@@ -20,7 +20,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.datasets import Planetoid
 
-from study.data.base import NodeTask
+from study.data.base import NodeTask, sorted_by_target
 from study.errors import UserInputError, choose
 from study.paths import DATA_ROOT_ENV, data_root, user_cache_dir
 
@@ -87,10 +87,12 @@ def transductive_task(
 
     Args:
         name: the task name.
-        data: the graph, with ``x [N, F]``, ``edge_index [2, E]`` and ``y [N]``.
+        data: the graph, with ``x [N, F]``, ``edge_index [2, E]`` and ``y [N]`` (its edges are
+            stored sorted by target: :func:`~study.data.base.sorted_by_target`).
         train_mask, val_mask, test_mask: ``[N]`` bool masks of the nodes each split scores.
         num_classes: the number of classes ``C`` (labels are ``0..C-1``).
     """
+    data = sorted_by_target(data)
     return NodeTask(
         name=name,
         num_features=int(data.x.shape[1]),

@@ -30,7 +30,7 @@ from torch_geometric.data import Data
 from torch_geometric.utils import coalesce
 
 from study.catalogs import TemporalSplit
-from study.data.base import NodeTask
+from study.data.base import NodeTask, sorted_by_target
 from study.errors import UserInputError
 from study.metrics import DEFAULT_SINGLE_LABEL
 
@@ -194,6 +194,7 @@ def chronological_task(
         edge_time=data.edge_time.double(),
         node_time=node_time,
     )
+    data = sorted_by_target(data)  # each snapshot keeps the order: its CSR is its edges
     t1, t2 = split_times(node_time, cuts.train_until, cuts.val_until, cuts.by)
     return temporal_task(
         data, t1, t2, name=name, num_classes=num_classes, metric=metric, source=source

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 
 from study.catalog import check_options, import_factory
-from study.data.base import NodeTask
+from study.data.base import NodeTask, sorted_by_target
 from study.data.planetoid import graph_view
 from study.data.temporal import chronological_task, is_temporal
 from study.errors import UserInputError, one_line, unsafe_load_reason
@@ -269,7 +269,7 @@ def _transductive(data: Data, source: str, name: str, metric: str | None) -> Nod
                 f"{source}: {MASKS[i]} and {MASKS[j]} overlap in {overlap} nodes "
                 "(a node scored in two splits leaks model selection into the test)"
             )
-    graph = Data(x=data.x, edge_index=data.edge_index, y=data.y)
+    graph = sorted_by_target(Data(x=data.x, edge_index=data.edge_index, y=data.y))
     return NodeTask(
         name=name,
         num_features=int(data.x.shape[1]),

@@ -77,8 +77,8 @@ class DistillMethod:
         needs_adapters: whether :meth:`make_adapters` builds trainable modules (the loop then
             sizes them from one probe forward of each model).
         reads_edges: whether :meth:`term` reads ``edge_index`` (LSP). In sampled mini-batches
-            such a term gets every node of the sampled subgraph and the sampled edges whose
-            target is a seed; any other term gets the seed nodes' rows only.
+            such a term gets the sampled edges whose target is a seed and the rows of the nodes
+            they join (the seeds and their first hop); any other term gets the seeds' rows.
     """
 
     needs_teacher: ClassVar[bool] = True

@@ -1,0 +1,124 @@
+"""Whole-graph float32 arrays kept in files, read and written by rows without mapping them.
+
+The teacher's outputs for every node of a large graph (``[N, F_l]`` per layer) are read a few
+thousand random rows per sampled step. Memory-mapping them (``torch.load(mmap=True)``) puts
+every page a read touches in the process's resident set, and the kernel maps the neighbours of
+each faulting page too (fault-around, 64 KiB): ten thousand random rows of a 1M-node layer map
+nearly all of it, so resident memory grows with ``N`` (measured: 281 MiB per step at 1M nodes).
+Here rows are copied out of the file with ``pread`` (one call per run of consecutive rows) and
+written with ``pwrite``: what a process holds is the rows it asked for. The file's pages stay in
+the OS page cache, one copy for every process of the machine, reclaimable under pressure.
+
+A folder holds ``<name>.f32`` files and ``arrays.json`` with their shapes, written last: a
+folder without it is incomplete and never read.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from study.models.base import ModelOutput
+
+#: The index of a folder of arrays: ``{name: [rows, cols]}`` in order, written last.
+INDEX_FILE = "arrays.json"
+
+_ITEM = 4  # float32 bytes
+
+
+class MappedArray:
+    """A ``[rows, cols]`` float32 array in a file.
+
+    Args:
+        path: the file (created zero-filled when ``writable`` and missing).
+        shape: ``(rows, cols)``.
+        writable: open for :meth:`write`.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int], *, writable: bool = False) -> None:
+        self.path, self.shape = path, (int(shape[0]), int(shape[1]))
+        self._row_bytes = self.shape[1] * _ITEM
+        self._fd = os.open(path, (os.O_RDWR | os.O_CREAT) if writable else os.O_RDONLY, 0o644)
+        if writable:
+            os.ftruncate(self._fd, self.shape[0] * self._row_bytes)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+
+    def rows(self, index: Tensor) -> Tensor:
+        """``[M, cols]`` copies of rows ``index [M]`` (any order, repeats allowed)."""
+        unique, inverse = torch.unique(index.long(), return_inverse=True)  # sorted
+        out = torch.empty((unique.numel(), self.shape[1]), dtype=torch.float32)
+        if unique.numel():
+            if int(unique[0]) < 0 or int(unique[-1]) >= self.shape[0]:
+                raise IndexError(f"{self.path.name}: rows outside 0..{self.shape[0] - 1}")
+            view = memoryview(out.numpy().data).cast("B")
+            # Runs of consecutive rows: one read each.
+            starts = torch.ones_like(unique, dtype=torch.bool)
+            starts[1:] = unique[1:] != unique[:-1] + 1
+            first = starts.nonzero().view(-1)
+            ends = torch.cat([first[1:], torch.tensor([unique.numel()])])
+            rb = self._row_bytes
+            for lo, hi, row in zip(
+                first.tolist(), ends.tolist(), unique[first].tolist(), strict=True
+            ):
+                got = os.preadv(self._fd, [view[lo * rb : hi * rb]], row * rb)
+                if got != (hi - lo) * rb:
+                    raise OSError(f"{self.path}: short read at row {row}")
+        return out[inverse]
+
+    def write(self, start: int, values: Tensor) -> None:
+        """Write ``values [M, cols]`` as rows ``start..start+M-1``."""
+        data = values.detach().to(torch.float32).contiguous().numpy().tobytes()
+        written = os.pwrite(self._fd, data, start * self._row_bytes)
+        if written != len(data):
+            raise OSError(f"{self.path}: short write at row {start}")
+
+    @cached_property
+    def tensor(self) -> Tensor:
+        """The whole array as a read-only memory map (for whole-array use; training reads
+        :meth:`rows`)."""
+        nbytes = self.shape[0] * self._row_bytes
+        mapped = mmap.mmap(self._fd, max(nbytes, 1), access=mmap.ACCESS_COPY)
+        return torch.frombuffer(mapped, dtype=torch.float32, count=nbytes // _ITEM).view(self.shape)
+
+
+def seal_arrays(folder: Path, arrays: dict[str, MappedArray]) -> None:
+    """Flush ``arrays`` to disk and write the index that makes ``folder`` readable."""
+    for array in arrays.values():
+        os.fsync(array._fd)
+    shapes = {name: list(array.shape) for name, array in arrays.items()}
+    (folder / INDEX_FILE).write_text(json.dumps(shapes))
+
+
+def open_arrays(folder: Path) -> dict[str, MappedArray]:
+    """The arrays of a sealed ``folder``, read-only, in the order they were written."""
+    shapes = json.loads((folder / INDEX_FILE).read_text())
+    return {
+        name: MappedArray(folder / f"{name}.f32", (int(rows), int(cols)))
+        for name, (rows, cols) in shapes.items()
+    }
+
+
+class MappedOutput(ModelOutput):
+    """A :class:`ModelOutput` whose ``logits`` and ``hidden`` live in files: the fields are
+    read-only maps for whole-array use; training gathers a batch's rows with :meth:`rows`."""
+
+    def __init__(self, logits: MappedArray, hidden: list[MappedArray]) -> None:
+        super().__init__(logits=logits.tensor, hidden=[h.tensor for h in hidden])
+        self._logits, self._hidden = logits, hidden
+
+    def rows(self, index: Tensor, device: torch.device) -> ModelOutput:
+        """The logits and every hidden layer at rows ``index [M]``, read from the files."""
+        return ModelOutput(
+            logits=self._logits.rows(index).to(device),
+            hidden=[h.rows(index).to(device) for h in self._hidden],
+        )
