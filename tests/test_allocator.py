@@ -40,7 +40,9 @@ def filled(mib):
     return torch.empty(mib << 18, dtype=torch.float32).fill_(1.0)
 """
 
-_PROBE = _HELPERS + """
+_PROBE = (
+    _HELPERS
+    + """
 applied = allocator.retain_freed_memory() if sys.argv[1] == "call" else None
 x = filled(64)
 held = rss(); del x
@@ -51,6 +53,7 @@ faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(json.dumps({"applied": applied, "retained": allocator.retained(), "faults": faults,
                   "released": released}))
 """
+)
 
 
 def _probe(mode: str, script: str = _PROBE, **env: str) -> dict:
@@ -105,7 +108,9 @@ def test_workers_get_the_environment_only_when_asked(monkeypatch: pytest.MonkeyP
     assert allocator.env_for_workers() == allocator.RETAIN_ENV
 
 
-_BOUND_PROBE = _HELPERS + """
+_BOUND_PROBE = (
+    _HELPERS
+    + """
 if sys.argv[1] == "retain":
     allocator.retain_freed_memory()
 applied = allocator.bound_freed_memory() if sys.argv[1] != "none" else None
@@ -116,6 +121,7 @@ held = rss()
 del a
 print(json.dumps({"applied": applied, "released": held - rss()}))
 """
+)
 
 
 def test_bounded_freed_memory_gives_a_freed_block_back_where_the_default_keeps_it() -> None:
