@@ -101,6 +101,11 @@ def bound_freed_memory() -> bool:
     651 MiB beyond the graph by default and 223 MiB with the fixed threshold, at 15-55% more
     time per step (large tensors are faulted in anew; 0.20 -> 0.30 s per step at 1M nodes).
 
+    It lasts for the process: mallopt cannot give glibc its dynamic threshold back. In a study
+    that is a Ray worker reused for later trials of the study (all of them sampled where the
+    student's ``num_neighbors`` is set; a full-batch student after a sampled teacher trained in
+    the same worker trains and is timed with the bound too, slower on large tensors).
+
     Returns:
         ``True`` when set; ``False`` where it does not apply (not glibc, or the opt-in to
         retain freed memory is in force: the user chose speed).

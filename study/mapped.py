@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from study.models.base import ModelOutput
 INDEX_FILE = "arrays.json"
 
 _ITEM = 4  # float32 bytes
+
+#: Bytes per read or write call (Linux transfers at most 2 GiB - 4 KiB per call).
+_MAX_TRANSFER = 1 << 30
 
 
 class MappedArray:
@@ -70,25 +74,45 @@ class MappedArray:
             for lo, hi, row in zip(
                 first.tolist(), ends.tolist(), unique[first].tolist(), strict=True
             ):
-                got = os.preadv(self._fd, [view[lo * rb : hi * rb]], row * rb)
-                if got != (hi - lo) * rb:
-                    raise OSError(f"{self.path}: short read at row {row}")
+                self._transfer(os.preadv, view[lo * rb : hi * rb], row * rb)
         return out[inverse]
 
     def write(self, start: int, values: Tensor) -> None:
         """Write ``values [M, cols]`` as rows ``start..start+M-1``."""
-        data = values.detach().to(torch.float32).contiguous().numpy().tobytes()
-        written = os.pwrite(self._fd, data, start * self._row_bytes)
-        if written != len(data):
-            raise OSError(f"{self.path}: short write at row {start}")
+        rows = int(values.shape[0])
+        if values.dim() != 2 or values.shape[1] != self.shape[1]:
+            raise ValueError(
+                f"{self.path.name}: expected [M, {self.shape[1]}], got {tuple(values.shape)}"
+            )
+        if start < 0 or start + rows > self.shape[0]:
+            raise IndexError(
+                f"{self.path.name}: rows {start}..{start + rows - 1} outside 0..{self.shape[0] - 1}"
+            )
+        data = values.detach().to(torch.float32).contiguous().numpy()
+        self._transfer(os.pwritev, memoryview(data.data).cast("B"), start * self._row_bytes)
+
+    def _transfer(
+        self, call: Callable[[int, list[memoryview], int], int], view: memoryview, offset: int
+    ) -> None:
+        """``preadv`` or ``pwritev`` of all of ``view`` at ``offset``, in pieces of at most
+        :data:`_MAX_TRANSFER` bytes (Linux moves under 2 GiB per call) and again after a
+        short transfer."""
+        done = 0
+        while done < len(view):
+            got = call(self._fd, [view[done : done + _MAX_TRANSFER]], offset + done)
+            if got <= 0:
+                raise OSError(f"{self.path}: {call.__name__} stopped at byte {offset + done}")
+            done += got
 
     @cached_property
     def tensor(self) -> Tensor:
-        """The whole array as a read-only memory map (for whole-array use; training reads
-        :meth:`rows`)."""
+        """The whole array over a private (copy-on-write, never written) memory map, for
+        whole-array use; training reads :meth:`rows`."""
         nbytes = self.shape[0] * self._row_bytes
-        mapped = mmap.mmap(self._fd, max(nbytes, 1), access=mmap.ACCESS_COPY)
-        return torch.frombuffer(mapped, dtype=torch.float32, count=nbytes // _ITEM).view(self.shape)
+        if nbytes == 0:  # mmap refuses an empty file
+            return torch.empty(self.shape, dtype=torch.float32)
+        mapped = mmap.mmap(self._fd, nbytes, access=mmap.ACCESS_COPY)
+        return torch.frombuffer(mapped, dtype=torch.float32).view(self.shape)
 
 
 def seal_arrays(folder: Path, arrays: dict[str, MappedArray]) -> None:
@@ -96,7 +120,23 @@ def seal_arrays(folder: Path, arrays: dict[str, MappedArray]) -> None:
     for array in arrays.values():
         os.fsync(array._fd)
     shapes = {name: list(array.shape) for name, array in arrays.items()}
-    (folder / INDEX_FILE).write_text(json.dumps(shapes))
+    with (folder / INDEX_FILE).open("w") as index:
+        json.dump(shapes, index)
+        index.flush()
+        os.fsync(index.fileno())
+
+
+def is_sealed(folder: Path) -> bool:
+    """Whether ``folder``'s index reads and every array file has its full size (a folder cut
+    short by a crash or power loss is not)."""
+    try:
+        shapes = json.loads((folder / INDEX_FILE).read_text())
+        return bool(shapes) and all(
+            (folder / f"{name}.f32").stat().st_size == int(rows) * int(cols) * _ITEM
+            for name, (rows, cols) in shapes.items()
+        )
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def open_arrays(folder: Path) -> dict[str, MappedArray]:

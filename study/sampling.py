@@ -52,37 +52,47 @@ class CSR:
     def from_edge_index(cls, edge_index: Tensor, num_nodes: int) -> CSR:
         """Group ``edge_index [2, E]`` (source row 0, target row 1) by target.
 
-        Edges already sorted by target (as the loaders store them, :func:`sort_by_target`)
-        cost only ``rowptr``: ``col`` is a view of ``edge_index[0]``. Otherwise ``col`` and
-        ``perm`` are int32 where ids fit (half of int64's ``16 E`` bytes), built as a counting
-        sort over slices of :data:`CSR_BUILD_EDGES` edges: beyond the result it holds one
-        ``[N]`` cursor and one slice's temporaries, not a whole-graph argsort (about ``30 E``
-        bytes at its peak). Each target's edges keep their input order, as a stable sort
-        would (deterministic ids).
+        Edges already sorted by target (as the loaders store them,
+        :func:`study.data.base.sorted_by_target`) cost only ``rowptr``: ``col`` is a view of
+        ``edge_index[0]``. Otherwise ``col`` and ``perm`` are int32 where ids fit (half of
+        int64's ``16 E`` bytes), from a counting sort in slices (:func:`_counting_sort`). Each
+        target's edges keep their input order, as a stable sort would (deterministic ids).
         """
         source, target = edge_index[0], edge_index[1]
-        num_edges = int(target.numel())
-        counts = torch.bincount(target, minlength=num_nodes)
-        rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
-        torch.cumsum(counts, 0, out=rowptr[1:])
-        del counts
+        rowptr = _rowptr(target, num_nodes)
         if is_sorted_by_target(target):
             return cls(rowptr, source, None)
-        dtype = index_dtype(num_nodes, num_edges)
-        cursor = rowptr[:-1].clone()  # the next free entry of each target
-        col = torch.empty(num_edges, dtype=dtype)
-        perm = torch.empty(num_edges, dtype=dtype)
-        for lo in range(0, num_edges, CSR_BUILD_EDGES):
-            part = target[lo : lo + CSR_BUILD_EDGES]
-            order = torch.argsort(part, stable=True)
-            sorted_part = part[order]
-            rank = torch.arange(order.numel()) - first_of_runs(sorted_part)
-            pos = cursor[sorted_part] + rank
-            perm[pos] = (order + lo).to(dtype)
-            col[pos] = source[lo : lo + CSR_BUILD_EDGES][order].to(dtype)
-            # Each target's cursor moves past its last entry (no [N] count per slice).
-            cursor.scatter_reduce_(0, sorted_part, pos + 1, reduce="amax")
+        dtype = index_dtype(num_nodes, int(target.numel()))
+        perm = _counting_sort(target, rowptr, dtype)
+        col = torch.empty_like(perm)
+        for lo in range(0, perm.numel(), CSR_BUILD_EDGES):  # gathered in slices: no [E] int64
+            col[lo : lo + CSR_BUILD_EDGES] = source[perm[lo : lo + CSR_BUILD_EDGES]].to(dtype)
         return cls(rowptr, col, perm)
+
+
+def _rowptr(target: Tensor, num_nodes: int) -> Tensor:
+    """``[N + 1]`` int64 offsets of each target's run of edges."""
+    rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(target, minlength=num_nodes), 0, out=rowptr[1:])
+    return rowptr
+
+
+def _counting_sort(target: Tensor, rowptr: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[E]`` edge ids (``dtype``) grouped by ``target [E]``, each target's in input order,
+    over slices of :data:`CSR_BUILD_EDGES` edges: beyond the result one ``[N]`` cursor and one
+    slice's temporaries, not a whole-graph argsort (about ``30 E`` bytes at its peak)."""
+    cursor = rowptr[:-1].clone()  # the next free entry of each target
+    perm = torch.empty(int(target.numel()), dtype=dtype)
+    for lo in range(0, perm.numel(), CSR_BUILD_EDGES):
+        part = target[lo : lo + CSR_BUILD_EDGES]
+        order = torch.argsort(part, stable=True)
+        sorted_part = part[order]
+        rank = torch.arange(order.numel()) - first_of_runs(sorted_part)
+        pos = cursor[sorted_part] + rank
+        perm[pos] = (order + lo).to(dtype)
+        # Each target's cursor moves past its last entry (no [N] count per slice).
+        cursor.scatter_reduce_(0, sorted_part, pos + 1, reduce="amax")
+    return perm
 
 
 def is_sorted_by_target(target: Tensor) -> bool:
@@ -96,10 +106,13 @@ def is_sorted_by_target(target: Tensor) -> bool:
 
 
 def target_order(edge_index: Tensor, num_nodes: int) -> Tensor | None:
-    """``[E]`` int64 permutation that sorts ``edge_index [2, E]`` by target, each target's
-    edges in input order (a stable sort), or ``None`` where it already is sorted."""
-    perm = CSR.from_edge_index(edge_index, num_nodes).perm
-    return None if perm is None else perm.long()
+    """``[E]`` permutation (int32 where ids fit) that sorts ``edge_index [2, E]`` by target,
+    each target's edges in input order (a stable sort), or ``None`` where it already is."""
+    target = edge_index[1]
+    if is_sorted_by_target(target):
+        return None
+    dtype = index_dtype(num_nodes, int(target.numel()))
+    return _counting_sort(target, _rowptr(target, num_nodes), dtype)
 
 
 #: Edges per slice of :meth:`CSR.from_edge_index`'s counting sort: a slice's temporaries are

@@ -15,6 +15,7 @@ import datetime
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -322,7 +323,7 @@ def make_search(spec: StudySpec) -> tuple[Searcher | None, dict[str, Any], int]:
     seed = spec.searcher.seed
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(
+        "nsga2": lambda: PicklableNSGAIISampler(
             seed=seed, population_size=spec.searcher.population()
         ),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
@@ -337,6 +338,21 @@ def make_search(spec: StudySpec) -> tuple[Searcher | None, dict[str, Any], int]:
     )
     repeats = len(spec.seeds)
     return SeedRepeater(optuna_search, repeat=repeats), {}, spec.searcher.num_samples * repeats
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, whose ``threading.Lock`` (Optuna 5) is left out of its pickle and made
+    anew when read: Ray Tune pickles the searcher into its experiment state when a study starts,
+    and a lock cannot be pickled. The lock guards one process's threads, so a new one is right."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 def trial_params(config: dict[str, Any], seeds: tuple[int, ...] | list[int]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ copy for all trial processes on the machine, none of it in a trial's resident me
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from torch import nn
 from study import allocator
 from study.data.base import NodeTask, Task
 from study.distill.methods import build_method
-from study.mapped import INDEX_FILE, MappedArray, MappedOutput, open_arrays, seal_arrays
+from study.fileio import PARTIAL_MARK, staged_folder
+from study.mapped import MappedArray, MappedOutput, is_sealed, open_arrays, seal_arrays
 from study.models.base import ModelOutput
 from study.paths import user_cache_dir
 from study.tracking import file_lock
@@ -54,10 +54,10 @@ def shared_teacher_outputs(
         cache_dir: the folder (default: the user cache's ``teacher-outputs``).
     """
     folder = teacher_outputs_path(key, cache_dir)
-    if not (folder / INDEX_FILE).is_file():
+    if not is_sealed(folder):
         folder.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(folder.with_name(folder.name + ".lock")):
-            if not (folder / INDEX_FILE).is_file():  # another trial may have written them
+            if not is_sealed(folder):  # another trial may have written them while this waited
                 _write_outputs(teacher, task, device, folder)
     arrays = open_arrays(folder)
     hidden = [arrays[name] for name in arrays if name.startswith("hidden")]
@@ -65,29 +65,27 @@ def shared_teacher_outputs(
 
 
 def _write_outputs(teacher: nn.Module, task: NodeTask, device: str, folder: Path) -> None:
-    """Compute the outputs into a private folder and move it into place whole: a reader sees
-    every file or no folder."""
+    """Compute the outputs (float32) into a staging folder moved into place whole, replacing
+    an unsealed one: a reader sees every file or none. Called under the folder's lock."""
     allocator.bound_freed_memory()  # as sampled training does: memory is what it is for
-    staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run of this process id
-    staging.mkdir()
-    arrays: dict[str, MappedArray] = {}
+    for stale in folder.parent.glob(f".{folder.name}{PARTIAL_MARK}*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a writer killed mid-way (the lock is ours)
+    with staged_folder(folder, replace=True) as staging:
+        arrays: dict[str, MappedArray] = {}
 
-    def allocate(name: str, shape: tuple[int, int]) -> MappedArray:
-        arrays[name] = MappedArray(staging / f"{name}.f32", shape, writable=True)
-        return arrays[name]
+        def allocate(name: str, shape: tuple[int, int]) -> MappedArray:
+            arrays[name] = MappedArray(staging / f"{name}.f32", shape, writable=True)
+            return arrays[name]
 
-    # Each layer is written to its file chunk by chunk and read back by rows: no [N, F] layer
-    # is ever in memory.
-    out = teacher_outputs(teacher, task, device, allocate=allocate)
-    if not arrays:  # a model without the layer-wise path: its full forward, in memory
-        layers = {"logits": out.logits, **{f"hidden{i}": h for i, h in enumerate(out.hidden)}}
-        for name, tensor in layers.items():
-            assert tensor is not None, "a teacher without logits"
-            allocate(name, (int(tensor.shape[0]), int(tensor.shape[1]))).write(0, tensor)
-    seal_arrays(staging, arrays)
-    shutil.rmtree(folder, ignore_errors=True)  # an unsealed folder (no index) is never read
-    os.replace(staging, folder)
+        # Each layer is written to its file chunk by chunk and read back by rows: no [N, F]
+        # layer is ever in memory.
+        out = teacher_outputs(teacher, task, device, allocate=allocate)
+        if not arrays:  # a model without the layer-wise path: its full forward, in memory
+            layers = {"logits": out.logits, **{f"hidden{i}": h for i, h in enumerate(out.hidden)}}
+            for name, tensor in layers.items():
+                assert tensor is not None, "a teacher without logits"
+                allocate(name, (int(tensor.shape[0]), int(tensor.shape[1]))).write(0, tensor)
+        seal_arrays(staging, arrays)
 
 
 def trial_teacher_outputs(

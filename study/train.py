@@ -368,7 +368,8 @@ def teacher_outputs(
     allocate: Allocate | None = None,
 ) -> ModelOutput:
     """The frozen teacher's ``[N, C]`` logits and ``[N, F_l]`` hidden features on every node of
-    :func:`training_graph`, by layer-wise inference without autograd (CPU tensors): what every
+    :func:`training_graph`, by layer-wise inference without autograd (CPU tensors, or maps of
+    the files ``allocate`` makes): what every
     sampled distillation step reads instead of running the teacher. ``csr``: the training
     graph's, when the caller holds it (not built again); ``allocate``: as
     :func:`~study.inference.layerwise_forward` takes it (file-backed outputs)."""
@@ -471,6 +472,9 @@ def _sampling(
     """Sampled mini-batch training's state, or ``None`` for full batch (or point clouds)."""
     if cfg.num_neighbors is None or not isinstance(task, NodeTask):
         return None
+    # Peak memory, not speed, is what sampling is for; from here on in this process (see
+    # bound_freed_memory for a Ray worker reused by later trials).
+    allocator.bound_freed_memory()
     graph = training_graph(task)
     sampler = NeighborSampler(graph.edge_index, graph.num_nodes, cfg.num_neighbors)
     outputs = None
@@ -658,8 +662,6 @@ def fit(
     method.prepare(model, teacher)
     device = torch.device(cfg.device)
     sampling = _sampling(task, cfg, teacher, method, teacher_outputs)
-    if sampling is not None:
-        allocator.bound_freed_memory()  # peak memory, not speed, is what sampling is for
     cache = (
         TeacherCache(teacher, method, device)
         if teacher is not None and method.needs_teacher and sampling is None

@@ -33,6 +33,23 @@ def test_rows_read_back_what_was_written_in_any_order_with_repeats(tmp_path: Pat
     assert torch.equal(array.tensor, values)  # the whole-array map agrees
     with pytest.raises(IndexError, match="rows outside"):
         array.rows(torch.tensor([2, 50]))
+    with pytest.raises(IndexError, match="outside"):
+        array.write(45, values[:6])  # past the last row: the file does not grow
+    with pytest.raises(ValueError, match=r"expected \[M, 7\]"):
+        array.write(0, values[:, :6])
+    assert (tmp_path / "a.f32").stat().st_size == 50 * 7 * 4
+
+
+def test_long_runs_move_in_pieces_and_empty_arrays_open(tmp_path: Path, monkeypatch) -> None:
+    import study.mapped as mapped
+
+    monkeypatch.setattr(mapped, "_MAX_TRANSFER", 100)  # 28-byte rows: pieces cut rows apart
+    values = torch.randn(40, 7, generator=torch.Generator().manual_seed(1))
+    array = MappedArray(tmp_path / "a.f32", (40, 7), writable=True)
+    array.write(0, values)
+    assert torch.equal(array.rows(torch.arange(40)), values)
+    empty = MappedArray(tmp_path / "e.f32", (0, 3), writable=True)
+    assert empty.tensor.shape == (0, 3) and empty.rows(torch.empty(0)).shape == (0, 3)
 
 
 def test_a_sealed_folder_opens_in_order_and_an_unsealed_one_is_recomputed(tmp_path: Path) -> None:
@@ -76,7 +93,7 @@ def test_shared_outputs_in_files_equal_the_full_forward(
     out = shared_teacher_outputs(teacher, task, "k", cache_dir=tmp_path)
     assert isinstance(out, MappedOutput)
     assert (teacher_outputs_path("k", tmp_path) / INDEX_FILE).is_file()
-    assert not list(tmp_path.glob("*.partial-*"))  # the staging folder was moved into place
+    assert not list(tmp_path.glob(".*partial*"))  # the staging folder was moved into place
     assert out.logits is not None and full.logits is not None
     torch.testing.assert_close(out.logits, full.logits, rtol=1e-5, atol=1e-5)
     assert len(out.hidden) == len(full.hidden)
@@ -101,11 +118,17 @@ def test_outputs_are_computed_once_and_an_unsealed_folder_is_not_read(tmp_path: 
     assert again.logits is not None and first.logits is not None
     assert torch.equal(again.logits, first.logits)
     want = first.logits.clone()  # the maps read the files, which the next lines damage
-    (folder / INDEX_FILE).unlink()  # as if the writer died before sealing
-    (folder / "logits.f32").write_bytes(b"\0" * 8)  # a truncated file is not read
-    redone = shared_teacher_outputs(teacher, task, "k", cache_dir=tmp_path)
-    assert redone.logits is not None
-    assert torch.equal(redone.logits, want)
+    # Cut short by a crash or power loss: a truncated file, then an unreadable index.
+    (folder / "logits.f32").write_bytes(b"\0" * 8)
+    stale = tmp_path / ".k.partial-0dead0"  # a writer killed mid-way
+    stale.mkdir()
+    for damage in ("truncated", "index"):
+        if damage == "index":
+            (folder / INDEX_FILE).write_text("")
+        redone = shared_teacher_outputs(teacher, task, "k", cache_dir=tmp_path)
+        assert redone.logits is not None
+        assert torch.equal(redone.logits, want), damage
+        assert not stale.exists()
 
 
 def test_a_user_model_without_layers_is_saved_from_its_full_forward(tmp_path: Path) -> None:

@@ -181,3 +181,17 @@ def test_asha_stops_trials_before_max_t_and_they_end_finished_and_tagged(
     for run_id in others:
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.tags[TAG_STOPPED_EARLY] == "true"
+
+
+def test_the_nsga2_sampler_pickles_with_a_working_lock() -> None:
+    """Ray Tune pickles the searcher when a study starts; Optuna 5's sampler holds a lock."""
+    import pickle
+
+    import optuna
+
+    from study.search import PicklableNSGAIISampler
+
+    sampler = pickle.loads(pickle.dumps(PicklableNSGAIISampler(population_size=4, seed=0)))
+    study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"])
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=6)
+    assert len(study.trials) == 6  # the sampler ran (with its new lock) after the round trip
