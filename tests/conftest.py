@@ -115,6 +115,20 @@ def one_thread():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def bounded_allocator_calls() -> Iterator[list[str]]:
+    """Record :func:`study.allocator.bound_freed_memory` instead of applying it in the test
+    process: glibc's setting cannot be undone, and every later test (most of them full batch)
+    would run under it (+20% time measured on the model and training tests). Its effect is
+    tested in fresh processes (``test_allocator.py``); that sampled training asks for it, here."""
+    from study import allocator
+
+    calls: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(allocator, "bound_freed_memory", lambda: bool(calls.append("bound")))
+        yield calls
+
+
+@pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Keep teacher checkpoints and processed data of the tests out of the user's cache."""
     cache = tmp_path_factory.mktemp("gds_cache")

@@ -203,3 +203,17 @@ def test_one_csr_serves_sampling_teacher_outputs_and_every_evaluation(monkeypatc
     full = evaluate(result.model, task, "test")  # full batch: no CSR at all
     assert built == [N]
     assert result.test_score == pytest.approx(full["score"])
+
+
+def test_sampled_training_bounds_freed_memory_and_full_batch_does_not(
+    bounded_allocator_calls: list[str],
+) -> None:
+    task = node_task()
+    for sampled in (False, True):
+        bounded_allocator_calls.clear()
+        torch.manual_seed(0)
+        model = build_model("gcn", in_channels=F, out_channels=C, width=6, depth=2)
+        neighbours = (3, 2) if sampled else None
+        cfg = TrainConfig(epochs=1, lr=0.01, batch_size=64, num_neighbors=neighbours)
+        train_teacher(model, task, cfg)
+        assert bounded_allocator_calls == (["bound"] if sampled else []), sampled
