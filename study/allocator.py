@@ -108,9 +108,9 @@ def bound_freed_memory() -> bool:
 
     Returns:
         ``True`` when set; ``False`` where it does not apply (not glibc, or the opt-in to
-        retain freed memory is in force: the user chose speed).
+        retain freed memory is asked for or in force: the user chose speed).
     """
-    if retained() or not _glibc():
+    if retained() or wanted() or not _glibc():  # asked to retain: the user chose speed
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     # A fixed threshold also turns glibc's dynamic adjustment off.

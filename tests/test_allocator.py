@@ -135,3 +135,6 @@ def test_bounded_freed_memory_gives_a_freed_block_back_where_the_default_keeps_i
 def test_the_opt_in_to_retain_wins_over_bounding() -> None:
     found = _probe("retain", _BOUND_PROBE, **{allocator.SWITCH_ENV: "1"})
     assert found["applied"] is False
+    # Asked for in the environment alone (a library user who never called retain): no bound.
+    found = _probe("bound", _BOUND_PROBE, **{allocator.SWITCH_ENV: "1"})
+    assert found["applied"] is False and found["released"] < _MIB, found
