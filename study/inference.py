@@ -54,6 +54,11 @@ def _take(h: Tensor | RowStore, index: Tensor) -> Tensor:
     return h[index] if isinstance(h, Tensor) else h.rows(index)
 
 
+def _chunk(h: Tensor | RowStore, start: int, stop: int) -> Tensor:
+    """Rows ``start..stop-1``: a view of a tensor, one read of a store."""
+    return h[start:stop] if isinstance(h, Tensor) else h.rows(torch.arange(start, stop))
+
+
 @runtime_checkable
 class LayerwiseModel(Protocol):
     """What :func:`layerwise_forward` needs of a model (see :class:`study.models.stack.ConvStack`).
@@ -194,7 +199,7 @@ def _layerwise(
         out: Tensor | RowStore | None = None
         for start in range(0, n, chunk_nodes):
             stop = min(start + chunk_nodes, n)
-            own = _take(h, torch.arange(start, stop))
+            own = _chunk(h, start, stop)
             if not model.reads_graph or csr is None:
                 part = model.layer(index, own.to(dev), _NO_EDGES.to(dev))
             else:

@@ -156,9 +156,10 @@ class MappedOutput(ModelOutput):
         super().__init__(logits=logits.tensor, hidden=[h.tensor for h in hidden])
         self._logits, self._hidden = logits, hidden
 
-    def rows(self, index: Tensor, device: torch.device) -> ModelOutput:
-        """The logits and every hidden layer at rows ``index [M]``, read from the files."""
+    def rows(self, index: Tensor, device: torch.device, *, logits: bool = True) -> ModelOutput:
+        """Every hidden layer at rows ``index [M]``, and the logits unless ``logits=False`` (a
+        term that never reads them: each array costs a read per run of rows), from the files."""
         return ModelOutput(
-            logits=self._logits.rows(index).to(device),
+            logits=self._logits.rows(index).to(device) if logits else None,
             hidden=[h.rows(index).to(device) for h in self._hidden],
         )

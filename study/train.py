@@ -399,10 +399,14 @@ class _Sampling:
         return None if csr is None else (self.graph.edge_index, csr)
 
 
-def _rows(out: ModelOutput, index: Tensor | slice, device: torch.device) -> ModelOutput:
-    """``out`` restricted to ``index``'s rows (logits and every hidden layer), on ``device``."""
+def _rows(
+    out: ModelOutput, index: Tensor | slice, device: torch.device, *, with_logits: bool = True
+) -> ModelOutput:
+    """``out`` restricted to ``index``'s rows (logits and every hidden layer), on ``device``;
+    ``with_logits=False``: a caller that never reads them may get none from files."""
     if isinstance(out, MappedOutput) and isinstance(index, Tensor):
-        return out.rows(index, device)  # copied from its files: none of their pages mapped
+        # Copied from its files (none of their pages mapped); logits only where read.
+        return out.rows(index, device, logits=with_logits)
     logits = None if out.logits is None else out.logits[index].to(device)
     return ModelOutput(logits=logits, hidden=[h[index].to(device) for h in out.hidden])
 
@@ -446,11 +450,12 @@ def sampled_step(
         # the teacher's rows of the other nodes are never gathered.
         keep = sum(sub.num_sampled_nodes[:2]) or sub.n_id.numel()
         student = _rows(out, slice(0, keep), device)
-        t_out = _rows(teacher, sub.n_id[:keep], device)
+        t_out = _rows(teacher, sub.n_id[:keep], device, with_logits=method.needs_teacher_logits)
         edges: Tensor | None = sub.edge_index[:, sub.seed_edges()].to(device)
     else:
         student = _rows(out, slice(0, sub.num_seeds), device)
-        t_out, edges = _rows(teacher, seeds, device), None
+        t_out = _rows(teacher, seeds, device, with_logits=method.needs_teacher_logits)
+        edges = None
     term = method.term(
         student,
         t_out,

@@ -52,7 +52,7 @@ def test_long_runs_move_in_pieces_and_empty_arrays_open(tmp_path: Path, monkeypa
     assert empty.tensor.shape == (0, 3) and empty.rows(torch.empty(0)).shape == (0, 3)
 
 
-def test_a_sealed_folder_opens_in_order_and_an_unsealed_one_is_recomputed(tmp_path: Path) -> None:
+def test_a_sealed_folder_opens_in_the_order_written(tmp_path: Path) -> None:
     folder = tmp_path / "outs"
     folder.mkdir()
     arrays = {
@@ -169,3 +169,31 @@ def test_a_step_reads_the_same_rows_from_files_as_from_memory(tmp_path: Path, me
     _, got = sampled_step(student, graph, sub, mapped, run, None, False, dev)
     assert want is not None and got is not None and want.item() > 0
     torch.testing.assert_close(got, want)
+
+
+def test_a_term_that_never_reads_the_teachers_logits_does_not_read_their_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    task = small_task()
+    torch.manual_seed(0)
+    teacher = build_model("sage", in_channels=6, out_channels=3, width=8, depth=2).eval()
+    mapped = shared_teacher_outputs(teacher, task, "k", cache_dir=tmp_path)
+    read: list[str] = []
+    original = MappedArray.rows
+
+    def recording(self: MappedArray, index: torch.Tensor) -> torch.Tensor:
+        read.append(self.path.stem)
+        return original(self, index)
+
+    monkeypatch.setattr(MappedArray, "rows", recording)
+    graph = task.train[0]
+    sampler = NeighborSampler(graph.edge_index, graph.num_nodes, [3, 2], use_pyg=False)
+    sub = sampler.sample(torch.tensor([4, 9, 77]), torch.Generator().manual_seed(0))
+    student = build_model("gcn", in_channels=6, out_channels=3, width=8, depth=2)
+    dev = torch.device("cpu")
+    for method, want in (("lsp", ["hidden0"]), ("kd", ["logits", "hidden0"])):
+        read.clear()
+        sampled_step(
+            student, graph, sub, mapped, build_method(DistillConfig(method)), None, False, dev
+        )
+        assert read == want, method
